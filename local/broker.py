@@ -1,0 +1,260 @@
+"""The embedded MQTT 3.1.1 broker of the local stack and the tests (CONTRACT §6), on amqtt 0.12.1.
+
+The broker runs in its own thread with its own asyncio loop, so synchronous code (paho clients,
+pytest, the stack's launcher) can start one, talk to it and stop it:
+
+    >>> with start_broker() as broker:                     # port 0: a free port is picked
+    ...     client.connect(broker.host, broker.port)       # doctest: +SKIP
+
+amqtt is wrapped, not patched in place: ``IsolatingBroker`` fixes the one routing bug that matters
+to the terminal protocol (see ``_publish_retained_messages_for_subscription``), turns Nagle off on
+every connection, and reports a failed broadcast instead of letting amqtt drop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from amqtt.broker import Broker
+from amqtt.errors import BrokerError
+from amqtt.session import OutgoingApplicationMessage, Session
+
+log = logging.getLogger(__name__)
+
+_STARTUP_TIMEOUT_S = 10.0
+_SHUTDOWN_TIMEOUT_S = 10.0
+# amqtt logs every connection and packet at INFO and expected client drops at WARNING.
+_CHATTY_LOGGERS = ("amqtt", "transitions")
+
+
+class BrokerStartError(RuntimeError):
+    """The broker could not start listening."""
+
+
+class BrokerPortInUseError(BrokerStartError):
+    """Another process already listens on the requested port."""
+
+
+class BrokerCrashedError(RuntimeError):
+    """The broker's loop failed while running; ``__cause__`` is the original exception."""
+
+
+class IsolatingBroker(Broker):
+    """amqtt's ``Broker`` where each client receives only what its own subscriptions match.
+
+    ``on_fatal`` is called (from the broker's loop) with any exception that would otherwise be
+    logged and forgotten by amqtt, so the thread owning the broker can stop and report it.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        on_fatal: Callable[[BaseException], None],
+        tcp_nodelay: bool = True,
+    ) -> None:
+        super().__init__(config)
+        self._on_fatal = on_fatal
+        self._tcp_nodelay = tcp_nodelay
+
+    async def stream_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
+    ) -> None:
+        # Every MQTT exchange here is a small packet followed by a wait for the peer (PUBLISH, then
+        # PUBACK); with Nagle on, a second small write behind an unacknowledged one waits for the
+        # peer's delayed ACK, ~40 ms on Linux. asyncio already disables Nagle on selector
+        # transports; doing it here makes the guarantee ours, and lets the benchmark turn it back on.
+        sock = writer.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self._tcp_nodelay))
+        await super().stream_connected(reader, writer, listener_name)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        # amqtt 0.12.1 calls this from two places. After SUBSCRIBE it is right. But when a client
+        # connects, ``_handle_client_session`` loops over ``self._subscriptions`` -- the filters of
+        # *every* client -- and calls it for each one with the new session, at QoS 0. So once the
+        # cloud holds ``nepting/v1/terminals/+/status``, every terminal that connects is sent
+        # every other terminal's retained status, on topics it never subscribed to. The fix keeps
+        # the upstream code and only lets a filter through if this session holds it, at the QoS it
+        # was granted (which also corrects the QoS 0 of the connect path).
+        topic_filter, _requested_qos = subscription
+        granted_qos = self._granted_qos(session, topic_filter)
+        if granted_qos is None:
+            return
+        await super()._publish_retained_messages_for_subscription((topic_filter, granted_qos), session)
+
+    def _granted_qos(self, session: Session, topic_filter: str) -> int | None:
+        for subscriber, qos in self._subscriptions.get(topic_filter, []):
+            if subscriber.client_id == session.client_id:
+                return qos
+        return None
+
+    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[OutgoingApplicationMessage]]) -> None:
+        # amqtt's broadcast loop never reads this task's result: a routing failure would vanish
+        # with the message it was routing. Report it, so the broker stops loudly instead.
+        try:
+            await super()._run_broadcast(running_tasks)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._on_fatal(exc)
+            raise
+
+
+class RunningBroker:
+    """A started broker: ``host``, ``port``, ``url``; ``stop()`` or use it as a context manager."""
+
+    def __init__(self, host: str, requested_port: int, tcp_nodelay: bool) -> None:
+        self.host = host
+        self.port = requested_port
+        self._tcp_nodelay = tcp_nodelay
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_requested: asyncio.Event | None = None
+        self._failure: BaseException | None = None
+        self._start_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-broker-{requested_port}", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def crashed(self) -> bool:
+        return self._failure is not None
+
+    def raise_if_crashed(self) -> None:
+        if self._failure is not None:
+            raise BrokerCrashedError(f"MQTT broker on port {self.port} crashed: {self._failure!r}") from (
+                self._failure
+            )
+
+    def stop(self) -> None:
+        """Disconnect every client, stop listening; raises ``BrokerCrashedError`` if the loop failed."""
+        loop, stop_requested = self._loop, self._stop_requested
+        if loop is not None and stop_requested is not None and self._thread.is_alive():
+            loop.call_soon_threadsafe(stop_requested.set)
+        self._thread.join(_SHUTDOWN_TIMEOUT_S)
+        if self._thread.is_alive():
+            raise BrokerCrashedError(
+                f"MQTT broker on port {self.port} still running after {_SHUTDOWN_TIMEOUT_S}s"
+            )
+        self.raise_if_crashed()
+
+    def __enter__(self) -> RunningBroker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        self._thread.start()
+        if not self._ready.wait(_STARTUP_TIMEOUT_S):
+            raise BrokerStartError(f"MQTT broker on port {self.port} did not start in {_STARTUP_TIMEOUT_S}s")
+        if self._start_error is not None:
+            self._thread.join(_SHUTDOWN_TIMEOUT_S)
+            raise self._start_error
+        self.raise_if_crashed()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # recorded, then re-raised by stop() in the owning thread
+            self._record_failure(exc)
+        finally:
+            self._ready.set()
+
+    def _record_failure(self, exc: BaseException) -> None:
+        if self._failure is None and self._start_error is None:
+            log.error("mqtt_broker_crashed", exc_info=exc, extra={"port": self.port})
+            self._failure = exc
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop_requested = asyncio.Event()
+        fatal: asyncio.Future[None] = loop.create_future()
+
+        def on_fatal(exc: BaseException) -> None:
+            if not fatal.done():
+                fatal.set_exception(exc)
+
+        def on_loop_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+            # An exception no task awaited (asyncio's "never retrieved"): amqtt lost track of it.
+            exc = context.get("exception") or RuntimeError(str(context.get("message")))
+            on_fatal(exc)
+
+        loop.set_exception_handler(on_loop_error)
+        broker = IsolatingBroker(self._config(), on_fatal, self._tcp_nodelay)
+        try:
+            await broker.start()
+        except BrokerError as exc:
+            self._start_error = self._explain_start_failure(exc)
+            return
+        self.port = self._bound_port(broker)
+        log.info("mqtt_broker_started", extra={"host": self.host, "port": self.port})
+        self._ready.set()
+
+        stop_waiter: asyncio.Future[Any] = asyncio.ensure_future(self._stop_requested.wait())
+        await asyncio.wait([stop_waiter, fatal], return_when=asyncio.FIRST_COMPLETED)
+        stop_waiter.cancel()
+        await broker.shutdown()
+        log.info("mqtt_broker_stopped", extra={"port": self.port})
+        if fatal.done():
+            fatal.result()
+
+    def _config(self) -> dict[str, Any]:
+        return {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
+            # Only anonymous auth: the default set also loads $SYS and packet-logging plugins.
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+
+    def _explain_start_failure(self, exc: BrokerError) -> BaseException:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno == errno.EADDRINUSE:
+            error: BrokerStartError = BrokerPortInUseError(
+                f"cannot start the MQTT broker: port {self.port} on {self.host} is already in use"
+            )
+        else:
+            where = f"{self.host}:{self.port}"
+            error = BrokerStartError(f"cannot start the MQTT broker on {where}: {cause or exc}")
+        error.__cause__ = exc
+        return error
+
+    @staticmethod
+    def _bound_port(broker: Broker) -> int:
+        server = broker._servers["default"].instance
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1])
+
+
+def quiet_amqtt_logging(level: int = logging.ERROR) -> None:
+    for name in _CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+
+
+def start_broker(host: str = "127.0.0.1", port: int = 0, *, tcp_nodelay: bool = True) -> RunningBroker:
+    """Start a broker in a background thread and return once it accepts connections.
+
+    ``port=0`` binds a free port (read it from ``.port``). A port already in use raises
+    ``BrokerPortInUseError``. ``tcp_nodelay=False`` exists only to measure what Nagle costs.
+    """
+    quiet_amqtt_logging()
+    running = RunningBroker(host, port, tcp_nodelay)
+    running._start()
+    return running
