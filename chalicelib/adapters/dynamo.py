@@ -1,0 +1,286 @@
+"""DynamoDB repositories. Correctness lives in the conditions, never in process memory.
+
+Tables (see infra/ for their definitions):
+- merchants: ``pk`` = ``MERCHANT#{id}`` (settings) or ``LOGIN#{login}`` (credential hash).
+- terminals: ``terminal_id``; GSI ``by-merchant`` (merchant_id, terminal_id).
+- payments: ``pk`` = ``ORDER#{merchant}#{order_id}`` (head) or ``DISPATCH#{request_id}`` (correlation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from chalicelib.adapters.aws import client, from_item, to_item, to_value
+from chalicelib.domain import Dispatch, DispatchState, OrderHead, Terminal
+from chalicelib.ports import ConditionFailed
+
+_CONDITION_CODES = ("ConditionalCheckFailedException", "TransactionCanceledException")
+
+
+def _condition_failed(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") in _CONDITION_CODES
+
+
+def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {key: value for key, value in values.items() if key in names}
+
+
+class DynamoTerminalRepository:
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+    def get(self, terminal_id: str) -> Terminal | None:
+        found = client("dynamodb").get_item(
+            TableName=self.table, Key={"terminal_id": {"S": terminal_id}}, ConsistentRead=True
+        )
+        item = found.get("Item")
+        return Terminal(**_known(Terminal, from_item(item))) if item else None
+
+    def list_for_merchant(self, merchant_id: str) -> list[Terminal]:
+        terminals: list[Terminal] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": "by-merchant",
+            "KeyConditionExpression": "merchant_id = :m",
+            "ExpressionAttributeValues": {":m": {"S": merchant_id}},
+        }
+        while True:
+            page = client("dynamodb").query(**kwargs)
+            terminals.extend(Terminal(**_known(Terminal, from_item(item))) for item in page["Items"])
+            if "LastEvaluatedKey" not in page:
+                return terminals
+            kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def put(self, terminal: Terminal) -> None:
+        client("dynamodb").put_item(TableName=self.table, Item=to_item(asdict(terminal)))
+
+    def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int) -> bool:
+        try:
+            client("dynamodb").update_item(
+                TableName=self.table,
+                Key={"terminal_id": {"S": terminal_id}},
+                UpdateExpression="SET busy_request_id = :r, busy_until_ms = :u",
+                # An expired claim (its holder crashed or gave up) may be taken over.
+                ConditionExpression="attribute_exists(terminal_id) AND "
+                "(attribute_not_exists(busy_request_id) OR busy_until_ms <= :now)",
+                ExpressionAttributeValues={
+                    ":r": {"S": request_id},
+                    ":u": {"N": str(until_ms)},
+                    ":now": {"N": str(now_ms)},
+                },
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+        return True
+
+    def release(self, terminal_id: str, request_id: str) -> bool:
+        try:
+            client("dynamodb").update_item(
+                TableName=self.table,
+                Key={"terminal_id": {"S": terminal_id}},
+                UpdateExpression="REMOVE busy_request_id, busy_until_ms",
+                ConditionExpression="busy_request_id = :r",
+                ExpressionAttributeValues={":r": {"S": request_id}},
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+        return True
+
+    def record_status(self, terminal_id: str, online: bool, sent_at_ms: int, seen_at: str) -> bool:
+        try:
+            client("dynamodb").update_item(
+                TableName=self.table,
+                Key={"terminal_id": {"S": terminal_id}},
+                UpdateExpression="SET online = :o, status_at_ms = :s, last_seen_at = :seen",
+                # Status messages may arrive out of order (retained, last will): newest wins.
+                ConditionExpression="attribute_exists(terminal_id) AND "
+                "(attribute_not_exists(status_at_ms) OR status_at_ms <= :s)",
+                ExpressionAttributeValues={
+                    ":o": {"BOOL": online},
+                    ":s": {"N": str(sent_at_ms)},
+                    ":seen": {"S": seen_at},
+                },
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                return False
+            raise
+        return True
+
+
+def head_key(merchant_id: str, order_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"ORDER#{merchant_id}#{order_id}"}}
+
+
+def dispatch_key(request_id: str) -> dict[str, Any]:
+    return {"pk": {"S": f"DISPATCH#{request_id}"}}
+
+
+class DynamoPaymentRepository:
+    def __init__(self, table: str, retention_s: int) -> None:
+        self.table = table
+        self.retention_s = retention_s
+
+    def get_head(self, merchant_id: str, order_id: str) -> OrderHead | None:
+        found = client("dynamodb").get_item(
+            TableName=self.table, Key=head_key(merchant_id, order_id), ConsistentRead=True
+        )
+        item = found.get("Item")
+        return OrderHead(**_known(OrderHead, from_item(item))) if item else None
+
+    def get_dispatch(self, request_id: str) -> Dispatch | None:
+        found = client("dynamodb").get_item(TableName=self.table, Key=dispatch_key(request_id), ConsistentRead=True)
+        item = found.get("Item")
+        return _dispatch(from_item(item)) if item else None
+
+    def start_attempt(self, head: OrderHead, dispatch: Dispatch, previous_attempt: int | None) -> None:
+        expires_at = head.updated_at_ms // 1000 + self.retention_s
+        head_item = {**head_key(head.merchant_id, head.order_id), **to_item(asdict(head))}
+        head_item["expires_at"] = to_value(expires_at)
+        dispatch_item = {**dispatch_key(dispatch.request_id), **to_item(_dispatch_values(dispatch))}
+        dispatch_item["expires_at"] = to_value(expires_at)
+        if previous_attempt is None:
+            head_put: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(pk)"}
+        else:
+            # Only the attempt we read may be replaced: two retries racing start one attempt.
+            head_put = {
+                "ConditionExpression": "attempt = :prev",
+                "ExpressionAttributeValues": {":prev": {"N": str(previous_attempt)}},
+            }
+        try:
+            client("dynamodb").transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": self.table, "Item": head_item, **head_put}},
+                    {
+                        "Put": {
+                            "TableName": self.table,
+                            "Item": dispatch_item,
+                            "ConditionExpression": "attribute_not_exists(pk)",
+                        }
+                    },
+                ]
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                raise ConditionFailed(f"order {head.order_id} attempt {head.attempt} lost a race") from exc
+            raise
+
+    def transition(
+        self,
+        request_id: str,
+        allowed_from: frozenset[DispatchState],
+        to: DispatchState,
+        now_ms: int,
+        terminal_id: str | None = None,
+        reason: str | None = None,
+        result: dict[str, Any] | None = None,
+        late: bool = False,
+    ) -> Dispatch:
+        names = {"#state": "state"}
+        values: dict[str, Any] = {":to": {"S": to.value}, ":now": {"N": str(now_ms)}, ":one": {"N": "1"}}
+        sets = ["#state = :to", "version = version + :one"]
+        if to == DispatchState.ACKNOWLEDGED:
+            sets.append("acked_at_ms = :now")
+        else:
+            sets.append("finished_at_ms = :now")
+        if reason is not None:
+            sets.append("reason = :reason")
+            values[":reason"] = {"S": reason}
+        if result is not None:
+            sets.append("#result = :result")
+            names["#result"] = "result"
+            values[":result"] = to_value(result)
+        allowed = sorted(state.value for state in allowed_from)
+        placeholders = []
+        for index, state in enumerate(allowed):
+            values[f":from{index}"] = {"S": state}
+            placeholders.append(f":from{index}")
+        condition = f"#state IN ({', '.join(placeholders)})"
+        if terminal_id is not None:
+            # An event may only move a dispatch sent to the terminal it came from.
+            condition += " AND terminal_id = :terminal"
+            values[":terminal"] = {"S": terminal_id}
+        if late:
+            sets.append("late = :late")
+            values[":late"] = {"BOOL": True}
+        try:
+            updated = client("dynamodb").update_item(
+                TableName=self.table,
+                Key=dispatch_key(request_id),
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=condition,
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                raise ConditionFailed(f"dispatch {request_id} is not in {allowed}") from exc
+            raise
+        return _dispatch(from_item(updated["Attributes"]))
+
+
+def _dispatch_values(dispatch: Dispatch) -> dict[str, Any]:
+    values = asdict(dispatch)
+    values["state"] = dispatch.state.value
+    extra = values.pop("extra")
+    values.update(extra)
+    return values
+
+
+def _dispatch(values: dict[str, Any]) -> Dispatch:
+    values = dict(values)
+    values.pop("pk", None)
+    values.pop("expires_at", None)
+    known = _known(Dispatch, values)
+    extra = {key: value for key, value in values.items() if key not in known}
+    known["state"] = DispatchState(known["state"])
+    return Dispatch(**known, extra=extra)
+
+
+class DynamoMerchantRepository:
+    """Merchant settings and login credentials (only a slow salted hash is stored)."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+    def _get(self, pk: str) -> dict[str, Any] | None:
+        found = client("dynamodb").get_item(TableName=self.table, Key={"pk": {"S": pk}}, ConsistentRead=True)
+        item = found.get("Item")
+        return from_item(item) if item else None
+
+    def get_login(self, login: str) -> dict[str, Any] | None:
+        return self._get(f"LOGIN#{login}")
+
+    def get_merchant(self, merchant_id: str) -> dict[str, Any] | None:
+        return self._get(f"MERCHANT#{merchant_id}")
+
+    def put_merchant(self, merchant_id: str, notify_url: str | None, notify_passphrase: str) -> None:
+        client("dynamodb").put_item(
+            TableName=self.table,
+            Item=to_item(
+                {
+                    "pk": f"MERCHANT#{merchant_id}",
+                    "merchant_id": merchant_id,
+                    "notify_url": notify_url,
+                    "notify_passphrase": notify_passphrase,
+                }
+            ),
+        )
+
+    def put_login(self, login: str, merchant_id: str, password_hash: str) -> None:
+        client("dynamodb").put_item(
+            TableName=self.table,
+            Item=to_item(
+                {"pk": f"LOGIN#{login}", "login": login, "merchant_id": merchant_id, "password_hash": password_hash}
+            ),
+        )

@@ -1,0 +1,76 @@
+"""Key schemas of every DynamoDB table, in one place.
+
+infra/ declares the same tables for AWS (its tests compare against this); the local stack and the
+tests create them in moto from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.adapters.aws import client
+from chalicelib.config import Settings
+
+# setting name -> (partition key, [(index name, partition key, sort key)], stream, ttl attribute)
+TABLES: dict[str, dict[str, Any]] = {
+    "merchants_table": {"key": "pk", "indexes": [], "stream": False, "ttl": None},
+    "terminals_table": {
+        "key": "terminal_id",
+        "indexes": [("by-merchant", "merchant_id", "terminal_id")],
+        "stream": False,
+        "ttl": None,
+    },
+    "payments_table": {"key": "pk", "indexes": [], "stream": True, "ttl": "expires_at"},
+}
+
+
+def register_table(
+    setting: str,
+    key: str,
+    indexes: list[tuple[str, str, str]] | None = None,
+    stream: bool = False,
+    ttl: str | None = None,
+) -> None:
+    TABLES[setting] = {"key": key, "indexes": indexes or [], "stream": stream, "ttl": ttl}
+
+
+def create_tables(settings: Settings) -> list[str]:
+    """Create every table that does not exist yet; returns the names created."""
+    dynamodb = client("dynamodb")
+    existing = set(dynamodb.list_tables().get("TableNames", []))
+    created = []
+    for setting, spec in TABLES.items():
+        name = getattr(settings, setting)
+        if name in existing:
+            continue
+        attributes = {spec["key"]}
+        indexes = []
+        for index_name, partition, sort in spec["indexes"]:
+            attributes.update({partition, sort})
+            indexes.append(
+                {
+                    "IndexName": index_name,
+                    "KeySchema": [
+                        {"AttributeName": partition, "KeyType": "HASH"},
+                        {"AttributeName": sort, "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "ALL"},
+                }
+            )
+        kwargs: dict[str, Any] = {
+            "TableName": name,
+            "KeySchema": [{"AttributeName": spec["key"], "KeyType": "HASH"}],
+            "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+            "BillingMode": "PAY_PER_REQUEST",
+        }
+        if indexes:
+            kwargs["GlobalSecondaryIndexes"] = indexes
+        if spec["stream"]:
+            kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
+        dynamodb.create_table(**kwargs)
+        if spec["ttl"]:
+            dynamodb.update_time_to_live(
+                TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": spec["ttl"]}
+            )
+        created.append(name)
+    return created

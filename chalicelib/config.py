@@ -1,0 +1,87 @@
+"""Settings from the environment, in one place.
+
+Every deployment column (AWS, ``make run``, tests) sets the same variables; the code never asks
+which column it runs in. ``.chalice/config.json`` sets them per stage on AWS.
+
+    >>> settings = Settings.from_env({"PAYMENTS_TABLE": "p"})
+    >>> settings.payments_table
+    'p'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from functools import lru_cache
+
+
+class SettingsError(ValueError):
+    """A setting is present but cannot be used."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    stage: str = "dev"
+    merchants_table: str = "nepting-merchants"
+    terminals_table: str = "nepting-terminals"
+    payments_table: str = "nepting-payments"
+    transactions_table: str = "nepting-transactions"
+    ipn_table: str = "nepting-ipn"
+    ipn_queue_url: str = ""
+    notifications_queue_url: str = ""
+    export_bucket: str = "nepting-exports"
+    # IPN secret: given directly (local stack, tests) or by an SSM SecureString parameter name (AWS).
+    ipn_secret: str = ""
+    ipn_secret_parameter: str = ""
+    # "iot" (AWS IoT data plane) or "mqtt" (any MQTT 3.1.1 broker).
+    terminal_channel: str = "iot"
+    iot_data_endpoint: str = ""
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883
+    # The terminal must acknowledge within this window (CONTRACT §1 "Timing").
+    ack_timeout_ms: int = 10_000
+    # Overall payment deadline; the terminal gets it as ``expires_at``.
+    payment_deadline_ms: int = 120_000
+    # Poll schedule of the synchronous wait: start fast, grow geometrically, cap.
+    poll_initial_ms: int = 5
+    poll_growth_pct: int = 150
+    poll_max_ms: int = 40
+    # Events whose ``sent_at`` is further than this from now are refused.
+    event_freshness_ms: int = 300_000
+    # How long a verified Basic credential stays in the per-process cache.
+    credential_cache_ttl_s: int = 60
+    # Heads and dispatches are kept this long (DynamoDB TTL), for idempotency and look-ups.
+    payment_retention_days: int = 90
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        for f in fields(cls):
+            raw = env.get(f.name.upper())
+            if raw is None or raw == "":
+                continue
+            if f.type in ("int", int):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError as exc:
+                    raise SettingsError(f"{f.name.upper()} must be an integer, got {raw!r}") from exc
+            else:
+                values[f.name] = raw
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.terminal_channel not in ("iot", "mqtt"):
+            raise SettingsError("TERMINAL_CHANNEL must be 'iot' or 'mqtt'")
+        if self.ack_timeout_ms <= 0 or self.payment_deadline_ms < self.ack_timeout_ms:
+            raise SettingsError("need 0 < ACK_TIMEOUT_MS <= PAYMENT_DEADLINE_MS")
+        if not 0 < self.poll_initial_ms <= self.poll_max_ms or self.poll_growth_pct < 100:
+            raise SettingsError("need 0 < POLL_INITIAL_MS <= POLL_MAX_MS and POLL_GROWTH_PCT >= 100")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

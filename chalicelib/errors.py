@@ -1,0 +1,65 @@
+"""Errors that carry their HTTP answer: one builder for the contract's error format (CONTRACT §1).
+
+>>> ApiError(404, "terminal.not_found", "No such terminal").body()["error"]["code"]
+'terminal.not_found'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """An answer the API gives on purpose; ``code`` is a stable dotted identifier."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        description: str | None = None,
+        path: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.description = description or message
+        self.path = path
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {
+            "status": self.status,
+            "code": self.code,
+            "message": self.message,
+            "description": self.description,
+        }
+        if self.path is not None:
+            error["details"] = {"path": self.path}
+        return {"error": error}
+
+
+def unauthorized(message: str = "Missing or invalid credentials") -> ApiError:
+    return ApiError(401, "auth.unauthorized", message, headers={"WWW-Authenticate": 'Basic realm="nepting-cloud-api"'})
+
+
+def validation_error(code: str, message: str, path: str | None) -> ApiError:
+    return ApiError(400, f"validation.{code}", message, path=path)
+
+
+def terminal_not_found() -> ApiError:
+    return ApiError(404, "terminal.not_found", "No such terminal for this merchant")
+
+
+def order_not_found() -> ApiError:
+    return ApiError(404, "order.not_found", "No such order for this merchant")
+
+
+def transaction_not_found() -> ApiError:
+    return ApiError(404, "transaction.not_found", "No such transaction for this merchant")
+
+
+def internal_error() -> ApiError:
+    return ApiError(500, "internal.error", "Unexpected error", "The request could not be completed")

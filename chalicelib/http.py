@@ -1,0 +1,74 @@
+"""HTTP plumbing shared by every route: body reading, JSON answers, the error net.
+
+@app.route("/v1/x", methods=["POST"], content_types=ANY_CONTENT)
+@api_handler
+def x() -> Response:
+    body = read_json_body(app.current_request)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from chalice import Response
+from chalice.app import Request
+
+from chalicelib import jsonutil
+from chalicelib.errors import ApiError, internal_error
+from chalicelib.observability import count, logger
+
+MAX_BODY_BYTES = 64 * 1024
+# Chalice would answer unknown media types itself, in its own format; we answer them in ours.
+ANY_CONTENT = ["*/*"]
+_JSON_TYPES = ("application/json", "application/problem+json")
+
+
+def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        body=jsonutil.dumps(body),
+        status_code=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
+
+
+def error_response(error: ApiError) -> Response:
+    return json_response(error.status, error.body(), error.headers)
+
+
+def api_handler(view: Callable[..., Response]) -> Callable[..., Response]:
+    """Every route answers in the contract's error format, and never leaks internals."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Response:
+        try:
+            return view(*args, **kwargs)
+        except ApiError as error:
+            return error_response(error)
+        except Exception:
+            count("ApiErrors", reason="unexpected")
+            logger.exception("unexpected error", extra={"route": view.__name__})
+            return error_response(internal_error())
+
+    return wrapper
+
+
+def raw_body(request: Request) -> bytes:
+    body = request.raw_body or b""
+    if isinstance(body, str):
+        body = body.encode("utf-8")
+    if len(body) > MAX_BODY_BYTES:
+        raise ApiError(413, "request.too_large", f"request bodies are limited to {MAX_BODY_BYTES} bytes")
+    return body
+
+
+def read_json_body(request: Request) -> Any:
+    content_type = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    body = raw_body(request)
+    if content_type not in _JSON_TYPES:
+        raise ApiError(415, "request.unsupported_media_type", "send the body as application/json")
+    try:
+        return jsonutil.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "validation.malformed_json", "the request body is not valid JSON") from None

@@ -1,0 +1,239 @@
+"""Request and message shapes of CONTRACT §1 and §2: the single source of truth for validation.
+
+A request body is parsed with :func:`chalicelib.jsonutil.loads` (fractions as ``Decimal``) and then
+validated here; the first error becomes a ``400`` whose ``details.path`` is the field's dotted path.
+
+    >>> req = parse_order_request({"order": {"order_id": "A1", "price": {"amount": 100}},
+    ...     "pos_technical_info": {"device_information": {"serial_number": "1", "manufacturer": "pax"},
+    ...     "terminal_transaction_display": {"protocol": "AppNepting"}}})
+    >>> req.terminal_id, req.order.price.currency
+    ('PAX-1', 'EUR')
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from chalicelib import jsonutil
+from chalicelib.envelope import canonical_json, terminal_id_for
+from chalicelib.errors import validation_error
+
+MAX_AMOUNT = 99_999_999
+MAX_BASKET_LINES = 200
+MAX_CUSTOM_DATA_BYTES = 8 * 1024
+CENT = Decimal("0.01")
+_NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f]+$")
+_EMAIL = re.compile(
+    r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+_ISO_CURRENCY = re.compile(r"^[A-Z]{3}$")
+SUPPORTED_PROTOCOL = "AppNepting"
+KNOWN_UNSERVED_PROTOCOLS = ("ConcertV3.1", "ConcertV3.2")
+
+Text255 = Annotated[StrictStr, Field(max_length=255)]
+
+
+class _Model(BaseModel):
+    # Unknown fields are ignored (CONTRACT §1): ECRs send HiPay's full payloads.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Price(_Model):
+    amount: StrictInt = Field(ge=1, le=MAX_AMOUNT)
+    currency: StrictStr = "EUR"
+
+    @field_validator("currency")
+    @classmethod
+    def _eur_only(cls, value: str) -> str:
+        if not _ISO_CURRENCY.match(value):
+            raise PydanticCustomError("currency_invalid", "currency must be an ISO 4217 code")
+        if value != "EUR":
+            raise PydanticCustomError("currency_unsupported", "only EUR is accepted")
+        return value
+
+
+class BasketLine(_Model):
+    product_reference: Annotated[StrictStr, Field(min_length=1, max_length=255)]
+    name: Annotated[StrictStr, Field(min_length=1, max_length=255)]
+    type: Literal["good", "discount", "fee"]
+    quantity: StrictInt = Field(ge=1, le=1_000_000)
+    unit_price: Decimal = Field(allow_inf_nan=False, ge=Decimal(-MAX_AMOUNT), le=Decimal(MAX_AMOUNT))
+    tax_rate: Decimal = Field(allow_inf_nan=False, ge=0, le=100)
+    discount: Decimal = Field(default=Decimal(0), allow_inf_nan=False, le=0)
+    total_amount: Decimal = Field(allow_inf_nan=False)
+
+    @field_validator("unit_price", "tax_rate", "discount", "total_amount", mode="before")
+    @classmethod
+    def _numbers_not_bools(cls, value: Any) -> Any:
+        if isinstance(value, bool | float):
+            raise PydanticCustomError("decimal_type", "must be a JSON number")
+        return value
+
+    @field_validator("total_amount")
+    @classmethod
+    def _whole_cents(cls, value: Decimal) -> Decimal:
+        if value != value.quantize(CENT):
+            raise PydanticCustomError("cents_precision", "must have at most 2 decimal places")
+        return value
+
+    @model_validator(mode="after")
+    def _line_adds_up(self) -> BasketLine:
+        expected = (self.unit_price * self.quantity + self.discount).quantize(CENT, rounding=ROUND_HALF_UP)
+        if expected != self.total_amount:
+            raise PydanticCustomError(
+                "basket_line_total",
+                "total_amount must equal unit_price × quantity + discount ({expected})",
+                {"expected": str(expected)},
+            )
+        return self
+
+
+class Order(_Model):
+    order_id: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    transaction_type: Literal["Debit", "Credit", "Cancel"] = "Debit"
+    price: Price
+    basket: Annotated[list[BasketLine], Field(max_length=MAX_BASKET_LINES)] | None = None
+    description: Text255 = "POS payment"
+    custom_data: dict[str, Any] | None = None
+
+    @field_validator("order_id")
+    @classmethod
+    def _printable(cls, value: str) -> str:
+        if not _NO_CONTROL.match(value):
+            raise PydanticCustomError("control_characters", "order_id must not contain control characters")
+        return value
+
+    @field_validator("custom_data")
+    @classmethod
+    def _small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None and len(jsonutil.dumps(value).encode("utf-8")) > MAX_CUSTOM_DATA_BYTES:
+            raise PydanticCustomError("custom_data_too_large", "custom_data must be at most 8 KiB serialized")
+        return value
+
+    @model_validator(mode="after")
+    def _basket_adds_up(self) -> Order:
+        if self.basket:
+            total = sum((line.total_amount for line in self.basket), Decimal(0))
+            if total * 100 != self.price.amount:
+                raise PydanticCustomError(
+                    "basket_total",
+                    "the basket lines' total_amount must add up to price.amount ÷ 100 ({total})",
+                    {"total": str(total)},
+                )
+        return self
+
+
+class Customer(_Model):
+    customer_id: Annotated[StrictStr, Field(max_length=64)] | None = None
+    email: Annotated[StrictStr, Field(max_length=254)] | None = None
+    phone: Annotated[StrictStr, Field(max_length=32)] | None = None
+    first_name: Annotated[StrictStr, Field(max_length=100)] | None = None
+    last_name: Annotated[StrictStr, Field(max_length=100)] | None = None
+
+    @field_validator("email")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None and not _EMAIL.match(value):
+            raise PydanticCustomError("email_invalid", "email is not a valid address")
+        return value
+
+
+class DeviceInformation(_Model):
+    serial_number: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9]{1,64}$")]
+    manufacturer: Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9]{1,32}$")]
+
+
+class TerminalTransactionDisplay(_Model):
+    protocol: StrictStr
+    force_authorization: StrictBool = False
+
+    @field_validator("protocol")
+    @classmethod
+    def _served(cls, value: str) -> str:
+        if value in KNOWN_UNSERVED_PROTOCOLS:
+            raise PydanticCustomError(
+                "protocol_unsupported", "protocol {protocol} is not served; use AppNepting", {"protocol": value}
+            )
+        if value != SUPPORTED_PROTOCOL:
+            raise PydanticCustomError("protocol_unknown", "protocol must be AppNepting")
+        return value
+
+
+class PosTechnicalInfo(_Model):
+    notify_url: Annotated[StrictStr, Field(max_length=2048)] | None = None
+    device_information: DeviceInformation
+    terminal_transaction_display: TerminalTransactionDisplay
+
+    @field_validator("notify_url")
+    @classmethod
+    def _https(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname:
+            raise PydanticCustomError("url_https", "notify_url must be an https URL")
+        return value
+
+
+class OrderRequest(_Model):
+    order: Order
+    customer: Customer | None = None
+    pos_technical_info: PosTechnicalInfo
+
+    @property
+    def terminal_id(self) -> str:
+        device = self.pos_technical_info.device_information
+        return terminal_id_for(device.manufacturer, device.serial_number)
+
+    def payload_hash(self) -> str:
+        """Identity of the payload for idempotency: defaults applied, unknown fields left out."""
+        normalized = jsonutil.loads(jsonutil.dumps(self.model_dump(mode="python")))
+        return hashlib.sha256(canonical_json(_decimals_as_text(normalized))).hexdigest()
+
+
+def _decimals_as_text(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return f"{value.normalize():f}"
+    if isinstance(value, dict):
+        return {key: _decimals_as_text(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_decimals_as_text(item) for item in value]
+    return value
+
+
+# Errors raised by a whole-object check name the field they are about.
+_PATH_SUFFIX = {"basket_line_total": "total_amount", "basket_total": "basket"}
+
+
+def parse_order_request(body: Any) -> OrderRequest:
+    """Validate a parsed body; raise the contract's 400 with the first bad field's dotted path."""
+    if not isinstance(body, dict):
+        raise validation_error("not_an_object", "the request body must be a JSON object", None)
+    try:
+        return OrderRequest.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        loc = [str(part) for part in first["loc"]]
+        suffix = _PATH_SUFFIX.get(first["type"])
+        if suffix:
+            loc.append(suffix)
+        path = ".".join(loc) or None
+        message = first["msg"] if not path else f"{path}: {first['msg']}"
+        raise validation_error(first["type"], message, path) from None

@@ -1,0 +1,178 @@
+"""The OpenAPI 3.1 description of the HTTP API, generated from the pydantic models."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic.json_schema import models_json_schema
+
+from chalicelib.models import OrderRequest
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    code: str = Field(description="stable dotted identifier, e.g. validation.int_type")
+    message: str
+    description: str
+    details: dict[str, str] | None = Field(default=None, description="path: dotted path of the first bad field")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class TransactionInfo(BaseModel):
+    reference: str | None = None
+    authorization_code: str | None = None
+    card_brand: str | None = None
+    masked_pan: str | None = None
+    authorized_online: bool | None = None
+
+
+class PaymentResponse(BaseModel):
+    paymentStatus: str = Field(description="Success or Failed")
+    receipt: str | None = Field(default=None, description="base64 text")
+    errorCode: str | None = None
+    errorData: dict[str, Any] | None = None
+    order: dict[str, Any] | None = None
+    customer: dict[str, Any] | None = None
+    technical_pos_info: dict[str, Any] | None = None
+    transaction: TransactionInfo | None = None
+    attempt: int | None = None
+
+
+class OrderStatus(BaseModel):
+    order_id: str
+    attempt: int
+    request_id: str
+    terminal_id: str
+    state: str = Field(description="pending, acknowledged, succeeded, failed, timed_out, cancelled")
+    reason: str | None = None
+    late_result: bool
+    created_at: str
+    acknowledged_at: str | None = None
+    finished_at: str | None = None
+    ack_deadline: str
+    deadline: str
+    payment: PaymentResponse | None = None
+
+
+class TerminalView(BaseModel):
+    terminal_id: str
+    online: bool
+    last_seen_at: str | None = None
+    busy: bool
+    cloud_api_enabled: bool
+
+
+class TerminalList(BaseModel):
+    terminals: list[TerminalView]
+
+
+class Health(BaseModel):
+    status: str
+
+
+_EXTRA_MODELS: list[type[BaseModel]] = []
+
+
+def register(*models: type[BaseModel]) -> None:
+    """Other parts of the API (transactions, IPN) add their models to the document."""
+    _EXTRA_MODELS.extend(models)
+    document.cache_clear()
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+_ERRORS = {
+    code: _json("ErrorBody", text)
+    for code, text in {
+        "400": "invalid body or parameter",
+        "401": "credentials missing or wrong",
+        "404": "unknown terminal, order or route",
+        "500": "unexpected",
+    }.items()
+}
+
+
+_PATHS: dict[str, Any] = {
+    "/v1/connector/healthcheck": {
+        "get": {"summary": "Service health", "security": [], "responses": {"200": _json("Health", "ok")}}
+    },
+    "/v1/connector/order": {
+        "post": {
+            "summary": "Send a payment request to a terminal and wait for its result",
+            "parameters": [
+                {
+                    "name": "Prefer",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["respond-async"]},
+                }
+            ],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OrderRequest")}}},
+            "responses": {
+                "200": _json("PaymentResponse", "the terminal answered, or was busy"),
+                "202": {"description": "accepted (Prefer: respond-async); see Location"},
+                "403": _json("ErrorBody", "Cloud API service not enabled on the terminal"),
+                "409": _json("ErrorBody", "order_id already used for a different payload"),
+                "413": _json("ErrorBody", "body too large"),
+                "415": _json("ErrorBody", "body not JSON"),
+                "502": _json("ErrorBody", "terminal not connected, or dropped"),
+                "504": _json("ErrorBody", "terminal.ack_timeout or terminal.result_timeout"),
+                **_ERRORS,
+            },
+        }
+    },
+    "/v1/connector/order/{order_id}": {
+        "get": {
+            "summary": "The order's latest attempt",
+            "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json("OrderStatus", "the latest attempt"), **_ERRORS},
+        }
+    },
+    "/v1/terminals": {
+        "get": {
+            "summary": "The merchant's terminals",
+            "responses": {"200": _json("TerminalList", "terminals"), **_ERRORS},
+        }
+    },
+}
+_EXTRA_PATHS: dict[str, Any] = {}
+
+
+def register_paths(paths: dict[str, Any]) -> None:
+    _EXTRA_PATHS.update(paths)
+    document.cache_clear()
+
+
+@lru_cache(maxsize=1)
+def document() -> dict[str, Any]:
+    models: list[type[BaseModel]] = [OrderRequest, PaymentResponse, ErrorBody, OrderStatus, TerminalList, Health]
+    models += _EXTRA_MODELS
+    _, schemas = models_json_schema(
+        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Nepting Cloud API",
+            "version": "1.2.0",
+            "description": "Wire-compatible with HiPay's Cloud API for Nepting v1.2, plus order look-up, "
+            "asynchronous mode, terminals and transactions.",
+        },
+        "components": {
+            "schemas": schemas.get("$defs", {}),
+            "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
+        },
+        "security": [{"basic": []}],
+        "paths": {**_PATHS, **_EXTRA_PATHS},
+    }

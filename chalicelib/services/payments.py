@@ -1,0 +1,437 @@
+"""The synchronous payment path: get the terminal, resolve the order's idempotency, claim the
+terminal, record the attempt, dispatch, and wait for the terminal's answer.
+
+Storage and messaging come in as ``PaymentDeps`` so tests run this against in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from chalicelib import envelope as env
+from chalicelib import jsonutil
+from chalicelib.config import Settings
+from chalicelib.domain import (
+    FINAL,
+    IN_FLIGHT,
+    Dispatch,
+    DispatchState,
+    OrderHead,
+    Reason,
+    Terminal,
+)
+from chalicelib.errors import ApiError, order_not_found, terminal_not_found
+from chalicelib.models import OrderRequest
+from chalicelib.observability import count, log_event
+from chalicelib.ports import (
+    ChannelError,
+    Clock,
+    ConditionFailed,
+    PaymentRepository,
+    TerminalChannel,
+    TerminalRepository,
+    Waker,
+)
+
+# Two requests for the same new order may race; the loser re-reads and joins. Bounded, not a loop.
+_MAX_START_RACES = 3
+
+
+@dataclass
+class PaymentDeps:
+    terminals: TerminalRepository
+    payments: PaymentRepository
+    channel: TerminalChannel
+    settings: Settings
+    clock: Clock
+    waker: Waker
+
+
+@dataclass
+class Reply:
+    """An HTTP answer of the payment API that is not an error."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def request_payment(
+    deps: PaymentDeps, merchant_id: str, request: OrderRequest, raw: dict[str, Any], respond_async: bool = False
+) -> Reply:
+    terminal = _usable_terminal(deps, merchant_id, request.terminal_id)
+    if request.order.transaction_type == "Cancel":
+        return cancel_payment(deps, merchant_id, request, raw, terminal)
+    payload_hash = request.payload_hash()
+    order_id = request.order.order_id
+    for _ in range(_MAX_START_RACES):
+        head = deps.payments.get_head(merchant_id, order_id)
+        previous: Dispatch | None = None
+        if head is not None:
+            previous = deps.payments.get_dispatch(head.request_id)
+            if previous is None:
+                raise RuntimeError(f"order head {order_id} points at a missing dispatch")
+            joined = _existing_attempt(deps, head, previous, payload_hash, respond_async)
+            if joined is not None:
+                return joined
+        if not terminal.online:
+            count("TerminalUnreachable", reason="offline")
+            raise ApiError(502, "terminal.offline", "The terminal is not connected")
+        try:
+            dispatch, head = _start_attempt(deps, terminal, request, raw, payload_hash, head)
+        except _TerminalBusy:
+            return Reply(200, busy_response(raw))
+        except ConditionFailed:
+            continue
+        if respond_async:
+            return accepted_reply(order_id)
+        return reply_for(head, wait_for_final(deps, dispatch.request_id))
+    raise ApiError(409, "order.contended", "The order is being started by another request; retry")
+
+
+def _usable_terminal(deps: PaymentDeps, merchant_id: str, terminal_id: str) -> Terminal:
+    terminal = deps.terminals.get(terminal_id)
+    # Another merchant's terminal is answered as unknown: its existence is not ours to reveal.
+    if terminal is None or terminal.merchant_id != merchant_id:
+        raise terminal_not_found()
+    if not terminal.passphrase:
+        raise ApiError(403, "terminal.service_disabled", "The Cloud API service is not enabled on this terminal")
+    return terminal
+
+
+def _existing_attempt(
+    deps: PaymentDeps, head: OrderHead, previous: Dispatch, payload_hash: str, respond_async: bool
+) -> Reply | None:
+    """Apply the idempotency rules to an order seen before; None means: start a new attempt."""
+    same_payload = head.payload_hash == payload_hash
+    state = previous.effective_state(deps.clock.now_ms())
+    if state in IN_FLIGHT:
+        if not same_payload:
+            raise ApiError(409, "order.conflict", "order_id is in use by a payment with a different payload")
+        if respond_async:
+            return accepted_reply(head.order_id)
+        return reply_for(head, wait_for_final(deps, previous.request_id))
+    if state == DispatchState.SUCCEEDED:
+        if not same_payload:
+            raise ApiError(409, "order.conflict", "order_id already succeeded with a different payload")
+        reply = reply_for(head, previous)
+        reply.headers["Idempotent-Replayed"] = "true"
+        return reply
+    return None
+
+
+class _TerminalBusy(Exception):
+    pass
+
+
+def _start_attempt(
+    deps: PaymentDeps,
+    terminal: Terminal,
+    request: OrderRequest,
+    raw: dict[str, Any],
+    payload_hash: str,
+    previous_head: OrderHead | None,
+) -> tuple[Dispatch, OrderHead]:
+    now = deps.clock.now_ms()
+    settings = deps.settings
+    request_id = env.new_request_id()
+    deadline = now + settings.payment_deadline_ms
+    terminal_id = request.terminal_id
+    if not deps.terminals.claim(terminal_id, request_id, now, deadline):
+        count("PaymentsBusy", reason="claimed")
+        log_event("terminal busy", order_id=request.order.order_id, terminal_id=terminal_id)
+        raise _TerminalBusy()
+    attempt = (previous_head.attempt + 1) if previous_head else 1
+    head = OrderHead(
+        merchant_id=terminal.merchant_id,
+        order_id=request.order.order_id,
+        attempt=attempt,
+        request_id=request_id,
+        terminal_id=terminal_id,
+        payload_hash=payload_hash,
+        request_json=jsonutil.dumps(raw_echo(raw)),
+        created_at_ms=previous_head.created_at_ms if previous_head else now,
+        updated_at_ms=now,
+    )
+    dispatch = Dispatch(
+        request_id=request_id,
+        merchant_id=terminal.merchant_id,
+        order_id=request.order.order_id,
+        attempt=attempt,
+        terminal_id=terminal_id,
+        transaction_type=request.order.transaction_type,
+        amount=request.order.price.amount,
+        currency=request.order.price.currency,
+        state=DispatchState.PENDING,
+        created_at_ms=now,
+        ack_deadline_ms=now + settings.ack_timeout_ms,
+        deadline_ms=deadline,
+    )
+    try:
+        deps.payments.start_attempt(head, dispatch, previous_head.attempt if previous_head else None)
+    except ConditionFailed:
+        deps.terminals.release(terminal_id, request_id)
+        raise
+    count("PaymentsStarted")
+    log_event(
+        "payment dispatched", order_id=head.order_id, terminal_id=terminal_id, request_id=request_id, attempt=attempt
+    )
+    body = {
+        "order_id": request.order.order_id,
+        "transaction_type": request.order.transaction_type,
+        "amount": request.order.price.amount,
+        "currency": request.order.price.currency,
+        "force_authorization": request.pos_technical_info.terminal_transaction_display.force_authorization,
+        "description": request.order.description,
+        "expires_at": env.timestamp_from_ms(deadline),
+    }
+    _send(deps, dispatch, "payment_request", body, terminal)
+    return dispatch, head
+
+
+def _send(deps: PaymentDeps, dispatch: Dispatch, kind: str, body: dict[str, Any], terminal: Terminal) -> None:
+    """Publish to the terminal; when the broker refuses, the attempt fails as unreachable (502)."""
+    passphrase = terminal.passphrase or ""
+    try:
+        deps.channel.publish(
+            dispatch.terminal_id, env.make_envelope(kind, dispatch.request_id, dispatch.terminal_id, body, passphrase)
+        )
+    except ChannelError as exc:
+        count("TerminalUnreachable", reason="publish_failed")
+        log_event(
+            "publish failed",
+            level="warning",
+            request_id=dispatch.request_id,
+            terminal_id=dispatch.terminal_id,
+            error=str(exc),
+        )
+        with contextlib.suppress(ConditionFailed):  # the terminal answered or the order was cancelled
+            deps.payments.transition(
+                dispatch.request_id,
+                IN_FLIGHT,
+                DispatchState.FAILED,
+                deps.clock.now_ms(),
+                reason=Reason.TERMINAL_UNREACHABLE,
+            )
+        deps.terminals.release(dispatch.terminal_id, dispatch.request_id)
+
+
+def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
+    """Poll the correlation record until it is final, writing the timeout when a deadline passes.
+
+    The schedule starts at ``poll_initial_ms`` and grows by ``poll_growth_pct`` up to ``poll_max_ms``,
+    restarting fast whenever the state moves: an instant terminal answers within a few short polls,
+    a customer taking 30 s costs about 30 s / poll_max_ms reads, and the delay between the result
+    landing and the answer never exceeds the cap (plus one read).
+    """
+    settings = deps.settings
+    interval = float(settings.poll_initial_ms)
+    seen_state: DispatchState | None = None
+    while True:
+        dispatch = deps.payments.get_dispatch(request_id)
+        if dispatch is None:
+            raise RuntimeError(f"dispatch {request_id} vanished")
+        if dispatch.state in FINAL:
+            deps.terminals.release(dispatch.terminal_id, request_id)
+            return dispatch
+        if dispatch.state != seen_state:
+            seen_state, interval = dispatch.state, float(settings.poll_initial_ms)
+        now = deps.clock.now_ms()
+        overdue = dispatch.overdue_reason(now)
+        if overdue is not None:
+            timed_out = _time_out(deps, dispatch, overdue, now)
+            if timed_out is not None:
+                return timed_out
+            continue
+        next_deadline = dispatch.ack_deadline_ms if dispatch.state == DispatchState.PENDING else dispatch.deadline_ms
+        deps.waker.wait(request_id, max(0.001, min(interval, next_deadline - now)) / 1000)
+        interval = min(float(settings.poll_max_ms), interval * settings.poll_growth_pct / 100)
+
+
+def _time_out(deps: PaymentDeps, dispatch: Dispatch, reason: Reason, now: int) -> Dispatch | None:
+    allowed = frozenset({DispatchState.PENDING}) if reason == Reason.ACK_TIMEOUT else IN_FLIGHT
+    try:
+        timed_out = deps.payments.transition(dispatch.request_id, allowed, DispatchState.TIMED_OUT, now, reason=reason)
+    except ConditionFailed:
+        return None  # the terminal answered meanwhile: read it again
+    count("AckTimeouts" if reason == Reason.ACK_TIMEOUT else "ResultTimeouts")
+    log_event(
+        "payment timed out",
+        level="warning",
+        order_id=dispatch.order_id,
+        terminal_id=dispatch.terminal_id,
+        request_id=dispatch.request_id,
+        reason=reason.value,
+    )
+    if reason == Reason.ACK_TIMEOUT:
+        # A terminal that wakes up late must not show a payment screen nobody waits for.
+        _send_cancel(deps, timed_out)
+    deps.terminals.release(dispatch.terminal_id, dispatch.request_id)
+    return timed_out
+
+
+def _send_cancel(deps: PaymentDeps, dispatch: Dispatch) -> bool:
+    terminal = deps.terminals.get(dispatch.terminal_id)
+    if terminal is None or not terminal.passphrase:
+        return False
+    body = {"order_id": dispatch.order_id, "target_request_id": dispatch.request_id}
+    try:
+        deps.channel.publish(
+            dispatch.terminal_id,
+            env.make_envelope("cancel_request", env.new_request_id(), dispatch.terminal_id, body, terminal.passphrase),
+        )
+    except ChannelError as exc:
+        log_event("cancel publish failed", level="warning", request_id=dispatch.request_id, error=str(exc))
+        return False
+    return True
+
+
+def cancel_payment(
+    deps: PaymentDeps, merchant_id: str, request: OrderRequest, raw: dict[str, Any], terminal: Terminal
+) -> Reply:
+    """``transaction_type: Cancel`` aborts the order's payment while it is in flight on that terminal."""
+    order_id = request.order.order_id
+    head = deps.payments.get_head(merchant_id, order_id)
+    dispatch = deps.payments.get_dispatch(head.request_id) if head else None
+    now = deps.clock.now_ms()
+    if (
+        dispatch is None
+        or dispatch.terminal_id != terminal.terminal_id
+        or dispatch.effective_state(now) not in IN_FLIGHT
+    ):
+        state = dispatch.effective_state(now).value if dispatch else None
+        return Reply(200, _response(raw, "Failed", error_code="not_cancellable", error_data={"state": state}))
+    if not _send_cancel(deps, dispatch):
+        raise ApiError(502, "terminal.unreachable", "The cancellation could not be sent to the terminal")
+    try:
+        cancelled = deps.payments.transition(
+            dispatch.request_id, IN_FLIGHT, DispatchState.CANCELLED, now, reason=Reason.CANCELLED
+        )
+    except ConditionFailed:
+        final = deps.payments.get_dispatch(dispatch.request_id)
+        state = final.state.value if final else None
+        return Reply(200, _response(raw, "Failed", error_code="not_cancellable", error_data={"state": state}))
+    deps.terminals.release(cancelled.terminal_id, cancelled.request_id)
+    count("PaymentsCancelled")
+    log_event(
+        "payment cancelled", order_id=order_id, terminal_id=cancelled.terminal_id, request_id=cancelled.request_id
+    )
+    response = _response(raw, "Success")
+    response["attempt"] = cancelled.attempt
+    return Reply(200, response)
+
+
+def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> dict[str, Any]:
+    """The order's latest attempt: how an ECR recovers after a lost or timed-out response."""
+    head = deps.payments.get_head(merchant_id, order_id)
+    dispatch = deps.payments.get_dispatch(head.request_id) if head else None
+    if head is None or dispatch is None:
+        raise order_not_found()
+    overdue = dispatch.overdue_reason(deps.clock.now_ms())
+    state = DispatchState.TIMED_OUT if overdue else dispatch.state
+    status: dict[str, Any] = {
+        "order_id": order_id,
+        "attempt": dispatch.attempt,
+        "request_id": dispatch.request_id,
+        "terminal_id": dispatch.terminal_id,
+        "state": state.value,
+        "reason": overdue.value if overdue else dispatch.reason,
+        "late_result": dispatch.late,
+        "created_at": env.timestamp_from_ms(dispatch.created_at_ms),
+        "acknowledged_at": _ts(dispatch.acked_at_ms),
+        "finished_at": _ts(dispatch.finished_at_ms),
+        "ack_deadline": env.timestamp_from_ms(dispatch.ack_deadline_ms),
+        "deadline": env.timestamp_from_ms(dispatch.deadline_ms),
+        "payment": None,
+    }
+    if state in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED):
+        status["payment"] = payment_response(jsonutil.loads(head.request_json), dispatch)
+    return status
+
+
+def _ts(epoch_ms: int | None) -> str | None:
+    return env.timestamp_from_ms(epoch_ms) if epoch_ms is not None else None
+
+
+# -- answers -------------------------------------------------------------------------------------
+
+_ERRORS_BY_REASON: dict[str, tuple[int, str, str]] = {
+    Reason.TERMINAL_UNREACHABLE: (502, "terminal.unreachable", "The terminal could not be reached"),
+    Reason.TERMINAL_DISCONNECTED: (502, "terminal.disconnected", "The terminal dropped during the payment"),
+    Reason.ACK_TIMEOUT: (504, "terminal.ack_timeout", "The terminal did not acknowledge the payment request"),
+    Reason.RESULT_TIMEOUT: (
+        504,
+        "terminal.result_timeout",
+        "No result before the payment deadline; the order stays tracked at GET /v1/connector/order/{order_id}",
+    ),
+}
+
+
+def reply_for(head: OrderHead, dispatch: Dispatch) -> Reply:
+    """Turn a final dispatch into the HTTP answer, raising the contract's 502/504 errors."""
+    error = _ERRORS_BY_REASON.get(dispatch.reason or "")  # StrEnum keys match their string values
+    if error is not None and dispatch.state in (DispatchState.FAILED, DispatchState.TIMED_OUT):
+        raise ApiError(*error)
+    return Reply(200, payment_response(jsonutil.loads(head.request_json), dispatch))
+
+
+def payment_response(raw: dict[str, Any], dispatch: Dispatch) -> dict[str, Any]:
+    result = dispatch.result or {}
+    if dispatch.state == DispatchState.SUCCEEDED:
+        response = _response(raw, "Success", receipt=result.get("receipt"))
+    else:
+        error_code = result.get("error_code") or dispatch.reason or "payment_failed"
+        response = _response(
+            raw, "Failed", error_code=error_code, error_data=result.get("error_data"), receipt=result.get("receipt")
+        )
+    transaction = {
+        key: result[source]
+        for key, source in (
+            ("reference", "transaction_reference"),
+            ("authorization_code", "authorization_code"),
+            ("card_brand", "card_brand"),
+            ("masked_pan", "masked_pan"),
+            ("authorized_online", "authorized_online"),
+        )
+        if source in result
+    }
+    if transaction:
+        response["transaction"] = transaction
+    response["attempt"] = dispatch.attempt
+    return response
+
+
+def busy_response(raw: dict[str, Any]) -> dict[str, Any]:
+    return _response(
+        raw, "Failed", error_code="terminal_busy", error_data={"message": "The terminal is already handling a payment"}
+    )
+
+
+def accepted_reply(order_id: str) -> Reply:
+    location = f"/v1/connector/order/{order_id}"
+    return Reply(202, {"order_id": order_id, "state": "pending", "location": location}, {"Location": location})
+
+
+def raw_echo(raw: dict[str, Any]) -> dict[str, Any]:
+    """The parts of the request a PaymentResponse echoes (and the order notification carries)."""
+    return {key: raw[key] for key in ("order", "customer", "pos_technical_info") if key in raw}
+
+
+def _response(
+    raw: dict[str, Any],
+    status: str,
+    error_code: str | None = None,
+    error_data: dict[str, Any] | None = None,
+    receipt: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "paymentStatus": status,
+        "receipt": receipt,
+        "errorCode": error_code,
+        "errorData": error_data,
+        "order": raw.get("order"),
+        "customer": raw.get("customer"),
+        "technical_pos_info": raw.get("pos_technical_info"),
+    }
