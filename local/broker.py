@@ -134,9 +134,7 @@ class RunningBroker:
 
     def raise_if_crashed(self) -> None:
         if self._failure is not None:
-            raise BrokerCrashedError(f"MQTT broker on port {self.port} crashed: {self._failure!r}") from (
-                self._failure
-            )
+            raise BrokerCrashedError(f"MQTT broker on port {self.port} crashed: {self._failure!r}") from (self._failure)
 
     def stop(self) -> None:
         """Disconnect every client, stop listening; raises ``BrokerCrashedError`` if the loop failed."""
@@ -145,9 +143,7 @@ class RunningBroker:
             loop.call_soon_threadsafe(stop_requested.set)
         self._thread.join(_SHUTDOWN_TIMEOUT_S)
         if self._thread.is_alive():
-            raise BrokerCrashedError(
-                f"MQTT broker on port {self.port} still running after {_SHUTDOWN_TIMEOUT_S}s"
-            )
+            raise BrokerCrashedError(f"MQTT broker on port {self.port} still running after {_SHUTDOWN_TIMEOUT_S}s")
         self.raise_if_crashed()
 
     def __enter__(self) -> RunningBroker:

@@ -109,9 +109,7 @@ class SimulatedTerminal:
             raise ValueError(f"unknown simulator behavior {behavior!r}; expected one of {BEHAVIORS}")
         self.terminal_id = terminal_id
         self.behavior = behavior
-        self.delay_ms = (
-            delay_ms if delay_ms is not None else (_SLOW_DEFAULT_DELAY_MS if behavior == "slow" else 0)
-        )
+        self.delay_ms = delay_ms if delay_ms is not None else (_SLOW_DEFAULT_DELAY_MS if behavior == "slow" else 0)
         self.host, self.port = host, port
         self._passphrase = passphrase
         self._on_result = on_result
@@ -181,24 +179,29 @@ class SimulatedTerminal:
         client.on_pre_connect = self._sign_last_will
         client.on_socket_open = _disable_nagle
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
 
     def _sign_last_will(self, client: mqtt.Client, _userdata: Any) -> None:
         # Signed at each (re)connect, so the will's sent_at is that connection's start.
-        will = make_envelope(
-            "status", new_request_id(), self.terminal_id, {"state": "offline"}, self._passphrase
-        )
+        will = make_envelope("status", new_request_id(), self.terminal_id, {"state": "offline"}, self._passphrase)
         client.will_set(topic_for(self.terminal_id, "status"), encode(will), qos=1, retain=True)
 
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any = None) -> None:
         if reason.is_failure:
-            log.warning(
-                "terminal_connect_refused", extra={"terminal_id": self.terminal_id, "reason": str(reason)}
-            )
+            log.warning("terminal_connect_refused", extra={"terminal_id": self.terminal_id, "reason": str(reason)})
             return
         client.subscribe(topic_for(self.terminal_id, "requests"), qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any = None) -> None:
+        # "online" only once the broker holds our subscription: the cloud dispatches on seeing it,
+        # and a request published before the SUBACK would be routed to nobody.
+        if any(reason.is_failure for reason in reasons):
+            log.error("terminal_subscribe_refused", extra={"terminal_id": self.terminal_id})
+            client.disconnect()
+            return
         self._publish_status("online")
         log.info("terminal_online", extra={"terminal_id": self.terminal_id, "behavior": self.behavior})
         self._connected.set()
@@ -208,12 +211,8 @@ class SimulatedTerminal:
         log.info("terminal_disconnected", extra={"terminal_id": self.terminal_id, "reason": str(reason)})
 
     def _publish_status(self, state: str) -> mqtt.MQTTMessageInfo:
-        envelope = make_envelope(
-            "status", new_request_id(), self.terminal_id, {"state": state}, self._passphrase
-        )
-        return self._client.publish(
-            topic_for(self.terminal_id, "status"), encode(envelope), qos=1, retain=True
-        )
+        envelope = make_envelope("status", new_request_id(), self.terminal_id, {"state": state}, self._passphrase)
+        return self._client.publish(topic_for(self.terminal_id, "status"), encode(envelope), qos=1, retain=True)
 
     def _send_event(self, message_type: str, request_id: str, body: dict[str, Any]) -> None:
         envelope = make_envelope(message_type, request_id, self.terminal_id, body, self._passphrase)
@@ -231,9 +230,7 @@ class SimulatedTerminal:
             envelope = self._verified(message.topic, bytes(message.payload))
         except EnvelopeError as exc:
             self._count("rejected", f"rejected.{exc.reason}")
-            log.warning(
-                "terminal_request_rejected", extra={"terminal_id": self.terminal_id, "reason": exc.reason}
-            )
+            log.warning("terminal_request_rejected", extra={"terminal_id": self.terminal_id, "reason": exc.reason})
             return
         if self._is_duplicate(envelope["request_id"]):
             self._count("duplicates")
