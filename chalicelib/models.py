@@ -39,7 +39,7 @@ MAX_AMOUNT = 99_999_999
 MAX_BASKET_LINES = 200
 MAX_CUSTOM_DATA_BYTES = 8 * 1024
 CENT = Decimal("0.01")
-_NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f]+$")
+_NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f-\x9f]+$")
 _EMAIL = re.compile(
     r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 )
@@ -204,8 +204,8 @@ class OrderRequest(_Model):
 
     def payload_hash(self) -> str:
         """Identity of the payload for idempotency: defaults applied, unknown fields left out."""
-        normalized = jsonutil.loads(jsonutil.dumps(self.model_dump(mode="python")))
-        return hashlib.sha256(canonical_json(_decimals_as_text(normalized))).hexdigest()
+        # No JSON round trip first: it would turn Decimal("9") into 9 but Decimal("9.00") into "9".
+        return hashlib.sha256(canonical_json(_decimals_as_text(self.model_dump(mode="python")))).hexdigest()
 
 
 def _decimals_as_text(value: Any) -> Any:
