@@ -1,0 +1,116 @@
+"""cdk-nag (AwsSolutions) suppressions: each names the rule, the finding and why it is accepted.
+
+Suppressions are scoped to the exact finding (``applies_to``) wherever cdk-nag reports one, so a
+new wildcard elsewhere in the same policy still fails the synthesis.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aws_cdk import Stack
+from cdk_nag import NagPackSuppression, NagSuppressions
+
+if TYPE_CHECKING:
+    from .stack import NeptingCloudApiStack
+
+# Construct id of the Lambda that every AwsCustomResource in a stack shares (fixed by the CDK).
+AWS_CUSTOM_RESOURCE_SINGLETON = "AWS679f53fac002430cb0da5b7982bd2287"
+
+ROLE_WILDCARDS = [
+    NagPackSuppression(
+        id="AwsSolutions-IAM5",
+        applies_to=[{"regex": "/^Resource::<Tables[A-Za-z]+[0-9A-F]{8}\\.Arn>\\/index\\/\\*$/g"}],
+        reason="Queries through the global secondary indexes of a table this function is granted: "
+        "the wildcard covers that one table's indexes, nothing else.",
+    ),
+    NagPackSuppression(
+        id="AwsSolutions-IAM5",
+        applies_to=[{"regex": "/^Resource::<Tables[A-Za-z]+[0-9A-F]{8}\\.Arn>\\/export\\/\\*$/g"}],
+        reason="finance_export follows the exports it starts on the transactions table; export ids are "
+        "made by DynamoDB, so they can only be named by wildcard under that table.",
+    ),
+    NagPackSuppression(
+        id="AwsSolutions-IAM5",
+        applies_to=[
+            "Resource::arn:<AWS::Partition>:iot:<AWS::Region>:<AWS::AccountId>:topic/nepting/v1/terminals/*/requests"
+        ],
+        reason="The API sends payment requests to whichever enrolled terminal a merchant names: the "
+        "wildcard is the terminal id, and only the requests topic can be published to.",
+    ),
+    NagPackSuppression(
+        id="AwsSolutions-IAM5",
+        applies_to=["Resource::arn:<AWS::Partition>:kms:<AWS::Region>:<AWS::AccountId>:key/*"],
+        reason="The operator chooses the key of the IPN secret (aws/ssm or their own). Decryption is "
+        "allowed only via SSM and only with the encryption context of that one parameter.",
+    ),
+    NagPackSuppression(
+        id="AwsSolutions-IAM5",
+        applies_to=["Resource::*"],
+        reason="dynamodb:ListStreams, needed by the payments-stream event source mapping, has no "
+        "resource-level permissions; the stream itself is granted by its ARN.",
+    ),
+    NagPackSuppression(
+        id="AwsSolutions-IAM5",
+        applies_to=[{"regex": "/^Resource::<Exports[A-Za-z]*[0-9A-F]{8}\\.Arn>\\/exports\\/\\*$/g"}],
+        reason="DynamoDB writes an export as many objects under a prefix it names per run; the "
+        "wildcard is confined to the bucket's exports/ prefix.",
+    ),
+]
+
+
+def add_suppressions(stack: NeptingCloudApiStack) -> None:
+    for name, role in stack.app.roles.items():
+        allowed = [s for s in ROLE_WILDCARDS if name == "order_notifications" or s.applies_to != ["Resource::*"]]
+        NagSuppressions.add_resource_suppressions(role, allowed, apply_to_children=True)
+
+    for queue in (
+        stack.queues.order_notifications_dlq,
+        stack.queues.terminal_messages_dlq,
+        stack.queues.finance_export_dlq,
+    ):
+        NagSuppressions.add_resource_suppressions(
+            queue,
+            [
+                NagPackSuppression(
+                    id="AwsSolutions-SQS3",
+                    reason="This queue is itself a dead-letter queue (an on-failure destination, not a "
+                    "redrive target, which cdk-nag cannot see); it is alarmed and replayed by hand.",
+                )
+            ],
+        )
+    _suppress_custom_resource_provider(stack)
+
+
+def _suppress_custom_resource_provider(stack: Stack) -> None:
+    provider = stack.node.try_find_child(AWS_CUSTOM_RESOURCE_SINGLETON)
+    if provider is None:
+        return
+    NagSuppressions.add_resource_suppressions(
+        provider,
+        [
+            NagPackSuppression(
+                id="AwsSolutions-IAM4",
+                applies_to=["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"],
+                reason="CDK's own deploy-time lookup function (IoT data endpoint): the managed policy only "
+                "lets it write its logs.",
+            ),
+            NagPackSuppression(
+                id="AwsSolutions-L1",
+                reason="Runtime of CDK's own deploy-time lookup function is chosen by the CDK release.",
+            ),
+        ],
+        apply_to_children=True,
+    )
+    for child in stack.node.find_all():
+        if child.node.id == "CustomResourcePolicy":
+            NagSuppressions.add_resource_suppressions(
+                child,
+                [
+                    NagPackSuppression(
+                        id="AwsSolutions-IAM5",
+                        applies_to=["Resource::*"],
+                        reason="iot:DescribeEndpoint has no resource-level permissions.",
+                    )
+                ],
+            )

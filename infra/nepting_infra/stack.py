@@ -1,0 +1,254 @@
+"""The whole deployment in one stack: the Chalice app and everything Chalice does not manage."""
+
+from __future__ import annotations
+
+from aws_cdk import Annotations, Aws, CfnOutput, Duration, Stack
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
+from aws_cdk import aws_lambda_event_sources as sources
+from constructs import Construct
+
+from .chalice_app import ChaliceApp
+from .data import EXPORT_PREFIX, ExportBucket, Tables
+from .functions import FUNCTIONS_BY_NAME, QUEUE_ENV, TABLE_ENV, FunctionSpec
+from .iot import TOPIC_ROOT, IotDataEndpoint, TerminalFleet, TerminalMessageRules
+from .messaging import Queues
+from .nag import add_suppressions
+from .observability import Observability
+from .settings import ACK_TIMEOUT_MS, APP_NAME, METRICS_NAMESPACE, DeploymentSettings
+
+# Prefix of the payments table's keys for order heads (the records order notifications follow).
+ORDER_KEY_PREFIX = "ORDER#"
+
+
+class NeptingCloudApiStack(Stack):
+    def __init__(self, scope: Construct, construct_id: str, *, settings: DeploymentSettings, **kwargs: object) -> None:
+        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        self.settings = settings
+        self.tables = Tables(self, "Tables", settings=settings)
+        self.queues = Queues(self, "Queues", settings=settings)
+        self.exports = ExportBucket(self, "Exports", settings=settings)
+        self.fleet = TerminalFleet(self, "Fleet", settings=settings)
+
+        self.app = ChaliceApp(
+            self,
+            "App",
+            settings=settings,
+            common_environment={
+                "STAGE": settings.stage,
+                "POWERTOOLS_SERVICE_NAME": APP_NAME,
+                "POWERTOOLS_METRICS_NAMESPACE": METRICS_NAMESPACE,
+                "TERMINAL_CHANNEL": "iot",
+                "ACK_TIMEOUT_MS": str(ACK_TIMEOUT_MS),
+                "PAYMENT_DEADLINE_MS": str(settings.payment_deadline_ms),
+            },
+        )
+        if settings.deadline_was_capped:
+            Annotations.of(self).add_warning_v2(
+                "nepting:payment-deadline-capped",
+                f"PAYMENT_DEADLINE_MS is {settings.payment_deadline_ms} ms, not the contract's default "
+                f"120000, to end before the {settings.integration_timeout_ms} ms API Gateway integration "
+                "timeout; see infra/README.md",
+            )
+
+        for name in self.app.functions:
+            self._grant(FUNCTIONS_BY_NAME[name])
+        self._wire_event_sources()
+        self._wire_terminal_messages()
+        self._wire_daily_export()
+
+        self.observability = Observability(
+            self,
+            "Observability",
+            settings=settings,
+            function_names={name: self.app.function_name(FUNCTIONS_BY_NAME[name]) for name in self.app.functions},
+            dead_letter_queues=self.queues.dead_letter_queues,
+            api_name=settings.resource_name("api"),
+        )
+        self._outputs()
+        add_suppressions(self)
+
+    # --- least privilege: each role gets exactly its row of the access matrix -------------------
+
+    def _grant(self, spec: FunctionSpec) -> None:
+        role = self.app.roles[spec.name]
+        for key in spec.reads:
+            self.tables.by_key[key].grant_read_data(role)
+        for key in spec.read_writes:
+            self.tables.by_key[key].grant_read_write_data(role)
+        for key in spec.tables:
+            self.app.add_environment(spec, TABLE_ENV[key], self.tables.by_key[key].table_name)
+        for key in spec.sends_to:
+            self.queues.by_key[key].grant_send_messages(role)
+            self.app.add_environment(spec, QUEUE_ENV[key], self.queues.by_key[key].queue_url)
+        if spec.publishes_to_terminals:
+            role.add_to_principal_policy(
+                iam.PolicyStatement(
+                    sid="PublishPaymentRequestsToTerminals",
+                    actions=["iot:Publish"],
+                    resources=[
+                        self.format_arn(service="iot", resource="topic", resource_name=f"{TOPIC_ROOT}/*/requests")
+                    ],
+                )
+            )
+            # A host name: the IoT channel adds the scheme itself.
+            endpoint = self.settings.iot_data_endpoint or IotDataEndpoint(self, "IotDataEndpoint").address
+            self.app.add_environment(spec, "IOT_DATA_ENDPOINT", endpoint)
+        if spec.reads_ipn_secret:
+            self._grant_ipn_secret(spec, role)
+        if spec.exports_transactions:
+            self._grant_export(spec, role)
+
+    def _grant_ipn_secret(self, spec: FunctionSpec, role: iam.IRole) -> None:
+        name = self.settings.ipn_secret_parameter
+        parameter_arn = self.format_arn(service="ssm", resource="parameter", resource_name=name.lstrip("/"))
+        role.add_to_principal_policy(
+            iam.PolicyStatement(sid="ReadIpnSecret", actions=["ssm:GetParameter"], resources=[parameter_arn])
+        )
+        # The operator creates the SecureString (with the AWS-managed or their own key); decryption is
+        # allowed only through SSM and only for this parameter.
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="DecryptIpnSecretThroughSsm",
+                actions=["kms:Decrypt"],
+                resources=[self.format_arn(service="kms", resource="key", resource_name="*")],
+                conditions={
+                    "StringEquals": {
+                        "kms:ViaService": f"ssm.{Aws.REGION}.amazonaws.com",
+                        "kms:EncryptionContext:PARAMETER_ARN": parameter_arn,
+                    }
+                },
+            )
+        )
+        self.app.add_environment(spec, "IPN_SECRET_PARAMETER", name)
+
+    def _grant_export(self, spec: FunctionSpec, role: iam.IRole) -> None:
+        table = self.tables.transactions
+        bucket = self.exports.bucket
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ExportTransactions",
+                actions=["dynamodb:ExportTableToPointInTime"],
+                resources=[table.table_arn],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="FollowTransactionExports",
+                actions=["dynamodb:DescribeExport"],
+                resources=[f"{table.table_arn}/export/*"],
+            )
+        )
+        # DynamoDB writes the export with the caller's permissions; the function reads it back to
+        # produce the CSV/Parquet files next to it.
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="WriteAndReadExports",
+                actions=["s3:PutObject", "s3:PutObjectAcl", "s3:AbortMultipartUpload", "s3:GetObject"],
+                resources=[bucket.arn_for_objects(f"{EXPORT_PREFIX}*")],
+            )
+        )
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="ListExports",
+                actions=["s3:ListBucket"],
+                resources=[bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{EXPORT_PREFIX}*"]}},
+            )
+        )
+        self.app.add_environment(spec, "TRANSACTIONS_TABLE", table.table_name)
+        self.app.add_environment(spec, "EXPORT_BUCKET", bucket.bucket_name)
+
+    # --- event sources ------------------------------------------------------------------------
+
+    # A handler not (yet) registered in app.py is not wired; tests/infra insists on all of them.
+
+    def _wire_event_sources(self) -> None:
+        functions = self.app.functions
+        if "ipn_ingest" in functions:
+            functions["ipn_ingest"].add_event_source(
+                sources.SqsEventSource(self.queues.ipn, batch_size=10, report_batch_item_failures=True)
+            )
+        if "merchant_notifier" in functions:
+            functions["merchant_notifier"].add_event_source(
+                sources.SqsEventSource(self.queues.notifications, batch_size=5, report_batch_item_failures=True)
+            )
+        if "order_notifications" not in functions:
+            return
+        functions["order_notifications"].add_event_source(
+            sources.DynamoEventSource(
+                self.tables.payments,
+                starting_position=lambda_.StartingPosition.TRIM_HORIZON,
+                batch_size=25,
+                bisect_batch_on_error=True,
+                retry_attempts=10,
+                max_record_age=Duration.hours(24),
+                report_batch_item_failures=True,
+                on_failure=sources.SqsDlq(self.queues.order_notifications_dlq),
+                filters=[
+                    lambda_.FilterCriteria.filter(
+                        {
+                            "eventName": lambda_.FilterRule.or_("INSERT", "MODIFY"),
+                            "dynamodb": {"Keys": {"pk": {"S": lambda_.FilterRule.begins_with(ORDER_KEY_PREFIX)}}},
+                        }
+                    )
+                ],
+            )
+        )
+
+    def _wire_terminal_messages(self) -> None:
+        handlers = {
+            suffix: self.app.functions[name]
+            for suffix, name in (("events", "terminal_events"), ("status", "terminal_status"))
+            if name in self.app.functions
+        }
+        self.terminal_rules = TerminalMessageRules(
+            self,
+            "TerminalMessages",
+            settings=self.settings,
+            handlers=handlers,
+            error_queue=self.queues.terminal_messages_dlq,
+        )
+        # IoT invokes asynchronously: an event whose handler fails every retry lands here too.
+        for handler in handlers.values():
+            handler.configure_async_invoke(
+                on_failure=destinations.SqsDestination(self.queues.terminal_messages_dlq),
+                retry_attempts=2,
+                max_event_age=Duration.hours(1),
+            )
+
+    def _wire_daily_export(self) -> None:
+        export = self.app.functions.get("finance_export")
+        if export is None:
+            return
+        self.export_schedule = events.Rule(
+            self,
+            "DailyFinanceExport",
+            description="Exports the Console transactions for finance every night",
+            schedule=events.Schedule.cron(minute="30", hour="2"),
+            targets=[
+                targets.LambdaFunction(
+                    export,
+                    dead_letter_queue=self.queues.finance_export_dlq,
+                    retry_attempts=2,
+                    max_event_age=Duration.hours(6),
+                )
+            ],
+        )
+        export.configure_async_invoke(
+            on_failure=destinations.SqsDestination(self.queues.finance_export_dlq), retry_attempts=2
+        )
+
+    def _outputs(self) -> None:
+        CfnOutput(self, "ApiUrl", value=self.app.chalice.sam_template.get_output("EndpointURL").value)
+        CfnOutput(self, "PaymentDeadlineMs", value=str(self.settings.payment_deadline_ms))
+        CfnOutput(self, "TerminalPolicyName", value=self.fleet.policy.ref)
+        CfnOutput(self, "TerminalThingType", value=self.fleet.thing_type.ref)
+        CfnOutput(self, "ExportBucketName", value=self.exports.bucket.bucket_name)
+        for key, table in self.tables.by_key.items():
+            CfnOutput(self, f"{TABLE_ENV[key].title().replace('_', '')}", value=table.table_name)
+        for name, queue in self.queues.dead_letter_queues.items():
+            CfnOutput(self, f"{name.title().replace('-', '')}Url", value=queue.queue_url)
