@@ -5,19 +5,12 @@ As a library (the local stack, the tests):
     >>> terminal = SimulatedTerminal("PAX-1850320198", "secret", "approve", port=1883)  # doctest: +SKIP
     >>> terminal.start(); ...; terminal.stop()                                          # doctest: +SKIP
 
-As a command (against the local broker, or AWS IoT Core with the enrollment's device certificate):
-
-    python -m local.simulator --port 1883 --terminal PAX-1850320198 --passphrase … --behavior approve
-    python -m local.simulator --host xxx-ats.iot.eu-west-1.amazonaws.com --tls --ca root.pem \
-        --cert device.pem.crt --key private.pem.key --terminal PAX-1850320198 --passphrase …
+As a command, ``python -m local.simulator --help`` (see ``local.simulator_cli``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import signal
 import socket
 import sys
 import threading
@@ -25,7 +18,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -90,7 +82,9 @@ class SimulatedTerminal:
     """One terminal: connects as its terminal id, answers payment and cancel requests per ``behavior``.
 
     ``counters`` tells what it did (``received``, ``rejected``, ``rejected.<reason>``, ``acks_sent``,
-    ``busy_acks_sent``, ``results_sent``, ``cancels_honoured``, ``cancels_ignored``, ``duplicates``).
+    ``busy_acks_sent``, ``results_sent``, ``cancels_honoured``, ``cancels_ignored``, ``duplicates``,
+    ``payments_expired``). A payment still open at its ``expires_at`` ends: result ``timeout``
+    (``ack_then_silent``: silently), so the terminal takes payments again.
     ``on_result(terminal_id, request_envelope, result_body)`` is called after each result is sent.
     """
 
@@ -283,28 +277,32 @@ class SimulatedTerminal:
         self._schedule_outcome(payment)
 
     def _schedule_outcome(self, payment: _Payment) -> None:
-        result_in_s = None if self.behavior == "ack_then_silent" else self.delay_ms / 1000
         expires_in_s = (parse_timestamp_ms(payment.request["body"]["expires_at"]) - time.time() * 1000) / 1000
-        if result_in_s is not None and result_in_s <= 0 and expires_in_s > 0:
-            self._complete(payment, self._outcome(payment.request))
-            return
-        # A real terminal gives up on its payment screen when the payment expires.
-        expires_first = result_in_s is None or expires_in_s < result_in_s
-        delay_s = max(0.0, expires_in_s if expires_first else result_in_s or 0.0)
-        timer = threading.Timer(delay_s, self._on_timer, args=(payment, expires_first))
+        result_in_s = None if self.behavior == "ack_then_silent" else self.delay_ms / 1000
+        if result_in_s is not None and result_in_s < expires_in_s:
+            if result_in_s <= 0:
+                self._complete(payment, self._outcome(payment.request))
+                return
+            delay_s, expired = result_in_s, False
+        else:
+            # A real terminal gives up on its payment screen when the payment expires.
+            delay_s, expired = max(0.0, expires_in_s), True
+        timer = threading.Timer(delay_s, self._on_timer, args=(payment, expired))
         timer.daemon = True
-        with self._lock:
-            payment.timer = timer
+        payment.timer = timer
         timer.start()
 
     def _on_timer(self, payment: _Payment, expired: bool) -> None:
-        if expired and self.behavior == "ack_then_silent":
-            with self._lock:
-                if self._current is payment:
-                    self._current = None
+        if not expired:
+            self._complete(payment, self._outcome(payment.request))
             return
-        body = failed_result("timeout") if expired else self._outcome(payment.request)
-        self._complete(payment, body)
+        log.info("payment_expired", extra=_log_fields(self.terminal_id, payment.request))
+        if self.behavior != "ack_then_silent":
+            self._complete(payment, failed_result("timeout"))
+        with self._lock:
+            if self._current is payment:
+                self._current = None
+        self._count("payments_expired")
 
     def _outcome(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.behavior == "decline":
@@ -421,63 +419,7 @@ def run_terminals(
     return fleet
 
 
-# -- command line --------------------------------------------------------------------------------
-
-_LOG_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {"level": record.levelname, "logger": record.name, "event": record.getMessage()}
-        line.update({k: v for k, v in vars(record).items() if k not in _LOG_RECORD_FIELDS})
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
-
-
-def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m local.simulator", description=__doc__.split("\n")[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, help="default 1883, or 8883 with --tls")
-    parser.add_argument("--terminal", default="PAX-1850320198", help="terminal id, MANUFACTURER-serial")
-    parser.add_argument("--passphrase", required=True)
-    parser.add_argument("--behavior", choices=BEHAVIORS, default="approve")
-    parser.add_argument("--delay-ms", type=int, help="delay before the result (default 0; slow: 5000)")
-    parser.add_argument("--count", type=int, help="run N terminals PAX-SIM0001… instead of --terminal")
-    parser.add_argument("--tls", action="store_true", help="TLS with the device certificate (AWS IoT Core)")
-    parser.add_argument("--ca", help="root CA (PEM)")
-    parser.add_argument("--cert", help="device certificate (PEM)")
-    parser.add_argument("--key", help="device private key (PEM)")
-    args = parser.parse_args(argv)
-    if args.tls and not (args.ca and args.cert and args.key):
-        parser.error("--tls needs --ca, --cert and --key")
-    if args.count is not None and args.count < 1:
-        parser.error("--count must be at least 1")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLines())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-    tls = TlsFiles(args.ca, args.cert, args.key) if args.tls else None
-    ids = [f"PAX-SIM{n:04d}" for n in range(1, args.count + 1)] if args.count else [args.terminal]
-    specs = [TerminalSpec(tid, args.passphrase, args.behavior, args.delay_ms) for tid in ids]
-    stopping = threading.Event()
-
-    def request_stop(_signum: int, _frame: FrameType | None) -> None:
-        stopping.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    port = args.port or (8883 if args.tls else 1883)
-    with run_terminals(specs, args.host, port, tls):
-        log.info("simulator_ready", extra={"terminals": len(specs), "behavior": args.behavior})
-        while not stopping.wait(0.5):
-            pass
-    return 0
-
-
 if __name__ == "__main__":
+    from local.simulator_cli import main
+
     sys.exit(main())

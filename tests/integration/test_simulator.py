@@ -255,6 +255,34 @@ def test_ack_then_silent_acks_stays_busy_and_ignores_cancel(
     assert [env["type"] for env in cloud.events_for(first)] == ["ack"]
 
 
+def test_ack_then_silent_takes_payments_again_once_the_open_one_expires(
+    cloud: ScriptedCloud, terminal_factory: Callable[..., SimulatedTerminal]
+) -> None:
+    terminal = terminal_factory("ack_then_silent")
+    soon = format_timestamp(datetime.now(UTC) + timedelta(milliseconds=200))
+
+    first = cloud.pay(expires_at=soon)
+    cloud.event(first, "ack")
+    assert terminal.wait_for_counter("payments_expired")
+    second = cloud.pay()
+
+    assert cloud.event(second, "ack")["body"] == {}
+    assert [env["type"] for env in cloud.events_for(first)] == ["ack"]
+
+
+def test_payment_still_open_at_its_expiry_fails_with_timeout(
+    cloud: ScriptedCloud, terminal_factory: Callable[..., SimulatedTerminal]
+) -> None:
+    terminal_factory("slow", 60_000)
+    soon = format_timestamp(datetime.now(UTC) + timedelta(milliseconds=200))
+
+    request_id = cloud.pay(expires_at=soon)
+    result = cloud.event(request_id, "result")
+
+    assert result["body"]["payment_status"] == "Failed"
+    assert result["body"]["error_code"] == "timeout"
+
+
 def test_slow_acks_at_once_and_results_after_its_delay(
     cloud: ScriptedCloud, terminal_factory: Callable[..., SimulatedTerminal]
 ) -> None:
