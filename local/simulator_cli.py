@@ -17,6 +17,7 @@ import sys
 import threading
 from types import FrameType
 
+from chalicelib.envelope import timestamp_from_ms
 from local.simulator import BEHAVIORS, TerminalSpec, TlsFiles, run_terminals
 
 log = logging.getLogger("local.simulator")
@@ -26,7 +27,12 @@ _LOG_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime
 
 class _JsonLines(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = {"level": record.levelname, "logger": record.name, "event": record.getMessage()}
+        line = {
+            "ts": timestamp_from_ms(int(record.created * 1000)),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
         line.update({k: v for k, v in vars(record).items() if k not in _LOG_RECORD_FIELDS})
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
