@@ -12,7 +12,7 @@ import hmac
 import json
 import re
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 ENVELOPE_VERSION = 1
@@ -65,7 +65,8 @@ def parse_timestamp_ms(value: str) -> int:
         raise EnvelopeError("bad_timestamp", f"not an RFC 3339 timestamp: {value!r}") from exc
     if moment.tzinfo is None:
         raise EnvelopeError("bad_timestamp", "timestamp has no time zone")
-    return int(moment.timestamp() * 1000)
+    # Exact integer arithmetic: float seconds × 1000 reads .179 as .178999….
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
 def _reject_floats(value: Any) -> None:
@@ -133,7 +134,8 @@ def decode(payload: bytes | str) -> dict[str, Any]:
         raise EnvelopeError("malformed", "payload is not JSON") from exc
     if not isinstance(value, dict):
         raise EnvelopeError("malformed", "envelope is not a JSON object")
-    if value.get("v") != ENVELOPE_VERSION:
+    # ``true == 1`` in Python: the version must be the JSON integer itself.
+    if type(value.get("v")) is not int or value["v"] != ENVELOPE_VERSION:
         raise EnvelopeError("bad_version", f"unsupported envelope version {value.get('v')!r}")
     for key in ("type", "request_id", "terminal_id", "sent_at", "sig"):
         if not isinstance(value.get(key), str):

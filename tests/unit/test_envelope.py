@@ -1,0 +1,442 @@
+"""The signed envelope of CONTRACT §2, the JSON writer of the API and the card-data rules.
+
+Signature vectors are computed here with hmac/hashlib from literal canonical strings, so the
+signer is checked against the contract's text, not against itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from chalicelib import envelope as env
+from chalicelib import jsonutil
+from chalicelib.domain import RESULT_FIELDS, clean_result, is_masked_pan
+
+PASSPHRASE = "correct horse battery staple"
+ACK = {
+    "v": 1,
+    "type": "ack",
+    "request_id": "r-1",
+    "terminal_id": "PAX-1850320198",
+    "sent_at": "2026-11-28T03:12:00.123Z",
+    "body": {},
+}
+ACK_CANONICAL = (
+    '{"body":{},"request_id":"r-1","sent_at":"2026-11-28T03:12:00.123Z","terminal_id":"PAX-1850320198",'
+    '"type":"ack","v":1}'
+)
+REQUEST = {
+    "v": 1,
+    "type": "payment_request",
+    "request_id": "0f1e2d3c",
+    "terminal_id": "INGENICO-A1b2",
+    "sent_at": "2026-11-28T03:12:00.000Z",
+    "body": {
+        "order_id": "Commande n°42",
+        "transaction_type": "Debit",
+        "amount": 899,
+        "currency": "EUR",
+        "force_authorization": False,
+        "description": "Café — crème",
+        "expires_at": "2026-11-28T03:14:00.000Z",
+    },
+}
+REQUEST_CANONICAL = (
+    '{"body":{"amount":899,"currency":"EUR","description":"Café — crème","expires_at":"2026-11-28T03:14:00.000Z",'
+    '"force_authorization":false,"order_id":"Commande n°42","transaction_type":"Debit"},"request_id":"0f1e2d3c",'
+    '"sent_at":"2026-11-28T03:12:00.000Z","terminal_id":"INGENICO-A1b2","type":"payment_request","v":1}'
+)
+
+
+def hmac_hex(key: str, message: str) -> str:
+    return hmac.new(key.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def signed(envelope: dict[str, Any], passphrase: str = PASSPHRASE) -> dict[str, Any]:
+    return {**envelope, "sig": env.signature(envelope, passphrase)}
+
+
+# -- canonical JSON ---------------------------------------------------------------------------------
+
+
+def test_canonical_json_sorts_keys_and_drops_whitespace() -> None:
+    assert env.canonical_json(ACK) == ACK_CANONICAL.encode()
+
+
+def test_canonical_json_writes_utf8_unescaped() -> None:
+    assert env.canonical_json(REQUEST) == REQUEST_CANONICAL.encode("utf-8")
+    assert "Café — crème".encode() in env.canonical_json(REQUEST)
+
+
+def test_canonical_json_sorts_nested_keys_too() -> None:
+    assert env.canonical_json({"b": {"z": 1, "a": [{"y": 2, "x": 3}]}, "a": None}) == (
+        b'{"a":null,"b":{"a":[{"x":3,"y":2}],"z":1}}'
+    )
+
+
+@pytest.mark.parametrize("value", [{"amount": 8.99}, {"body": {"n": [1, 2.0]}}, 1.5, [{"x": 0.0}]])
+def test_canonical_json_refuses_floats_anywhere(value: Any) -> None:
+    with pytest.raises(env.EnvelopeError) as caught:
+        env.canonical_json(value)
+    assert caught.value.reason == "float_in_envelope"
+
+
+# -- signatures -------------------------------------------------------------------------------------
+
+
+def test_signature_of_an_ack_matches_the_contracts_recipe() -> None:
+    assert env.signature(ACK, PASSPHRASE) == hmac_hex(PASSPHRASE, ACK_CANONICAL)
+
+
+def test_signature_of_a_payment_request_with_non_ascii_text_and_key() -> None:
+    key = "clé secrète ✓"
+    assert env.signature(REQUEST, key) == hmac_hex(key, REQUEST_CANONICAL)
+
+
+def test_signature_ignores_an_existing_sig_field() -> None:
+    assert env.signature({**ACK, "sig": "whatever"}, PASSPHRASE) == hmac_hex(PASSPHRASE, ACK_CANONICAL)
+
+
+def test_signature_is_lowercase_hex_sha256() -> None:
+    assert re.fullmatch(r"[0-9a-f]{64}", env.signature(ACK, PASSPHRASE))
+
+
+def test_make_envelope_builds_the_contract_shape_and_signs_it() -> None:
+    made = env.make_envelope("ack", "r-1", "PAX-1850320198", {}, PASSPHRASE, sent_at="2026-11-28T03:12:00.123Z")
+    assert made == {**ACK, "sig": hmac_hex(PASSPHRASE, ACK_CANONICAL)}
+    assert env.verify_signature(made, PASSPHRASE)
+
+
+def test_make_envelope_stamps_now_with_milliseconds_and_z() -> None:
+    made = env.make_envelope("ack", "r-1", "PAX-1", {}, PASSPHRASE)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", made["sent_at"])
+
+
+def test_encode_is_the_canonical_form_of_the_signed_envelope() -> None:
+    sig = hmac_hex(PASSPHRASE, ACK_CANONICAL)
+    encoded = env.encode(signed(ACK))
+    assert encoded == ACK_CANONICAL.replace(',"terminal_id"', f',"sig":"{sig}","terminal_id"').encode()
+    assert env.decode(encoded) == signed(ACK)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("v", 2),
+        ("type", "result"),
+        ("request_id", "r-2"),
+        ("terminal_id", "PAX-1850320199"),
+        ("sent_at", "2026-11-28T03:12:00.124Z"),
+        ("body", {"accepted": False}),
+    ],
+)
+def test_tampering_any_field_breaks_the_signature(field: str, value: Any) -> None:
+    tampered = {**signed(ACK), field: value}
+    assert not env.verify_signature(tampered, PASSPHRASE)
+
+
+@pytest.mark.parametrize("key", sorted(REQUEST["body"]))
+def test_tampering_any_body_field_breaks_the_signature(key: str) -> None:
+    original = signed(REQUEST)
+    tampered = {**original, "body": {**original["body"], key: "tampered"}}
+    assert env.verify_signature(original, PASSPHRASE)
+    assert not env.verify_signature(tampered, PASSPHRASE)
+
+
+def test_an_added_field_breaks_the_signature() -> None:
+    assert not env.verify_signature({**signed(ACK), "extra": 1}, PASSPHRASE)
+
+
+@pytest.mark.parametrize(
+    "sig",
+    [None, 12, "", hmac_hex(PASSPHRASE, ACK_CANONICAL).upper(), hmac_hex("other passphrase", ACK_CANONICAL)],
+    ids=["null", "int", "empty", "uppercase", "other-key"],
+)
+def test_a_missing_or_wrong_signature_does_not_verify(sig: Any) -> None:
+    assert not env.verify_signature({**ACK, "sig": sig}, PASSPHRASE)
+
+
+def test_a_missing_sig_does_not_verify() -> None:
+    assert not env.verify_signature(dict(ACK), PASSPHRASE)
+
+
+def test_the_right_signature_verifies_only_with_its_passphrase() -> None:
+    assert env.verify_signature(signed(ACK), PASSPHRASE)
+    assert not env.verify_signature(signed(ACK), PASSPHRASE + " ")
+
+
+# -- decode -------------------------------------------------------------------------------------------
+
+
+def decode_reason(payload: bytes | str) -> str:
+    with pytest.raises(env.EnvelopeError) as caught:
+        env.decode(payload)
+    return caught.value.reason
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", b"not json", b"{", b"\xff\xfe\x00", b"[1, 2]", b'"ack"', b"null"],
+    ids=["empty", "text", "truncated", "not-utf8", "array", "string", "null"],
+)
+def test_decode_refuses_what_is_not_a_json_object_as_malformed(payload: bytes) -> None:
+    assert decode_reason(payload) == "malformed"
+
+
+@pytest.mark.parametrize("version", [None, 0, 2, "1", True], ids=["missing", "0", "2", "string", "true"])
+def test_decode_refuses_other_versions(version: Any) -> None:
+    envelope = signed(ACK)
+    if version is None:
+        del envelope["v"]
+    else:
+        envelope["v"] = version
+    assert decode_reason(jsonutil.dumps(envelope)) == "bad_version"
+
+
+@pytest.mark.parametrize("field", ["type", "request_id", "terminal_id", "sent_at", "sig"])
+def test_decode_refuses_a_missing_or_non_string_envelope_field(field: str) -> None:
+    missing = {k: v for k, v in signed(ACK).items() if k != field}
+    assert decode_reason(jsonutil.dumps(missing)) == "malformed"
+    assert decode_reason(jsonutil.dumps({**signed(ACK), field: 1})) == "malformed"
+
+
+@pytest.mark.parametrize("body", [None, [], "x", 1])
+def test_decode_refuses_a_body_that_is_not_an_object(body: Any) -> None:
+    assert decode_reason(jsonutil.dumps({**signed(ACK), "body": body})) == "malformed"
+
+
+def test_decode_refuses_floats_in_the_body() -> None:
+    text = env.encode(signed(ACK)).replace(b'"body":{}', b'"body":{"amount":8.99}')
+    assert decode_reason(text) == "float_in_envelope"
+
+
+def test_decode_accepts_text_and_bytes() -> None:
+    encoded = env.encode(signed(REQUEST))
+    assert env.decode(encoded) == env.decode(encoded.decode("utf-8")) == signed(REQUEST)
+
+
+# -- topics and terminal ids -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["requests", "events", "status"])
+def test_topic_round_trip(kind: str) -> None:
+    topic = env.topic_for("PAX-1850320198", kind)
+    assert topic == f"nepting/v1/terminals/PAX-1850320198/{kind}"
+    assert env.parse_topic(topic) == ("PAX-1850320198", kind)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "nepting/v1/terminals/PAX-1/other",
+        "nepting/v2/terminals/PAX-1/events",
+        "nepting/v1/terminals//events",
+        "nepting/v1/terminals/PAX/1/events",
+        "nepting/v1/terminals/PAX-1/events/extra",
+        "/nepting/v1/terminals/PAX-1/events",
+        "",
+    ],
+)
+def test_other_topics_are_refused(topic: str) -> None:
+    with pytest.raises(env.EnvelopeError) as caught:
+        env.parse_topic(topic)
+    assert caught.value.reason == "bad_topic"
+
+
+def test_terminal_id_is_the_upper_cased_manufacturer_and_the_serial() -> None:
+    assert env.terminal_id_for("pax", "1850320198") == "PAX-1850320198"
+    assert env.terminal_id_for("Ingenico", "aB1") == "INGENICO-aB1"
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("PAX-1850320198", True),
+        ("PAX-aB1", True),
+        ("pax-1", False),
+        ("PAX1850320198", False),
+        ("PAX-18-50", False),
+        ("-1", False),
+        ("X" * 33 + "-1", False),
+        ("PAX-" + "1" * 65, False),
+    ],
+)
+def test_terminal_id_format(value: str, valid: bool) -> None:
+    assert env.is_terminal_id(value) is valid
+
+
+# -- timestamps -----------------------------------------------------------------------------------------
+
+
+def test_timestamps_are_rfc3339_utc_with_milliseconds_and_z() -> None:
+    moment = datetime(2026, 11, 28, 3, 12, 0, 123_999, tzinfo=UTC)
+    assert env.format_timestamp(moment) == "2026-11-28T03:12:00.123Z"
+    assert env.format_timestamp(moment.replace(microsecond=0)) == "2026-11-28T03:12:00.000Z"
+
+
+def test_timestamps_of_other_zones_are_written_in_utc() -> None:
+    paris = timezone(timedelta(hours=1))
+    assert env.format_timestamp(datetime(2026, 11, 28, 4, 12, 0, 5_000, tzinfo=paris)) == "2026-11-28T03:12:00.005Z"
+
+
+def test_timestamp_from_epoch_milliseconds() -> None:
+    assert env.timestamp_from_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert env.timestamp_from_ms(1_795_835_520_123) == "2026-11-28T03:12:00.123Z"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=4_102_444_800_000))
+def test_timestamp_milliseconds_round_trip_exactly(epoch_ms: int) -> None:
+    assert env.parse_timestamp_ms(env.timestamp_from_ms(epoch_ms)) == epoch_ms
+
+
+def test_parse_timestamp_accepts_offsets() -> None:
+    assert env.parse_timestamp_ms("2026-11-28T04:12:00.123+01:00") == 1_795_835_520_123
+
+
+@pytest.mark.parametrize("value", ["2026-11-28T03:12:00.123", "yesterday", "", "2026-13-01T00:00:00Z"])
+def test_parse_timestamp_refuses_junk_and_zoneless_times(value: str) -> None:
+    with pytest.raises(env.EnvelopeError) as caught:
+        env.parse_timestamp_ms(value)
+    assert caught.value.reason == "bad_timestamp"
+
+
+def test_request_ids_are_unique_hex() -> None:
+    ids = {env.new_request_id() for _ in range(100)}
+    assert len(ids) == 100 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+
+
+# -- jsonutil ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"unit_price":8.99}',
+        '{"unit_price":8.990}',
+        '{"a":[0.01,-12.50,100,0]}',
+        '{"big":123456789012345678901234567890.123456789}',
+        '{"s":"caf\\u00e9","b":true,"n":null,"f":false}',
+    ],
+)
+def test_decimals_round_trip_verbatim(text: str) -> None:
+    assert jsonutil.dumps(jsonutil.loads(text)) == text
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.decimals(allow_nan=False, allow_infinity=False, places=4, min_value=-(10**9), max_value=10**9))
+def test_any_finite_decimal_survives_a_round_trip_with_its_value(value: Decimal) -> None:
+    back = jsonutil.loads(jsonutil.dumps({"x": value}))["x"]
+    assert back == value and not isinstance(back, float)
+
+
+def test_fractions_are_read_as_decimals_and_integers_as_ints() -> None:
+    parsed = jsonutil.loads('{"p":8.99,"q":3,"e":1e2}')
+    assert parsed["p"] == Decimal("8.99") and isinstance(parsed["p"], Decimal)
+    assert parsed["q"] == 3 and type(parsed["q"]) is int
+    assert parsed["e"] == Decimal(100) and isinstance(parsed["e"], Decimal)
+
+
+def test_integral_decimals_are_written_as_integers() -> None:
+    assert jsonutil.dumps([Decimal("100"), Decimal("1E+2"), Decimal("-7")]) == "[100,100,-7]"
+
+
+@pytest.mark.parametrize("text", ["NaN", '{"x":NaN}', '{"x":Infinity}', '{"x":-Infinity}'])
+def test_nan_and_infinity_are_refused_on_read(text: str) -> None:
+    with pytest.raises(ValueError):
+        jsonutil.loads(text)
+
+
+@pytest.mark.parametrize("value", [Decimal("NaN"), Decimal("Infinity"), Decimal("-Infinity")])
+def test_non_finite_decimals_are_refused_on_write(value: Decimal) -> None:
+    with pytest.raises(ValueError):
+        jsonutil.dumps({"x": value})
+
+
+@pytest.mark.parametrize("value", [8.99, {"x": 1.0}, [0.5]])
+def test_floats_are_refused_on_write(value: Any) -> None:
+    with pytest.raises(TypeError):
+        jsonutil.dumps(value)
+
+
+def test_unknown_types_are_refused_on_write() -> None:
+    with pytest.raises(TypeError):
+        jsonutil.dumps({"when": datetime(2026, 1, 1, tzinfo=UTC)})
+
+
+def test_booleans_stay_booleans_and_tuples_become_arrays() -> None:
+    assert jsonutil.dumps({"t": True, "f": False, "l": (1, "a")}) == '{"t":true,"f":false,"l":[1,"a"]}'
+
+
+# -- card data --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "pan",
+    [
+        "497010******0001",
+        "************0001",
+        "497010XXXXXX0001",
+        "4970##########01",
+        "497010**0001",
+        "497010" + "*" * 9 + "0001",
+    ],
+)
+def test_masked_pans_show_at_most_the_first_6_and_last_4_digits(pan: str) -> None:
+    assert is_masked_pan(pan)
+
+
+@pytest.mark.parametrize(
+    "pan",
+    [
+        "4970101234560001",
+        "4970101*****0001",
+        "497010******00012",
+        "497010*****10001",
+        "497010 ****** 0001",
+        "497010**001",
+        "497010" + "*" * 10 + "0001",
+        "ABCDEF******0001",
+        "",
+        None,
+        4970101234560001,
+    ],
+    ids=[
+        "full",
+        "7-leading",
+        "5-trailing",
+        "digit-in-middle",
+        "spaces",
+        "too-short",
+        "too-long",
+        "letters",
+        "empty",
+        "null",
+        "int",
+    ],
+)
+def test_anything_that_may_show_more_is_not_a_masked_pan(pan: Any) -> None:
+    assert not is_masked_pan(pan)
+
+
+def test_clean_result_keeps_only_the_contract_fields_and_drops_nulls() -> None:
+    body = {field: f"v-{field}" for field in RESULT_FIELDS}
+    body.update(masked_pan="497010******0001", authorized_online=False, error_code=None, pin="1234", cvv="123")
+    cleaned = clean_result(body)
+    assert set(cleaned) == set(RESULT_FIELDS) - {"error_code"}
+    assert cleaned["authorized_online"] is False and cleaned["masked_pan"] == "497010******0001"
+
+
+def test_clean_result_drops_an_unmasked_pan_and_says_so() -> None:
+    cleaned = clean_result({"payment_status": "Success", "masked_pan": "4970101234560001"})
+    assert cleaned == {"payment_status": "Success", "masked_pan_refused": True}
+    assert "4970101234560001" not in repr(cleaned)
