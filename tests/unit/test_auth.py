@@ -1,0 +1,267 @@
+"""HTTP Basic authentication (CONTRACT §1): parsing, slow salted hashes, the verified cache."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from chalicelib.errors import ApiError
+from chalicelib.services import auth
+from chalicelib.services.auth import Authenticator, hash_password, parse_basic, verify_password
+
+LOGIN, PASSWORD, MERCHANT_ID = "shop-1", "s3cret-passw0rd", "M1"
+STORED = hash_password(PASSWORD)  # one slow hash for the whole module
+
+
+def basic(credentials: str | bytes) -> str:
+    raw = credentials.encode() if isinstance(credentials, str) else credentials
+    return "Basic " + base64.b64encode(raw).decode()
+
+
+class CountingLogins:
+    def __init__(self, records: dict[str, dict[str, Any]] | None = None) -> None:
+        self.records = (
+            records if records is not None else {LOGIN: {"merchant_id": MERCHANT_ID, "password_hash": STORED}}
+        )
+        self.lookups: list[str] = []
+
+    def get_login(self, login: str) -> dict[str, Any] | None:
+        self.lookups.append(login)
+        return self.records.get(login)
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def logins() -> CountingLogins:
+    return CountingLogins()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def authenticator(logins: CountingLogins, clock: ManualClock) -> Authenticator:
+    return Authenticator(logins, ttl_s=60, clock=clock)
+
+
+def assert_unauthorized(error: ApiError) -> None:
+    assert (error.status, error.code) == (401, "auth.unauthorized")
+    assert error.headers["WWW-Authenticate"].startswith("Basic realm=")
+    assert error.body()["error"]["status"] == 401
+
+
+# -- parsing ----------------------------------------------------------------------------------------
+
+
+def test_basic_credentials_are_parsed() -> None:
+    assert parse_basic(basic(f"{LOGIN}:{PASSWORD}")) == (LOGIN, PASSWORD)
+
+
+def test_password_may_contain_colons_and_non_ascii() -> None:
+    assert parse_basic(basic("shop:pa:ss:wörd")) == ("shop", "pa:ss:wörd")
+
+
+def test_scheme_is_case_insensitive_and_surrounding_spaces_are_tolerated() -> None:
+    encoded = base64.b64encode(b"shop:pw").decode()
+    assert parse_basic(f"basic {encoded}") == ("shop", "pw")
+    assert parse_basic(f"  BASIC   {encoded}  ") == ("shop", "pw")
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "   ",
+        "Basic",
+        "Basic ",
+        "Bearer " + base64.b64encode(b"shop:pw").decode(),
+        "Digest username=shop",
+        base64.b64encode(b"shop:pw").decode(),
+        "Basic !!!not-base64!!!",
+        "Basic c2hvcDpwdw",  # padding missing
+        basic("no-colon-here"),
+        basic("shop:"),
+        basic(":password"),
+        basic(":"),
+        basic(b"\xff\xfe:\xfd"),
+    ],
+    ids=[
+        "missing",
+        "empty",
+        "blank",
+        "scheme-only",
+        "scheme-and-space",
+        "bearer",
+        "digest",
+        "no-scheme",
+        "malformed-base64",
+        "unpadded-base64",
+        "no-colon",
+        "empty-password",
+        "empty-login",
+        "colon-only",
+        "not-utf8",
+    ],
+)
+def test_anything_but_well_formed_basic_credentials_is_a_401(header: str | None) -> None:
+    with pytest.raises(ApiError) as caught:
+        parse_basic(header)
+    assert_unauthorized(caught.value)
+
+
+# -- hashing ----------------------------------------------------------------------------------------
+
+
+def test_scrypt_hash_verifies_only_its_password() -> None:
+    assert verify_password(PASSWORD, STORED)
+    assert not verify_password(PASSWORD + "x", STORED)
+    assert not verify_password("", STORED)
+
+
+def test_hash_is_salted_and_names_its_parameters() -> None:
+    scheme, n, r, p, salt, digest = STORED.split("$")
+    assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
+    assert len(base64.b64decode(salt)) == 16 and len(base64.b64decode(digest)) == 32
+    assert PASSWORD not in STORED
+    assert hash_password(PASSWORD, salt=b"0" * 16) == hash_password(PASSWORD, salt=b"0" * 16)
+    assert hash_password(PASSWORD, salt=b"0" * 16) != hash_password(PASSWORD, salt=b"1" * 16)
+
+
+@pytest.mark.parametrize(
+    "stored",
+    ["", "plaintext", "bcrypt$16384$8$1$AAAA$AAAA", "scrypt$x$8$1$AAAA$AAAA", "scrypt$16384$8$1$***$AAAA"],
+    ids=["empty", "plain", "other-scheme", "bad-cost", "bad-base64"],
+)
+def test_unusable_stored_hashes_never_verify_and_never_raise(stored: str) -> None:
+    assert verify_password(PASSWORD, stored) is False
+
+
+# -- the authenticator and its cache ---------------------------------------------------------------------
+
+
+def test_right_credentials_resolve_to_the_merchant(authenticator: Authenticator) -> None:
+    assert authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}")) == MERCHANT_ID
+
+
+def test_wrong_password_is_a_401(authenticator: Authenticator) -> None:
+    with pytest.raises(ApiError) as caught:
+        authenticator.merchant_for(basic(f"{LOGIN}:wrong"))
+    assert_unauthorized(caught.value)
+
+
+def test_second_call_is_answered_from_the_cache(
+    authenticator: Authenticator, logins: CountingLogins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    calls = spy_on_verify(monkeypatch)
+    assert authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}")) == MERCHANT_ID
+    assert logins.lookups == [LOGIN]
+    assert calls == []
+
+
+def test_wrong_password_after_a_cached_success_is_still_a_401(
+    authenticator: Authenticator, logins: CountingLogins
+) -> None:
+    authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    with pytest.raises(ApiError) as caught:
+        authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}-nope"))
+    assert_unauthorized(caught.value)
+    assert logins.lookups == [LOGIN, LOGIN]
+    # and the cached success is not disturbed by the failure
+    assert authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}")) == MERCHANT_ID
+    assert len(logins.lookups) == 2
+
+
+def test_cached_credential_expires_after_the_ttl(
+    authenticator: Authenticator, logins: CountingLogins, clock: ManualClock
+) -> None:
+    authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    clock.now += 59.9
+    authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    assert len(logins.lookups) == 1
+    clock.now += 0.1
+    authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    assert len(logins.lookups) == 2
+
+
+def test_a_changed_password_takes_effect_when_the_cache_expires(
+    authenticator: Authenticator, logins: CountingLogins, clock: ManualClock
+) -> None:
+    authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    logins.records[LOGIN] = {"merchant_id": MERCHANT_ID, "password_hash": hash_password("the-new-password")}
+    clock.now += 61
+    with pytest.raises(ApiError):
+        authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    assert authenticator.merchant_for(basic(f"{LOGIN}:the-new-password")) == MERCHANT_ID
+
+
+def test_a_deleted_login_is_refused_once_the_cache_expires(
+    authenticator: Authenticator, logins: CountingLogins, clock: ManualClock
+) -> None:
+    authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    del logins.records[LOGIN]
+    clock.now += 61
+    with pytest.raises(ApiError) as caught:
+        authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    assert_unauthorized(caught.value)
+
+
+def test_cache_never_holds_the_password_in_clear(authenticator: Authenticator) -> None:
+    authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    assert PASSWORD not in repr(vars(authenticator))
+
+
+def test_caches_of_two_processes_do_not_share_fingerprints(logins: CountingLogins) -> None:
+    first, second = Authenticator(logins, 60), Authenticator(logins, 60)
+    first.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    second.merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    assert first._fingerprint(LOGIN, PASSWORD) != second._fingerprint(LOGIN, PASSWORD)
+
+
+def spy_on_verify(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    calls: list[tuple[str, str]] = []
+    real = auth.verify_password
+
+    def spy(password: str, stored: str) -> bool:
+        calls.append((password, stored))
+        return real(password, stored)
+
+    monkeypatch.setattr(auth, "verify_password", spy)
+    return calls
+
+
+def test_unknown_login_still_costs_a_hash(authenticator: Authenticator, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = spy_on_verify(monkeypatch)
+    with pytest.raises(ApiError) as caught:
+        authenticator.merchant_for(basic(f"nobody:{PASSWORD}"))
+    assert_unauthorized(caught.value)
+    assert len(calls) == 1 and calls[0][1].startswith("scrypt$16384$8$1$")
+
+
+def test_login_record_without_a_hash_still_costs_a_hash_and_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    logins = CountingLogins({LOGIN: {"merchant_id": MERCHANT_ID}})
+    calls = spy_on_verify(monkeypatch)
+    with pytest.raises(ApiError):
+        Authenticator(logins, 60).merchant_for(basic(f"{LOGIN}:{PASSWORD}"))
+    assert len(calls) == 1
+
+
+def test_malformed_header_is_refused_before_any_lookup(
+    authenticator: Authenticator, logins: CountingLogins, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = spy_on_verify(monkeypatch)
+    with pytest.raises(ApiError):
+        authenticator.merchant_for("Basic %%%")
+    assert logins.lookups == [] and calls == []
