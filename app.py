@@ -13,9 +13,14 @@ from chalice import Chalice, Response
 from chalice.app import Request
 
 from chalicelib import openapi
-from chalicelib.http import ANY_CONTENT, api_handler, json_response, read_json_body
+from chalicelib.adapters.exports import EXPORT_PREFIX, start_table_export
+from chalicelib.event_sources import BatchResult, order_head_record, sqs_batch, stream_batch
+from chalicelib.http import ANY_CONTENT, api_handler, json_response, raw_body, read_json_body
+from chalicelib.ledger_wiring import ledger
 from chalicelib.models import parse_order_request
-from chalicelib.services import payments, terminal_events, terminals
+from chalicelib.services import console, ipn, notifications, payments, terminal_events, terminals
+from chalicelib.services import transactions as ledger_service
+from chalicelib.transaction_models import OPENAPI_PATHS, IpnAccepted, IpnBody, TransactionPage, TransactionView
 from chalicelib.wiring import components
 
 app = Chalice(app_name="nepting-cloud-api")
@@ -92,3 +97,57 @@ def terminal_events_handler(event: dict[str, Any], context: Any) -> dict[str, st
 def terminal_status_handler(event: dict[str, Any], context: Any) -> dict[str, str]:
     topic, payload, received_at = _iot_message(event)
     return {"outcome": terminal_events.handle_status(components().event_deps(), topic, payload, received_at)}
+
+
+# --- Console side (CONTRACT §3-§5): IPN, transactions, merchant notifications, finance export ---
+
+openapi.register(IpnBody, IpnAccepted, TransactionView, TransactionPage)
+openapi.register_paths(OPENAPI_PATHS)
+
+
+@app.route("/v1/ipn/nepting", methods=["POST"], content_types=ANY_CONTENT)
+@api_handler
+def receive_ipn() -> Response:
+    request = _request()
+    return json_response(200, ipn.receive_ipn(ledger().ipn_deps(), request.headers, raw_body(request)))
+
+
+@app.route("/v1/transactions", methods=["GET"])
+@api_handler
+def list_transactions() -> Response:
+    merchant_id = _merchant()
+    params = {key: str(value) for key, value in (_request().query_params or {}).items()}
+    return json_response(200, console.list_transactions(ledger().transactions, merchant_id, params))
+
+
+@app.route("/v1/transactions/{transaction_reference}", methods=["GET"])
+@api_handler
+def get_transaction(transaction_reference: str) -> Response:
+    merchant_id = _merchant()
+    return json_response(200, console.get_transaction(ledger().transactions, merchant_id, transaction_reference))
+
+
+@app.lambda_function(name="order_notifications")
+def order_notifications_handler(event: dict[str, Any], context: Any) -> BatchResult:
+    deps = ledger().ledger_deps()
+    return stream_batch(event, lambda record: order_head_record(deps, record), "order_notifications")
+
+
+@app.lambda_function(name="ipn_ingest")
+def ipn_ingest_handler(event: dict[str, Any], context: Any) -> BatchResult:
+    deps = ledger().ledger_deps()
+    return sqs_batch(event, lambda body: ledger_service.ingest_ipn(deps, body["transaction_reference"]), "ipn_ingest")
+
+
+@app.lambda_function(name="merchant_notifier")
+def merchant_notifier_handler(event: dict[str, Any], context: Any) -> BatchResult:
+    deps = ledger().notifier_deps()
+    return sqs_batch(event, lambda body: notifications.deliver(deps, body), "merchant_notifier")
+
+
+@app.lambda_function(name="finance_export")
+def finance_export_handler(event: dict[str, Any], context: Any) -> dict[str, str]:
+    settings = ledger().settings
+    # The scheduled event's id makes a redelivered schedule start the same export, not a second one.
+    arn = start_table_export(settings.transactions_table, settings.export_bucket, EXPORT_PREFIX, event.get("id"))
+    return {"export_arn": arn}

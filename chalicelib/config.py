@@ -28,8 +28,10 @@ class Settings:
     payments_table: str = "nepting-payments"
     transactions_table: str = "nepting-transactions"
     ipn_table: str = "nepting-ipn"
+    order_details_table: str = "nepting-order-details"
     ipn_queue_url: str = ""
     notifications_queue_url: str = ""
+    notifications_dlq_url: str = ""
     export_bucket: str = "nepting-exports"
     # IPN secret: given directly (local stack, tests) or by an SSM SecureString parameter name (AWS).
     ipn_secret: str = ""
@@ -53,6 +55,14 @@ class Settings:
     credential_cache_ttl_s: int = 60
     # Heads and dispatches are kept this long (DynamoDB TTL), for idempotency and look-ups.
     payment_retention_days: int = 90
+    # IPNs whose X-Nepting-Timestamp is further than this from now are refused (CONTRACT §3).
+    ipn_freshness_s: int = 300
+    # Merchant notifications (CONTRACT §4): each POST gets this long, failed ones come back after a
+    # growing delay capped by SQS's 900 s DelaySeconds, and are parked once this long has passed.
+    notify_timeout_s: int = 5
+    notify_first_delay_s: int = 30
+    notify_max_delay_s: int = 900
+    notify_give_up_after_s: int = 86_400
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -132,3 +132,24 @@ def deep(value: Any) -> Any:
 
 
 __all__ = ["MERCHANT", "PASSPHRASE", "TERMINAL_ID", "SleepingWaker", "World", "example"]
+
+
+@pytest.fixture
+def console_aws(aws: Settings) -> Iterator[Settings]:
+    """``aws`` plus the Console's queues and export bucket, with the app's components wired to them."""
+    import dataclasses
+
+    from chalicelib import ledger_wiring, wiring
+    from chalicelib.adapters.aws import client
+    from chalicelib.adapters.queues import create_queues
+
+    settings = dataclasses.replace(create_queues(aws), ipn_secret="ipn-secret-for-tests")
+    client("s3").create_bucket(
+        Bucket=settings.export_bucket,
+        CreateBucketConfiguration={"LocationConstraint": os.environ["AWS_DEFAULT_REGION"]},
+    )
+    wiring.install(wiring.build(settings))
+    ledger_wiring.install(None)
+    yield settings
+    ledger_wiring.install(None)
+    wiring.install(None)

@@ -21,6 +21,19 @@ TABLES: dict[str, dict[str, Any]] = {
         "ttl": None,
     },
     "payments_table": {"key": "pk", "indexes": [], "stream": True, "ttl": "expires_at"},
+    # Console transactions: listed per merchant by date, or per order (merchant_order = "{merchant}#{order}").
+    "transactions_table": {
+        "key": "transaction_reference",
+        "indexes": [
+            ("by-merchant-created", "merchant_id", "created_at"),
+            ("by-merchant-order", "merchant_order", "created_at"),
+        ],
+        "stream": True,
+        "ttl": None,
+    },
+    "order_details_table": {"key": "merchant_order", "indexes": [], "stream": False, "ttl": None},
+    # The durable IPN inbox: an IPN is stored here before the gateway gets its 200.
+    "ipn_table": {"key": "transaction_reference", "indexes": [], "stream": False, "ttl": None},
 }
 
 

@@ -1,0 +1,113 @@
+"""IPN reception (CONTRACT §3): verify, validate, store durably, queue for the merge, answer 200.
+
+Every refusal is the contract's error format, counted as ``IpnRefused`` with its reason, and
+happens before anything is stored. The merge itself runs in ``ipn_ingest`` (services.transactions).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chalicelib import jsonutil
+from chalicelib.errors import ApiError
+from chalicelib.observability import count, log_event
+from chalicelib.ports import Clock
+from chalicelib.services.transactions import MessageQueue
+from chalicelib.transaction_models import parse_ipn
+
+
+class IpnStore(Protocol):
+    def store(
+        self, reference: str, merchant_id: str, body_json: str, body_sha256: str, received_at_ms: int
+    ) -> bool: ...
+
+    def get(self, reference: str) -> dict[str, Any] | None: ...
+
+
+class MerchantReader(Protocol):
+    def get_merchant(self, merchant_id: str) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class IpnDeps:
+    inbox: IpnStore
+    merchants: MerchantReader
+    queue: MessageQueue
+    secret: Callable[[], str]
+    clock: Clock
+    freshness_s: int = 300
+
+
+def ipn_signature(secret: str, timestamp: str, body: bytes) -> str:
+    """Lowercase hex HMAC-SHA256(secret, timestamp + "." + raw body): what the gateway sends."""
+    return hmac.new(secret.encode("utf-8"), timestamp.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+
+
+def _refuse(reason: str, error: ApiError) -> ApiError:
+    count("IpnRefused", reason=reason)
+    log_event("ipn refused", level="warning", reason=reason, code=error.code)
+    return error
+
+
+def _unauthorized(reason: str, message: str) -> ApiError:
+    return _refuse(reason, ApiError(401, f"ipn.{reason}", message))
+
+
+def verify(deps: IpnDeps, headers: Mapping[str, str], body: bytes) -> None:
+    timestamp = (headers.get("x-nepting-timestamp") or "").strip()
+    given = (headers.get("x-nepting-signature") or "").strip()
+    if not timestamp or not given:
+        raise _unauthorized("signature_missing", "X-Nepting-Timestamp and X-Nepting-Signature are required")
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        raise _unauthorized("timestamp_invalid", "X-Nepting-Timestamp must be Unix seconds")
+    if abs(deps.clock.now_ms() // 1000 - int(timestamp)) > deps.freshness_s:
+        # A captured IPN cannot be replayed later: the signature covers the timestamp.
+        raise _unauthorized("timestamp_out_of_window", "X-Nepting-Timestamp is more than 5 minutes away")
+    expected = ipn_signature(deps.secret(), timestamp, body)
+    if not hmac.compare_digest(expected.encode("ascii"), given.encode("utf-8")):
+        raise _unauthorized("signature_invalid", "X-Nepting-Signature does not match")
+
+
+def receive_ipn(deps: IpnDeps, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
+    """The route's whole job; returns the 200 body."""
+    verify(deps, headers, body)
+    try:
+        parsed = jsonutil.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise _refuse(
+            "malformed", ApiError(400, "validation.malformed_json", "the IPN body is not valid JSON")
+        ) from None
+    try:
+        ipn = parse_ipn(parsed)
+    except ApiError as error:
+        raise _refuse("invalid", error) from None
+    if deps.merchants.get_merchant(ipn.merchant_id) is None:
+        raise _refuse(
+            "unknown_merchant", ApiError(422, "ipn.unknown_merchant", "merchant_id is not a merchant of this platform")
+        )
+    reference = ipn.transaction_reference
+    body_json = jsonutil.dumps(ipn.model_dump(mode="python"))
+    digest = hashlib.sha256(body_json.encode("utf-8")).hexdigest()
+    if deps.inbox.store(reference, ipn.merchant_id, body_json, digest, deps.clock.now_ms()):
+        count("IpnStored")
+        outcome = "stored"
+    else:
+        stored = deps.inbox.get(reference) or {}
+        if stored.get("body_sha256") != digest:
+            count("IpnDuplicate", reason="different_body")
+            log_event(
+                "ipn repeated with a different body; first kept", level="warning", transaction_reference=reference
+            )
+        else:
+            count("IpnDuplicate", reason="same_body")
+        if stored.get("merged_at_ms") is not None:
+            return {"status": "duplicate", "transaction_reference": reference}
+        # Stored but never merged (we failed between storing and queueing): queue it again.
+        outcome = "duplicate"
+    deps.queue.send({"transaction_reference": reference})
+    log_event("ipn accepted", transaction_reference=reference, order_id=ipn.order_id, terminal_id=ipn.terminal_id)
+    return {"status": outcome, "transaction_reference": reference}

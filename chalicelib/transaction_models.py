@@ -1,0 +1,193 @@
+"""Shapes of CONTRACT §3 (the IPN body) and of the Console transactions API.
+
+>>> body = parse_ipn({"transaction_reference": "T1", "merchant_id": "M1", "order_id": "O1",
+...     "terminal_id": "PAX-1", "operation": "Debit", "status": "approved", "amount": 899,
+...     "currency": "EUR", "processed_at": "2026-11-28T03:12:00.123Z"})
+>>> body.amount
+899
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
+
+from chalicelib.domain import is_masked_pan
+from chalicelib.envelope import EnvelopeError, parse_timestamp_ms, timestamp_from_ms
+from chalicelib.errors import validation_error
+from chalicelib.models import MAX_AMOUNT
+
+Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class IpnCard(_Model):
+    brand: Annotated[StrictStr, Field(max_length=32)] | None = None
+    masked_pan: StrictStr | None = None
+    entry_mode: Annotated[StrictStr, Field(max_length=32)] | None = None
+
+    @field_validator("masked_pan")
+    @classmethod
+    def _masked(cls, value: str | None) -> str | None:
+        # Refused rather than stored: a full card number must never reach a table or a log.
+        if value is not None and not is_masked_pan(value):
+            raise PydanticCustomError(
+                "pan_not_masked", "card.masked_pan must show at most the first 6 and last 4 digits"
+            )
+        return value
+
+
+class IpnBody(_Model):
+    transaction_reference: Id
+    merchant_id: Id
+    order_id: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+    terminal_id: Id
+    operation: Literal["Debit", "Credit"]
+    status: Literal["approved", "declined", "cancelled", "error"]
+    amount: StrictInt = Field(ge=0, le=MAX_AMOUNT)
+    currency: Annotated[StrictStr, Field(pattern=r"^EUR$")] = "EUR"
+    authorization_code: Annotated[StrictStr, Field(max_length=32)] | None = None
+    authorized_online: StrictBool | None = None
+    card: IpnCard | None = None
+    processed_at: StrictStr
+
+    @field_validator("processed_at")
+    @classmethod
+    def _rfc3339(cls, value: str) -> str:
+        try:
+            # Normalized to the one timestamp format so that the Console's date order is string order.
+            return timestamp_from_ms(parse_timestamp_ms(value))
+        except EnvelopeError:
+            raise PydanticCustomError("timestamp_invalid", "processed_at must be an RFC 3339 timestamp") from None
+
+
+def parse_ipn(body: Any) -> IpnBody:
+    """Validate a parsed IPN; the first error is a 400 naming the field's dotted path."""
+    if not isinstance(body, dict):
+        raise validation_error("not_an_object", "the IPN body must be a JSON object", None)
+    try:
+        return IpnBody.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        path = ".".join(str(part) for part in first["loc"]) or None
+        raise validation_error(first["type"], f"{path}: {first['msg']}" if path else first["msg"], path) from None
+
+
+class IpnAccepted(BaseModel):
+    status: str = Field(description="stored (new IPN) or duplicate (transaction_reference already received)")
+    transaction_reference: str
+
+
+class CardView(BaseModel):
+    brand: str | None = None
+    masked_pan: str | None = None
+    entry_mode: str | None = None
+
+
+class BasketLineView(BaseModel):
+    product_reference: str
+    name: str
+    type: str
+    quantity: int
+    unit_price: Decimal
+    tax_rate: Decimal
+    discount: Decimal | None = None
+    total_amount: Decimal
+
+
+class TransactionView(BaseModel):
+    reference: str
+    merchant_id: str
+    order_id: str
+    terminal_id: str
+    operation: str = Field(description="Debit or Credit")
+    status_code: int = Field(description="118 Captured, 125 Refunded, 113 Refused, 115 Cancelled")
+    status: str
+    amount_minor: int = Field(description="integer, currency minor units (IPN figure)")
+    currency: str
+    authorization_code: str | None = None
+    card: CardView
+    description: str | None = None
+    basket: list[BasketLineView] | None = None
+    customer: dict[str, Any] | None = None
+    custom_data: dict[str, Any] | None = None
+    flags: list[str] = Field(description="amount_mismatch: the order asked for another amount or currency")
+    created_at: str = Field(description="RFC 3339 UTC with milliseconds")
+    updated_at: str
+
+
+class TransactionPage(BaseModel):
+    transactions: list[TransactionView]
+    next_cursor: str | None = Field(default=None, description="opaque; pass as cursor for the next page")
+
+
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+def _json(name: str, description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
+    }
+
+
+_ERROR_400 = _json("ErrorBody", "invalid parameter")
+_ERROR_401 = _json("ErrorBody", "credentials missing or wrong")
+
+OPENAPI_PATHS: dict[str, Any] = {
+    "/v1/transactions": {
+        "get": {
+            "summary": "The merchant's Console transactions, newest first",
+            "parameters": [
+                _query("from", "RFC 3339, inclusive", {"type": "string", "format": "date-time"}),
+                _query("to", "RFC 3339, exclusive", {"type": "string", "format": "date-time"}),
+                _query("status", "status code (118) or label (Captured)", {"type": "string"}),
+                _query("terminal_id", "terminal id", {"type": "string"}),
+                _query("order_id", "order id", {"type": "string"}),
+                _query("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}),
+                _query("cursor", "next_cursor of the previous page", {"type": "string"}),
+            ],
+            "responses": {"200": _json("TransactionPage", "one page"), "400": _ERROR_400, "401": _ERROR_401},
+        }
+    },
+    "/v1/transactions/{transaction_reference}": {
+        "get": {
+            "summary": "One Console transaction",
+            "parameters": [
+                {"name": "transaction_reference", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": _json("TransactionView", "the transaction"),
+                "401": _ERROR_401,
+                "404": _json("ErrorBody", "no such transaction for this merchant"),
+            },
+        }
+    },
+    "/v1/ipn/nepting": {
+        "post": {
+            "summary": "IPN from the Nepting payment gateway (HMAC-signed, no Basic auth)",
+            "security": [],
+            "parameters": [
+                {"name": "X-Nepting-Timestamp", "in": "header", "required": True, "schema": {"type": "string"}},
+                {"name": "X-Nepting-Signature", "in": "header", "required": True, "schema": {"type": "string"}},
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IpnBody"}}},
+            },
+            "responses": {
+                "200": _json("IpnAccepted", "stored (or already stored)"),
+                "400": _json("ErrorBody", "malformed or invalid body"),
+                "401": _json("ErrorBody", "signature wrong or timestamp more than 5 minutes away"),
+                "422": _json("ErrorBody", "unknown merchant"),
+            },
+        }
+    },
+}

@@ -1,0 +1,212 @@
+"""order_notifications and ipn_ingest against moto: one Console transaction, whichever half came first."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+import app as chalice_app
+from chalicelib import jsonutil
+from chalicelib.config import Settings
+from chalicelib.ledger_wiring import ledger
+from chalicelib.ports import ConditionFailed
+from chalicelib.transactions import Transaction
+from tests.console_helpers import (
+    drain,
+    head_image,
+    ipn_body,
+    order_request,
+    seed_merchant,
+    signed_headers,
+    sqs_event,
+    stream_event,
+)
+
+
+@pytest.fixture
+def settings(console_aws: Settings) -> Settings:
+    seed_merchant(console_aws, "M1")
+    return console_aws
+
+
+def receive(body: dict[str, Any]) -> None:
+    """The route's job, without HTTP (the route itself is tested in test_ipn_route)."""
+    from chalicelib.services.ipn import receive_ipn
+
+    raw = json.dumps(body).encode()
+    headers = {key.lower(): value for key, value in signed_headers(raw).items()}
+    receive_ipn(ledger().ipn_deps(), headers, raw)
+
+
+def ingest(reference: str = "TX-1001") -> dict[str, Any]:
+    return chalice_app.ipn_ingest_handler(sqs_event({"transaction_reference": reference}), None)
+
+
+def order_notification(request: dict[str, Any], attempt: int = 1) -> dict[str, Any]:
+    return chalice_app.order_notifications_handler(stream_event(head_image("M1", request, attempt)), None)
+
+
+def stored(reference: str = "TX-1001") -> Transaction:
+    tx = ledger().transactions.get(reference)
+    assert tx is not None
+    return tx
+
+
+def test_order_details_are_recorded_from_the_order_head_stream_record(settings: Settings) -> None:
+    assert order_notification(order_request()) == {"batchItemFailures": []}
+    details = ledger().order_details.get("M1", "ORDER_1537532589264")
+    assert details is not None
+    assert (details.amount, details.currency, details.attempt, details.terminal_id) == (899, "EUR", 1, "PAX-1850320198")
+    assert details.notify_url == "https://merchant.example/notify"
+    assert jsonutil.loads(details.basket_json or "")[0]["unit_price"] == jsonutil.loads("8.99")
+    assert jsonutil.loads(details.custom_data_json or "") == {
+        "internal_reference": "ORD_987465",
+        "customer_first_order": True,
+    }
+
+
+def test_only_order_heads_are_taken_from_the_payments_stream(settings: Settings) -> None:
+    dispatch = {"pk": "DISPATCH#r1", "request_id": "r1", "merchant_id": "M1", "order_id": "X"}
+    assert chalice_app.order_notifications_handler(stream_event(dispatch), None) == {"batchItemFailures": []}
+    assert ledger().order_details.get("M1", "X") is None
+
+
+def test_an_older_or_equal_attempt_never_replaces_newer_details(settings: Settings) -> None:
+    order_notification(order_request(description="second try"), attempt=2)
+    order_notification(order_request(description="first try"), attempt=1)
+    order_notification(order_request(description="second try, redelivered"), attempt=2)
+    details = ledger().order_details.get("M1", "ORDER_1537532589264")
+    assert details is not None and (details.attempt, details.description) == (2, "second try")
+
+
+def test_ipn_alone_creates_a_captured_transaction_without_details(settings: Settings) -> None:
+    receive(ipn_body())
+    assert ingest() == {"batchItemFailures": []}
+    tx = stored()
+    assert (tx.status_code, tx.status, tx.amount_minor, tx.currency) == (118, "Captured", 899, "EUR")
+    assert (tx.card_brand, tx.masked_pan, tx.entry_mode) == ("VISA", "497010******0001", "contactless")
+    assert tx.basket_json is None and tx.flags == []
+    assert tx.created_at == "2026-11-28T03:12:00.123Z"
+
+
+def _both_orders(settings: Settings, ipn_first: bool, request: dict[str, Any], body: dict[str, Any]) -> Transaction:
+    if ipn_first:
+        receive(body)
+        ingest()
+        order_notification(request)
+    else:
+        order_notification(request)
+        receive(body)
+        ingest()
+    return stored()
+
+
+@pytest.mark.parametrize("ipn_first", [True, False])
+def test_ipn_and_details_merge_into_one_transaction_in_either_order(settings: Settings, ipn_first: bool) -> None:
+    tx = _both_orders(settings, ipn_first, order_request(), ipn_body())
+    assert tx.status_code == 118
+    assert jsonutil.loads(tx.basket_json or "")[0]["product_reference"] == "NF-a1690"
+    assert jsonutil.loads(tx.customer_json or "")["customer_id"] == "283749291"
+    assert tx.custom_data == {"internal_reference": "ORD_987465", "customer_first_order": True}
+    assert tx.notify_url == "https://merchant.example/notify"
+    assert tx.flags == []
+
+
+def test_both_arrival_orders_give_the_same_transaction(console_aws: Settings) -> None:
+    from chalicelib.adapters.aws import client
+
+    seed_merchant(console_aws, "M1")
+    ipn_first = _both_orders(console_aws, True, order_request(), ipn_body())
+    for table in (console_aws.transactions_table, console_aws.order_details_table, console_aws.ipn_table):
+        key = "merchant_order" if table == console_aws.order_details_table else "transaction_reference"
+        for item in client("dynamodb").scan(TableName=table)["Items"]:
+            client("dynamodb").delete_item(TableName=table, Key={key: item[key]})
+    details_first = _both_orders(console_aws, False, order_request(), ipn_body())
+    assert ipn_first.business_view() == details_first.business_view()
+
+
+@pytest.mark.parametrize("ipn_first", [True, False])
+def test_amount_mismatch_is_flagged_and_the_ipn_figures_stand(settings: Settings, ipn_first: bool) -> None:
+    request = order_request(amount=1000, basket=None)
+    tx = _both_orders(settings, ipn_first, request, ipn_body(amount=899))
+    assert tx.flags == ["amount_mismatch"]
+    assert tx.amount_minor == 899 and tx.order_amount == 1000
+
+
+@pytest.mark.parametrize(
+    ("operation", "status", "code", "label"),
+    [
+        ("Debit", "approved", 118, "Captured"),
+        ("Credit", "approved", 125, "Refunded"),
+        ("Debit", "declined", 113, "Refused"),
+        ("Debit", "cancelled", 115, "Cancelled"),
+        ("Debit", "error", 113, "Refused"),
+        ("Credit", "declined", 113, "Refused"),
+    ],
+)
+def test_status_mapping_of_contract_section_3(settings: Settings, operation: str, status: str, code: int, label: str) -> None:
+    receive(ipn_body(operation=operation, status=status))
+    ingest()
+    tx = stored()
+    assert (tx.status_code, tx.status) == (code, label)
+
+
+def test_a_redelivered_ipn_message_writes_nothing_and_queues_no_second_notification(settings: Settings) -> None:
+    receive(ipn_body())
+    ingest()
+    first = stored()
+    assert drain(settings.notifications_queue_url) == [{"transaction_reference": "TX-1001", "status_code": 118}]
+    ingest()
+    assert stored().version == first.version
+    assert drain(settings.notifications_queue_url) == []
+
+
+def test_a_new_transaction_is_announced_once_and_marked_enqueued(settings: Settings) -> None:
+    receive(ipn_body())
+    ingest()
+    tx = stored()
+    assert (tx.notify_pending_status, tx.notify_enqueued) == (118, True)
+    order_notification(order_request())
+    assert drain(settings.notifications_queue_url) == [{"transaction_reference": "TX-1001", "status_code": 118}]
+
+
+def test_a_crash_between_the_write_and_the_enqueue_is_healed_by_the_redelivery(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receive(ipn_body())
+    queue = ledger().notifications
+
+    def broken(body: dict[str, Any], delay_s: int = 0) -> None:
+        raise ConnectionError("SQS unreachable")
+
+    monkeypatch.setattr(queue, "send", broken)
+    result = ingest()
+    assert result == {"batchItemFailures": [{"itemIdentifier": "m0"}]}, "the message stays for a retry"
+    tx = stored()
+    assert (tx.notify_pending_status, tx.notify_enqueued) == (118, False)
+    monkeypatch.undo()
+    assert ingest() == {"batchItemFailures": []}
+    assert stored().notify_enqueued is True
+    assert drain(settings.notifications_queue_url) == [{"transaction_reference": "TX-1001", "status_code": 118}]
+
+
+def test_an_ipn_message_without_a_stored_ipn_is_reported_failed(settings: Settings) -> None:
+    assert ingest("TX-NOPE") == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
+
+
+def test_a_failed_stream_record_stops_the_batch_at_that_record(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = head_image("M1", order_request("A")), head_image("M1", order_request("B"))
+    event = stream_event(first, second)
+    monkeypatch.setattr(ledger().order_details, "put_if_newer", lambda details: (_ for _ in ()).throw(OSError("x")))
+    result = chalice_app.order_notifications_handler(event, None)
+    assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["dynamodb"]["SequenceNumber"]}]}
+
+
+def test_conditional_write_refuses_a_stale_version(settings: Settings) -> None:
+    receive(ipn_body())
+    ingest()
+    tx = stored()
+    with pytest.raises(ConditionFailed):
+        ledger().transactions.put(tx, tx.version - 1)
