@@ -10,7 +10,7 @@ import sys
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 from aws_cdk.cx_api import SynthesisMessageLevel
-from nepting_infra import build_app
+from nepting_infra.build import build_app
 
 
 def main() -> int:

@@ -1,4 +1,4 @@
-"""CDK app deploying the Nepting Cloud API: ``build_app()`` is what ``infra/app.py`` synthesizes."""
+"""Assemble the CDK app: the stack, its feature flags, and the cdk-nag AwsSolutions checks."""
 
 from __future__ import annotations
 

@@ -139,8 +139,9 @@ class ChaliceApp(Construct):
         cfn.add_property_override("Timeout", self.timeout_of(spec))
         cfn.add_property_override("MemorySize", spec.memory_mb)
         cfn.add_property_override("LoggingConfig", {"LogGroup": log_group.log_group_name})
-        # The role's policy must exist before Lambda validates event sources against it.
-        cfn.node.add_dependency(role)
+        # The role's policy must exist before Lambda validates event sources against it (the role
+        # itself is already a dependency through the Role property).
+        cfn.node.add_dependency(role.node.find_child("DefaultPolicy"))
         return lambda_.Function.from_function_attributes(
             self,
             f"{spec.logical_id}Handle",

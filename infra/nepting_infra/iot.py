@@ -8,7 +8,7 @@ a stolen certificate can neither impersonate another terminal nor read its payme
 
 from __future__ import annotations
 
-from aws_cdk import Aws, Stack
+from aws_cdk import Aws, CfnResource, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_iot as iot
 from aws_cdk import aws_lambda as lambda_
@@ -19,6 +19,8 @@ from constructs import Construct
 from .settings import DeploymentSettings
 
 THING_TYPE_NAME = "NeptingTerminal"
+# Construct id of the Lambda that every AwsCustomResource in a stack shares (fixed by the CDK).
+AWS_CUSTOM_RESOURCE_PROVIDER_ID = "AWS679f53fac002430cb0da5b7982bd2287"
 TOPIC_ROOT = "nepting/v1/terminals"
 THING = "${iot:Connection.Thing.ThingName}"
 # The handlers get the raw payload (base64, so a malformed one still arrives), its topic (the
@@ -166,3 +168,7 @@ class IotDataEndpoint(Construct):
             install_latest_aws_sdk=False,
         )
         self.address = lookup.get_response_field("endpointAddress")
+        # CDK's shared provider function depends on its role twice over (DependsOn and GetAtt).
+        provider = Stack.of(self).node.try_find_child(AWS_CUSTOM_RESOURCE_PROVIDER_ID)
+        if provider is not None and isinstance(provider.node.default_child, CfnResource):
+            provider.node.default_child.add_metadata("cfn-lint", {"config": {"ignore_checks": ["W3005"]}})

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 from aws_cdk import Stack
 from cdk_nag import NagPackSuppression, NagSuppressions
 
+from .iot import AWS_CUSTOM_RESOURCE_PROVIDER_ID
+
 if TYPE_CHECKING:
     from .stack import NeptingCloudApiStack
 
-# Construct id of the Lambda that every AwsCustomResource in a stack shares (fixed by the CDK).
-AWS_CUSTOM_RESOURCE_SINGLETON = "AWS679f53fac002430cb0da5b7982bd2287"
 
 ROLE_WILDCARDS = [
     NagPackSuppression(
@@ -83,7 +83,7 @@ def add_suppressions(stack: NeptingCloudApiStack) -> None:
 
 
 def _suppress_custom_resource_provider(stack: Stack) -> None:
-    provider = stack.node.try_find_child(AWS_CUSTOM_RESOURCE_SINGLETON)
+    provider = stack.node.try_find_child(AWS_CUSTOM_RESOURCE_PROVIDER_ID)
     if provider is None:
         return
     NagSuppressions.add_resource_suppressions(

@@ -1,0 +1,103 @@
+"""The synthesized template passes cdk-nag's AwsSolutions pack and cfn-lint, offline."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import pytest
+
+from .conftest import INFRA_DIR
+
+pytestmark = pytest.mark.infra
+
+# The rules this deployment knowingly accepts, each with its reason in infra/nepting_infra/nag.py.
+ACCEPTED_RULES = {"AwsSolutions-IAM4", "AwsSolutions-IAM5", "AwsSolutions-L1", "AwsSolutions-SQS3"}
+
+
+def test_synthesis_succeeds_offline_with_no_unsuppressed_cdk_nag_finding(synthesis):
+    errors = synthesis.messages("error")
+    assert errors == [], "\n".join(f"{path}: {text[:300]}" for path, text in errors)
+    assert synthesis.returncode == 0, synthesis.stderr[-4000:]
+    assert "synthesized nepting-cloud-api-prod" in synthesis.stdout
+
+
+def test_cdk_nag_actually_checked_the_template(synthesis):
+    (report,) = synthesis.outdir.glob("AwsSolutions-*-NagReport.csv")
+    rows = report.read_text().splitlines()[1:]
+    checked_rules = {row.split(",")[0].strip('"') for row in rows}
+    # A report without these would mean the pack never visited the tables, queues and roles.
+    assert {"AwsSolutions-DDB3", "AwsSolutions-SQS4", "AwsSolutions-IAM5", "AwsSolutions-S10"} <= checked_rules
+    assert not [row for row in rows if '"Non-Compliant"' in row]
+
+
+def test_every_suppression_is_a_known_rule_with_a_reason(template):
+    suppressions = [
+        (logical_id, rule)
+        for logical_id, resource in template["Resources"].items()
+        for rule in resource.get("Metadata", {}).get("cdk_nag", {}).get("rules_to_suppress", [])
+    ]
+    assert suppressions, "expected the documented suppressions to be present"
+    for logical_id, rule in suppressions:
+        assert rule["id"] in ACCEPTED_RULES, f"{logical_id}: unexpected suppression of {rule['id']}"
+        assert len(rule["reason"]) >= 40, f"{logical_id}: {rule['id']} needs a real reason"
+        if rule["id"] == "AwsSolutions-IAM5":
+            # Wildcards are accepted one finding at a time, never for a whole policy.
+            assert rule.get("applies_to"), f"{logical_id}: IAM5 suppressed without applies_to"
+
+
+def test_function_roles_suppress_no_action_wildcard(template):
+    for logical_id, resource in template["Resources"].items():
+        for rule in resource.get("Metadata", {}).get("cdk_nag", {}).get("rules_to_suppress", []):
+            for finding in rule.get("applies_to", []):
+                text = finding if isinstance(finding, str) else json.dumps(finding)
+                assert "Action::" not in text, f"{logical_id} suppresses an action wildcard: {text}"
+
+
+def test_cfn_lint_finds_nothing_in_the_template(synthesis):
+    from cfnlint.api import ManualArgs, lint_file
+
+    matches = lint_file(synthesis.template_path, config=ManualArgs(regions=["eu-west-3", "us-east-1"]))
+    assert [f"{m.rule.id} {m.message} ({m.path})" for m in matches] == []
+
+
+def test_deadline_capped_by_the_integration_timeout_is_announced(synthesis):
+    warnings = [text for _, text in synthesis.messages("warning") if "PAYMENT_DEADLINE_MS" in text]
+    assert len(warnings) == 1 and re.search(r"29000 ms API Gateway integration timeout", warnings[0])
+
+
+def test_synthesis_keeps_its_scratch_files_inside_infra(synthesis):
+    assert (INFRA_DIR / ".build" / "chalice.out").is_dir()
+    assert not (INFRA_DIR / "chalice.out").exists()
+
+
+@pytest.fixture(scope="module")
+def settings_module():
+    sys.path.insert(0, str(INFRA_DIR))
+    try:
+        from nepting_infra import settings
+    finally:
+        sys.path.remove(str(INFRA_DIR))
+    return settings
+
+
+def test_default_integration_timeout_shortens_the_payment_deadline(settings_module):
+    s = settings_module.DeploymentSettings.from_context({}.get)
+    assert (s.integration_timeout_ms, s.payment_deadline_ms, s.api_lambda_timeout_s) == (29_000, 26_000, 30)
+    assert s.deadline_was_capped
+
+
+def test_raised_integration_timeout_restores_the_contract_deadline(settings_module):
+    s = settings_module.DeploymentSettings.from_context({"api_integration_timeout_s": "125"}.get)
+    assert (s.integration_timeout_ms, s.payment_deadline_ms, s.api_lambda_timeout_s) == (125_000, 120_000, 126)
+    assert not s.deadline_was_capped
+
+
+@pytest.mark.parametrize(
+    "context",
+    [{"api_integration_timeout_s": "12"}, {"api_integration_timeout_s": "soon"}, {"stage": "Prod_1"}],
+)
+def test_undeployable_context_is_refused_with_a_reason(settings_module, context):
+    with pytest.raises(settings_module.DeploymentSettingsError):
+        settings_module.DeploymentSettings.from_context(context.get)
