@@ -9,13 +9,13 @@ import base64
 import time
 from typing import Any
 
-from chalice import Chalice, Response
+from chalice import Response
 from chalice.app import Request
 
 from chalicelib import openapi
 from chalicelib.adapters.exports import EXPORT_PREFIX, start_table_export
 from chalicelib.event_sources import BatchResult, order_head_record, sqs_batch, stream_batch
-from chalicelib.http import ANY_CONTENT, api_handler, json_response, raw_body, read_json_body
+from chalicelib.http import ANY_CONTENT, ThreadSafeChalice, api_handler, json_response, raw_body, read_json_body
 from chalicelib.ledger_wiring import ledger
 from chalicelib.models import parse_order_request
 from chalicelib.services import console, ipn, notifications, payments, terminal_events, terminals
@@ -23,7 +23,7 @@ from chalicelib.services import transactions as ledger_service
 from chalicelib.transaction_models import OPENAPI_PATHS, IpnAccepted, IpnBody, TransactionPage, TransactionView
 from chalicelib.wiring import components
 
-app = Chalice(app_name="nepting-cloud-api")
+app = ThreadSafeChalice(app_name="nepting-cloud-api")
 
 
 def _request() -> Request:

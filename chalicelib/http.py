@@ -9,10 +9,11 @@ def x() -> Response:
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
-from chalice import Response
+from chalice import Chalice, Response
 from chalice.app import Request
 
 from chalicelib import jsonutil
@@ -23,6 +24,22 @@ MAX_BODY_BYTES = 64 * 1024
 # Chalice would answer unknown media types itself, in its own format; we answer them in ours.
 ANY_CONTENT = ["*/*"]
 _JSON_TYPES = ("application/json", "application/problem+json")
+
+
+class ThreadSafeChalice(Chalice):
+    """Chalice keeps ``current_request`` on the app object; a threaded server (the local stack, many
+    payments waiting at once) needs it per thread. On Lambda one invocation runs at a time, so
+    nothing changes there."""
+
+    _per_thread = threading.local()
+
+    @property
+    def current_request(self) -> Request | None:
+        return getattr(self._per_thread, "request", None)
+
+    @current_request.setter
+    def current_request(self, value: Request | None) -> None:
+        self._per_thread.request = value
 
 
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:

@@ -23,7 +23,7 @@ from chalicelib.services.payments import PaymentDeps
 from chalicelib.services.terminal_events import EventDeps, handle_event
 from tests.fakes import FakeClock, FakePayments, FakeTerminals, RecordingChannel, ScriptedWaker
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parent.parent / "examples"
 MERCHANT = "M1"
 TERMINAL_ID = "PAX-1850320198"
 PASSPHRASE = "correct horse battery staple"

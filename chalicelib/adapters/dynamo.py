@@ -58,12 +58,44 @@ class DynamoTerminalRepository:
     def put(self, terminal: Terminal) -> None:
         client("dynamodb").put_item(TableName=self.table, Item=to_item(asdict(terminal)))
 
+    def create(self, terminal: Terminal) -> None:
+        """Enroll; ConditionFailed if the terminal id is taken (by this merchant or another)."""
+        try:
+            client("dynamodb").put_item(
+                TableName=self.table,
+                Item=to_item(asdict(terminal)),
+                ConditionExpression="attribute_not_exists(terminal_id)",
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                raise ConditionFailed(f"terminal {terminal.terminal_id} is already enrolled") from exc
+            raise
+
+    def set_passphrase(self, terminal_id: str, merchant_id: str, passphrase: str | None) -> None:
+        """Rotate (or remove, disabling the Cloud API service) the passphrase of the merchant's terminal."""
+        update = "SET passphrase = :p" if passphrase else "REMOVE passphrase"
+        values: dict[str, Any] = {":m": {"S": merchant_id}}
+        if passphrase:
+            values[":p"] = {"S": passphrase}
+        try:
+            client("dynamodb").update_item(
+                TableName=self.table,
+                Key={"terminal_id": {"S": terminal_id}},
+                UpdateExpression=update,
+                ConditionExpression="merchant_id = :m",
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as exc:
+            if _condition_failed(exc):
+                raise ConditionFailed(f"terminal {terminal_id} is not enrolled for {merchant_id}") from exc
+            raise
+
     def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int) -> bool:
         try:
             client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
-                UpdateExpression="SET busy_request_id = :r, busy_until_ms = :u",
+                UpdateExpression="SET busy_request_id = :r, busy_until_ms = :u",  # not reserved words
                 # An expired claim (its holder crashed or gave up) may be taken over.
                 ConditionExpression="attribute_exists(terminal_id) AND "
                 "(attribute_not_exists(busy_request_id) OR busy_until_ms <= :now)",
@@ -99,10 +131,11 @@ class DynamoTerminalRepository:
             client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
-                UpdateExpression="SET online = :o, status_at_ms = :s, last_seen_at = :seen",
+                UpdateExpression="SET #online = :o, status_at_ms = :s, last_seen_at = :seen",
                 # Status messages may arrive out of order (retained, last will): newest wins.
                 ConditionExpression="attribute_exists(terminal_id) AND "
                 "(attribute_not_exists(status_at_ms) OR status_at_ms <= :s)",
+                ExpressionAttributeNames={"#online": "online"},
                 ExpressionAttributeValues={
                     ":o": {"BOOL": online},
                     ":s": {"N": str(sent_at_ms)},
@@ -184,20 +217,23 @@ class DynamoPaymentRepository:
         result: dict[str, Any] | None = None,
         late: bool = False,
     ) -> Dispatch:
-        names = {"#state": "state"}
-        values: dict[str, Any] = {":to": {"S": to.value}, ":now": {"N": str(now_ms)}, ":one": {"N": "1"}}
-        sets = ["#state = :to", "version = version + :one"]
-        if to == DispatchState.ACKNOWLEDGED:
-            sets.append("acked_at_ms = :now")
-        else:
-            sets.append("finished_at_ms = :now")
+        # Every attribute goes through a name placeholder: several (state, result…) are reserved words.
+        names = {"#state": "state", "#version": "version"}
+        values: dict[str, Any] = {":to": {"S": to.value}, ":one": {"N": "1"}}
+        sets = ["#state = :to", "#version = #version + :one"]
+
+        def assign(attribute: str, placeholder: str, value: dict[str, Any]) -> None:
+            names[f"#{attribute}"] = attribute
+            values[placeholder] = value
+            sets.append(f"#{attribute} = {placeholder}")
+
+        assign("acked_at_ms" if to == DispatchState.ACKNOWLEDGED else "finished_at_ms", ":at", {"N": str(now_ms)})
         if reason is not None:
-            sets.append("reason = :reason")
-            values[":reason"] = {"S": reason}
+            assign("reason", ":reason", {"S": reason})
         if result is not None:
-            sets.append("#result = :result")
-            names["#result"] = "result"
-            values[":result"] = to_value(result)
+            assign("result", ":result", to_value(result))
+        if late:
+            assign("late", ":late", {"BOOL": True})
         allowed = sorted(state.value for state in allowed_from)
         placeholders = []
         for index, state in enumerate(allowed):
@@ -206,11 +242,9 @@ class DynamoPaymentRepository:
         condition = f"#state IN ({', '.join(placeholders)})"
         if terminal_id is not None:
             # An event may only move a dispatch sent to the terminal it came from.
-            condition += " AND terminal_id = :terminal"
+            condition += " AND #terminal_id = :terminal"
+            names["#terminal_id"] = "terminal_id"
             values[":terminal"] = {"S": terminal_id}
-        if late:
-            sets.append("late = :late")
-            values[":late"] = {"BOOL": True}
         try:
             updated = client("dynamodb").update_item(
                 TableName=self.table,
@@ -220,7 +254,6 @@ class DynamoPaymentRepository:
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as exc:
             if _condition_failed(exc):

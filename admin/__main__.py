@@ -1,0 +1,150 @@
+"""Operator commands, against moto/local endpoints and real AWS alike (same settings, same code).
+
+python -m admin create-merchant --merchant-id M1 --login shop --password '…' [--notify-url URL]
+python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198
+python -m admin rotate-passphrase --merchant-id M1 --terminal PAX-1850320198
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from chalicelib.adapters.dynamo import DynamoMerchantRepository, DynamoTerminalRepository
+from chalicelib.config import get_settings
+from chalicelib.ports import ConditionFailed
+from chalicelib.services import enrollment
+
+# Other command groups register themselves when present.
+_PLUGINS = ("admin.dlq", "admin.export")
+
+
+def _repositories() -> tuple[DynamoTerminalRepository, DynamoMerchantRepository]:
+    settings = get_settings()
+    return DynamoTerminalRepository(settings.terminals_table), DynamoMerchantRepository(settings.merchants_table)
+
+
+def create_merchant(args: argparse.Namespace) -> int:
+    _, merchants = _repositories()
+    password = args.password or getpass.getpass("password: ")
+    notify_passphrase = enrollment.create_merchant(
+        merchants, args.merchant_id, args.login, password, args.notify_url, args.notify_passphrase
+    )
+    print(
+        json.dumps(
+            {
+                "merchant_id": args.merchant_id,
+                "login": args.login,
+                "notify_passphrase": notify_passphrase if not args.notify_passphrase else "(as given)",
+            }
+        )
+    )
+    return 0
+
+
+def enroll_terminal(args: argparse.Namespace) -> int:
+    terminals, merchants = _repositories()
+    try:
+        terminal_id, passphrase = enrollment.enroll_terminal(
+            terminals,
+            merchants,
+            args.merchant_id,
+            args.manufacturer,
+            args.serial,
+            with_passphrase=not args.without_passphrase,
+        )
+    except ConditionFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    output: dict[str, object] = {"terminal_id": terminal_id, "merchant_id": args.merchant_id}
+    if passphrase:
+        output["passphrase"] = passphrase
+        output["note"] = "the passphrase is shown once: configure it on the terminal now"
+    settings = get_settings()
+    if settings.terminal_channel == "iot" and not args.no_iot:
+        from admin.iot import provision_thing
+
+        output["iot"] = provision_thing(terminal_id, args.merchant_id, args.iot_policy, Path(args.cert_dir))
+    print(json.dumps(output, indent=2))
+    return 0
+
+
+def rotate_passphrase(args: argparse.Namespace) -> int:
+    terminals, _ = _repositories()
+    try:
+        passphrase = enrollment.rotate_passphrase(terminals, args.merchant_id, args.terminal)
+    except ConditionFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "terminal_id": args.terminal,
+                "passphrase": passphrase,
+                "note": "shown once; the old passphrase stops working now",
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    merchant = commands.add_parser("create-merchant", help="create a merchant and its Basic credentials")
+    merchant.add_argument("--merchant-id", required=True)
+    merchant.add_argument("--login", required=True)
+    merchant.add_argument("--password", help="prompted for when omitted (keeps it out of shell history)")
+    merchant.add_argument("--notify-url", help="default URL for merchant notifications")
+    merchant.add_argument("--notify-passphrase", help="secret for X-Allopass-Signature (generated when omitted)")
+    merchant.set_defaults(func=create_merchant)
+
+    terminal = commands.add_parser("enroll-terminal", help="enroll a terminal and print its passphrase once")
+    terminal.add_argument("--merchant-id", required=True)
+    terminal.add_argument("--manufacturer", required=True)
+    terminal.add_argument("--serial", required=True)
+    terminal.add_argument(
+        "--without-passphrase",
+        action="store_true",
+        help="enroll with the Cloud API service disabled (payments answer 403)",
+    )
+    terminal.add_argument("--no-iot", action="store_true", help="skip the IoT thing and certificate")
+    terminal.add_argument("--iot-policy", default="nepting-terminal", help="IoT policy to attach")
+    terminal.add_argument("--cert-dir", default="certs", help="where the certificate and key are written")
+    terminal.set_defaults(func=enroll_terminal)
+
+    rotate = commands.add_parser("rotate-passphrase", help="give a terminal a new passphrase (shown once)")
+    rotate.add_argument("--merchant-id", required=True)
+    rotate.add_argument("--terminal", required=True, help="terminal id, e.g. PAX-1850320198")
+    rotate.set_defaults(func=rotate_passphrase)
+
+    for name in _PLUGINS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except enrollment.EnrollmentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Enrolling merchants and terminals: the records, the credentials, the passphrase shown once.
+
+>>> passphrase = new_passphrase()
+>>> len(passphrase) >= 32
+True
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any, Protocol
+
+from chalicelib.domain import Terminal
+from chalicelib.envelope import terminal_id_for
+from chalicelib.services.auth import hash_password
+
+_MANUFACTURER = re.compile(r"^[A-Za-z0-9]{1,32}$")
+_SERIAL = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_MERCHANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MIN_PASSWORD_LENGTH = 12
+
+
+class EnrollmentError(ValueError):
+    pass
+
+
+class TerminalStore(Protocol):
+    def create(self, terminal: Terminal) -> None: ...
+
+    def set_passphrase(self, terminal_id: str, merchant_id: str, passphrase: str | None) -> None: ...
+
+
+class MerchantStore(Protocol):
+    def put_merchant(self, merchant_id: str, notify_url: str | None, notify_passphrase: str) -> None: ...
+
+    def put_login(self, login: str, merchant_id: str, password_hash: str) -> None: ...
+
+    def get_merchant(self, merchant_id: str) -> dict[str, Any] | None: ...
+
+
+def new_passphrase() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def enroll_terminal(
+    terminals: TerminalStore,
+    merchants: MerchantStore,
+    merchant_id: str,
+    manufacturer: str,
+    serial_number: str,
+    passphrase: str | None = None,
+    with_passphrase: bool = True,
+) -> tuple[str, str | None]:
+    """Create the terminal record; returns (terminal_id, passphrase). The passphrase is not retrievable later."""
+    if not _MANUFACTURER.match(manufacturer) or not _SERIAL.match(serial_number):
+        raise EnrollmentError("manufacturer must be [A-Za-z0-9]{1,32} and serial number [A-Za-z0-9]{1,64}")
+    if merchants.get_merchant(merchant_id) is None:
+        raise EnrollmentError(f"no merchant {merchant_id!r}: create it first")
+    terminal_id = terminal_id_for(manufacturer, serial_number)
+    secret = (passphrase or new_passphrase()) if with_passphrase else None
+    terminals.create(Terminal(terminal_id=terminal_id, merchant_id=merchant_id, passphrase=secret))
+    return terminal_id, secret
+
+
+def rotate_passphrase(terminals: TerminalStore, merchant_id: str, terminal_id: str) -> str:
+    passphrase = new_passphrase()
+    terminals.set_passphrase(terminal_id, merchant_id, passphrase)
+    return passphrase
+
+
+def create_merchant(
+    merchants: MerchantStore,
+    merchant_id: str,
+    login: str,
+    password: str,
+    notify_url: str | None = None,
+    notify_passphrase: str | None = None,
+) -> str:
+    """Create (or update) a merchant and its Basic credentials; returns the notification passphrase."""
+    if not _MERCHANT.match(merchant_id):
+        raise EnrollmentError("merchant id must be [A-Za-z0-9_-]{1,64}")
+    if not login or ":" in login:
+        raise EnrollmentError("login must be non-empty and contain no ':'")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise EnrollmentError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    if notify_url is not None and not notify_url.startswith(("https://", "http://")):
+        raise EnrollmentError("notify_url must be an http(s) URL")
+    notify_passphrase = notify_passphrase or new_passphrase()
+    merchants.put_merchant(merchant_id, notify_url, notify_passphrase)
+    merchants.put_login(login, merchant_id, hash_password(password))
+    return notify_passphrase

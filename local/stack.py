@@ -1,0 +1,380 @@
+"""`make run`: the whole system on one machine (CONTRACT §6).
+
+moto in server mode (DynamoDB, SQS, S3, IoT), the MQTT broker, the Chalice routes on a threaded
+HTTP server, the topic-rule bridge and the event-source pollers feeding the very same handlers,
+and simulated terminals. Ctrl-C stops everything; a crashed component stops the stack with its
+traceback instead of leaving a half-working system.
+
+    stack = start_stack(StackConfig(api_port=0, mqtt_port=0))   # free ports, for tests
+    ...
+    stack.stop()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from chalicelib.adapters import aws
+from chalicelib.adapters.dynamo import DynamoMerchantRepository, DynamoTerminalRepository
+from chalicelib.adapters.schema import create_tables
+from chalicelib.config import Settings, get_settings
+from chalicelib.services import enrollment
+from local.seed import DEFAULT_SEED, Seed, SeedError, load_seed
+
+HOST = "127.0.0.1"
+# Queues and bucket the local stack creates; on AWS infra/ creates them.
+QUEUES = {
+    "IPN_QUEUE_URL": "nepting-ipn",
+    "NOTIFICATIONS_QUEUE_URL": "nepting-merchant-notifications",
+    "NOTIFICATIONS_DLQ_URL": "nepting-merchant-notifications-dlq",
+}
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class StackConfig:
+    api_port: int = 8000
+    mqtt_port: int = 1883
+    moto_port: int = 0
+    seed_path: Path = DEFAULT_SEED
+    # Extra environment for the handlers (e.g. shorter ACK_TIMEOUT_MS in tests).
+    environment: dict[str, str] = field(default_factory=dict)
+    simulate: bool = True
+
+    @classmethod
+    def from_env(cls) -> StackConfig:
+        def port(name: str, default: int) -> int:
+            raw = os.environ.get(name, str(default))
+            if not raw.isdigit() or int(raw) > 65535:
+                raise StackError(f"{name} must be a port number, got {raw!r}")
+            return int(raw)
+
+        seed = os.environ.get("SEED_FILE")
+        return cls(
+            api_port=port("API_PORT", 8000),
+            mqtt_port=port("MQTT_PORT", 1883),
+            moto_port=port("MOTO_PORT", 0),
+            seed_path=Path(seed) if seed else DEFAULT_SEED,
+        )
+
+
+@dataclass
+class RunningStack:
+    config: StackConfig
+    seed: Seed
+    settings: Settings
+    api_url: str
+    mqtt_port: int
+    moto_url: str
+    _parts: list[Any] = field(default_factory=list)
+    _saved_env: dict[str, str | None] = field(default_factory=dict)
+    fleet: Any = None
+    bridge: Any = None
+    broker: Any = None
+    pollers: list[Any] = field(default_factory=list)
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    def crash_report(self) -> str | None:
+        """The traceback of the first crashed component, if any."""
+        if self.broker is not None and self.broker.crashed:
+            try:
+                self.broker.raise_if_crashed()
+            except BaseException as exc:
+                return f"MQTT broker crashed: {exc!r}"
+        if self.bridge is not None and self.bridge.crash:
+            return f"terminal event handler crashed:\n{self.bridge.crash}"
+        for poller in self.pollers:
+            crash = getattr(poller, "crash", None)
+            if crash:
+                return f"poller {getattr(poller, 'name', poller)} crashed:\n{crash}"
+        return None
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for part in reversed(self._parts):
+            try:
+                part()
+            except Exception as exc:
+                print(f"while stopping: {exc!r}", file=sys.stderr)
+        self._parts.clear()
+        _restore_env(self._saved_env)
+
+
+def _set_env(stack_env: dict[str, str | None], saved: dict[str, str | None]) -> None:
+    for name, value in stack_env.items():
+        saved.setdefault(name, os.environ.get(name))
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def _restore_env(saved: dict[str, str | None]) -> None:
+    _set_env(saved, {})
+    get_settings.cache_clear()
+    aws.reset_clients()
+
+
+def start_stack(config: StackConfig) -> RunningStack:
+    seed = load_seed(config.seed_path)  # a bad seed stops before anything starts
+    from local.broker import start_broker
+    from local.moto_server import LocalAws
+
+    moto = LocalAws(HOST, config.moto_port).start()
+    saved: dict[str, str | None] = {}
+    parts: list[Any] = [moto.stop]
+    try:
+        broker = start_broker(HOST, config.mqtt_port)
+        parts.append(broker.stop)
+        env: dict[str, str | None] = {
+            # In-process clients reach moto directly; outside tools use the printed moto URL.
+            "AWS_ENDPOINT_URL": None,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "eu-west-3"),
+            "AWS_MAX_POOL_CONNECTIONS": "512",
+            "TERMINAL_CHANNEL": "mqtt",
+            "MQTT_HOST": HOST,
+            "MQTT_PORT": str(broker.port),
+            "IPN_SECRET": seed.ipn_secret,
+            "METRICS_EMF": os.environ.get("METRICS_EMF", "false"),
+            **{name: _queue_url(queue) for name, queue in QUEUES.items()},
+            **config.environment,
+        }
+        _set_env(env, saved)
+        get_settings.cache_clear()
+        aws.reset_clients()
+        settings = get_settings()
+        stack = RunningStack(config, seed, settings, "", broker.port, moto.url, parts, saved, broker=broker)
+        _create_resources(settings)
+        _apply_seed(settings, seed)
+        _start_handlers(stack)
+        _start_api(stack)
+        if config.simulate:
+            _start_simulators(stack)
+        _wait_ready(stack.api_url)
+        return stack
+    except BaseException:
+        for stop in reversed(parts):
+            with contextlib.suppress(Exception):  # the original error matters more
+                stop()
+        _restore_env(saved)
+        raise
+
+
+def _queue_url(queue: str) -> str:
+    region = os.environ.get("AWS_DEFAULT_REGION", "eu-west-3")
+    return f"https://sqs.{region}.amazonaws.com/123456789012/{queue}"
+
+
+def _create_resources(settings: Settings) -> None:
+    create_tables(settings)
+    sqs = aws.client("sqs")
+    for queue in QUEUES.values():
+        sqs.create_queue(QueueName=queue)
+    aws.client("s3").create_bucket(
+        Bucket=settings.export_bucket,
+        CreateBucketConfiguration={"LocationConstraint": os.environ["AWS_DEFAULT_REGION"]},
+    )
+
+
+def _apply_seed(settings: Settings, seed: Seed) -> None:
+    merchants = DynamoMerchantRepository(settings.merchants_table)
+    terminals = DynamoTerminalRepository(settings.terminals_table)
+    for merchant in seed.merchants:
+        enrollment.create_merchant(
+            merchants,
+            merchant.merchant_id,
+            merchant.login,
+            merchant.password,
+            merchant.notify_url,
+            merchant.notify_passphrase,
+        )
+    for terminal in seed.terminals:
+        enrollment.enroll_terminal(
+            terminals,
+            merchants,
+            terminal.merchant_id,
+            terminal.manufacturer,
+            terminal.serial_number,
+            passphrase=terminal.passphrase,
+            with_passphrase=terminal.passphrase is not None,
+        )
+
+
+def _start_handlers(stack: RunningStack) -> None:
+    import app as chalice_app
+    from chalicelib import wiring
+    from local.bridge import TopicRuleBridge
+    from local.waker import ThreadWaker
+
+    components = wiring.build(stack.settings)
+    components.waker = ThreadWaker()
+    wiring.install(components)
+    stack._parts.append(lambda: wiring.install(None))
+    bridge = TopicRuleBridge(
+        HOST, stack.mqtt_port, chalice_app.terminal_events_handler, chalice_app.terminal_status_handler
+    )
+    stack._parts.append(bridge.stop)
+    bridge.wait_ready()
+    stack.bridge = bridge
+    try:
+        pollers_module = importlib.import_module("local.pollers")
+    except ModuleNotFoundError as exc:
+        if exc.name != "local.pollers":
+            raise
+        return
+    stack.pollers = list(pollers_module.start_pollers(stack.settings, stack.stop_event))
+
+    def stop_pollers() -> None:
+        stack.stop_event.set()
+        for poller in stack.pollers:
+            join = getattr(poller, "join", None)
+            if join is not None:
+                join(timeout=5)
+
+    stack._parts.append(stop_pollers)
+
+
+def _start_api(stack: RunningStack) -> None:
+    import app as chalice_app
+    from local.api_server import ApiServer
+
+    server = ApiServer(chalice_app.app, HOST, stack.config.api_port)
+    server.start()
+    stack._parts.append(server.stop)
+    stack.api_url = f"http://{HOST}:{server.port}"
+
+
+def _start_simulators(stack: RunningStack) -> None:
+    from local.simulator import TerminalSpec, run_terminals
+
+    specs = [
+        TerminalSpec(t.terminal_id, t.passphrase or "", t.simulator.behavior, t.simulator.delay_ms)
+        for t in stack.seed.terminals
+        if t.simulator is not None
+    ]
+    hook = _gateway_hook(stack)
+    stack.fleet = run_terminals(specs, HOST, stack.mqtt_port, on_result=hook)
+    stack._parts.append(stack.fleet.stop)
+
+
+def _gateway_hook(stack: RunningStack) -> Any:
+    """The simulated payment gateway: sends the IPN for each simulated card payment, when served."""
+    try:
+        gateway = importlib.import_module("local.gateway")
+    except ModuleNotFoundError as exc:
+        if exc.name != "local.gateway":
+            raise
+        return None
+    return gateway.ipn_hook(stack)
+
+
+def _wait_ready(api_url: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with urllib.request.urlopen(f"{api_url}/v1/connector/healthcheck", timeout=2) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise StackError(f"the API at {api_url} did not become ready in {timeout_s:.0f} s") from None
+        time.sleep(0.05)
+
+
+def describe(stack: RunningStack) -> str:
+    """What is where, the demo credentials, and a payment to paste."""
+    lines = [
+        "Nepting Cloud API — local stack is ready",
+        f"  API          {stack.api_url}   (OpenAPI: {stack.api_url}/openapi.json)",
+        f"  MQTT broker  mqtt://{HOST}:{stack.mqtt_port}",
+        f"  AWS (moto)   {stack.moto_url}",
+        "",
+        "Merchants (HTTP Basic login:password):",
+    ]
+    lines += [f"  {m.merchant_id:<4} {m.login}:{m.password}" for m in stack.seed.merchants]
+    lines += ["", "Terminals:"]
+    for t in stack.seed.terminals:
+        if t.simulator is None:
+            what = "no passphrase: payments answer 403" if t.passphrase is None else "left to an outside client"
+        else:
+            delay = f", {t.simulator.delay_ms} ms" if t.simulator.delay_ms is not None else ""
+            what = f"simulated: {t.simulator.behavior}{delay}"
+        lines.append(f"  {t.terminal_id:<22} merchant {t.merchant_id:<4} {what}")
+    merchant = stack.seed.merchants[0]
+    terminal = next(
+        (
+            t
+            for t in stack.seed.terminals
+            if t.simulator and t.simulator.behavior == "approve" and t.merchant_id == merchant.merchant_id
+        ),
+        None,
+    )
+    if terminal is not None:
+        body = {
+            "order": {"order_id": "DEMO-__ID__", "price": {"amount": 1250, "currency": "EUR"}},
+            "pos_technical_info": {
+                "device_information": {"serial_number": terminal.serial_number, "manufacturer": terminal.manufacturer},
+                "terminal_transaction_display": {"protocol": "AppNepting"},
+            },
+        }
+        payload = json.dumps(body, separators=(",", ":")).replace("__ID__", "'\"$RANDOM$RANDOM\"'")
+        lines += [
+            "",
+            "Make a payment (paste into a shell):",
+            f"  curl -s -u {merchant.login}:{merchant.password} -H 'Content-Type: application/json' \\",
+            f"    {stack.api_url}/v1/connector/order -d '{payload}'",
+        ]
+    lines += ["", "Ctrl-C stops everything."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    started = time.monotonic()
+    from local.broker import BrokerStartError
+
+    try:
+        config = StackConfig.from_env()
+        stack = start_stack(config)
+    except (SeedError, StackError, BrokerStartError, OSError) as exc:
+        # Start-up problems a user can fix (bad seed, port in use) read as one line, not a traceback.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(describe(stack))
+    print(f"(ready in {time.monotonic() - started:.1f} s)", flush=True)
+
+    def on_signal(_signum: int, _frame: FrameType | None) -> None:
+        stack.stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    code = 0
+    while not stack.stop_event.wait(0.5):
+        report = stack.crash_report()
+        if report:
+            print(f"\nstopping: {report}", file=sys.stderr)
+            code = 1
+            break
+    print("stopping…", flush=True)
+    stack.stop()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
