@@ -95,7 +95,7 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         name="ipn_ingest",
         logical_id="IpnIngest",
         timeout_s=30,
-        reads=("merchants", "order_details"),
+        reads=("order_details",),
         read_writes=("ipn", "transactions"),
         sends_to=("notifications",),
     ),
@@ -104,7 +104,9 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         logical_id="MerchantNotifier",
         # Up to a batch of merchant servers, each given a few seconds to answer.
         timeout_s=60,
-        reads=("merchants", "transactions"),
+        reads=("merchants",),
+        # Records which statuses a merchant server acknowledged on the transaction.
+        read_writes=("transactions",),
         # Re-enqueues failed deliveries with growing delays, then parks them itself.
         sends_to=("notifications", "notifications_dlq"),
     ),

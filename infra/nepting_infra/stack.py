@@ -131,7 +131,8 @@ class NeptingCloudApiStack(Stack):
         role.add_to_principal_policy(
             iam.PolicyStatement(
                 sid="ExportTransactions",
-                actions=["dynamodb:ExportTableToPointInTime"],
+                # DescribeTable: the export call needs the table's ARN, looked up by name.
+                actions=["dynamodb:DescribeTable", "dynamodb:ExportTableToPointInTime"],
                 resources=[table.table_arn],
             )
         )

@@ -27,8 +27,8 @@ TABLES = {
     "TerminalEvents": (set(), {"terminals", "payments"}),
     "TerminalStatus": (set(), {"terminals", "payments"}),
     "OrderNotifications": (set(), {"transactions", "order-details"}),
-    "IpnIngest": ({"merchants", "order-details"}, {"ipn", "transactions"}),
-    "MerchantNotifier": ({"merchants", "transactions"}, set()),
+    "IpnIngest": ({"order-details"}, {"ipn", "transactions"}),
+    "MerchantNotifier": ({"merchants"}, {"transactions"}),
     "FinanceExport": (set(), set()),
 }
 # function -> queues it may send to (its own sends, and the dead-letter queues of its event sources)
