@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from constructs import Construct
 from .functions import API_HANDLER, FUNCTIONS_BY_LOGICAL_ID, FunctionSpec
 from .settings import APP_NAME, INFRA_DIR, DeploymentSettings
 
-# Where the construct writes its intermediate packages (it uses the current directory).
+# Where the construct writes its intermediate packages (under the current directory).
 CHALICE_WORKDIR = INFRA_DIR / ".build"
 REST_API_ID = "RestAPI"
 
@@ -38,17 +39,21 @@ class UnknownFunctionError(RuntimeError):
 
 
 @contextlib.contextmanager
-def _in_workdir(path: Path) -> Iterator[None]:
-    # The construct leaves chalice.out/<uuid>/ behind in the current directory on every synth;
-    # keep it in one gitignored place and start each synthesis from an empty one.
-    shutil.rmtree(path / "chalice.out", ignore_errors=True)
-    path.mkdir(parents=True, exist_ok=True)
+def _in_scratch_dir() -> Iterator[Path]:
+    """A fresh directory for the construct's ``chalice.out/`` (it writes into the current one).
+
+    One per synthesis, so that concurrent synths (tests beside ``make synth``) never share one;
+    removed afterwards, as the construct has by then staged the packages it needs into cdk.out.
+    """
+    CHALICE_WORKDIR.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="synth-", dir=CHALICE_WORKDIR))
     previous = Path.cwd()
-    os.chdir(path)
+    os.chdir(scratch)
     try:
-        yield
+        yield scratch
     finally:
         os.chdir(previous)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 class ChaliceApp(Construct):
@@ -76,7 +81,7 @@ class ChaliceApp(Construct):
                 description=f"Execution role of {self.function_name(spec)} only",
             )
 
-        with _in_workdir(CHALICE_WORKDIR):
+        with _in_scratch_dir() as scratch:
             # Chalice names its stage after the scope's path: the stack's name, not ".../App".
             self.chalice = Chalice(
                 Stack.of(self),
@@ -93,7 +98,7 @@ class ChaliceApp(Construct):
                     "environment_variables": common_environment,
                 },
             )
-            sam_template = self._read_packaged_template()
+            sam_template = _read_packaged_template(scratch)
 
         self.packaged_functions = _functions_of(sam_template)
         unknown = sorted(set(self.packaged_functions) - set(FUNCTIONS_BY_LOGICAL_ID))
@@ -150,13 +155,6 @@ class ChaliceApp(Construct):
             same_environment=True,
         )
 
-    def _read_packaged_template(self) -> dict[str, Any]:
-        packaged = sorted((CHALICE_WORKDIR / "chalice.out").glob("*.sam_with_assets.json"))
-        if len(packaged) != 1:
-            raise RuntimeError(f"expected one packaged Chalice template, found {packaged}")
-        result: dict[str, Any] = json.loads(packaged[0].read_text())
-        return result
-
     def _set_integration_timeout(self, timeout_ms: int) -> None:
         rest_api = self.chalice.get_resource(REST_API_ID)
         rest_api.add_property_override("Name", self._settings.resource_name("api"))
@@ -167,6 +165,14 @@ class ChaliceApp(Construct):
                     f"DefinitionBody.paths.{escaped}.{method}.x-amazon-apigateway-integration.timeoutInMillis",
                     timeout_ms,
                 )
+
+
+def _read_packaged_template(scratch: Path) -> dict[str, Any]:
+    packaged = sorted((scratch / "chalice.out").glob("*.sam_with_assets.json"))
+    if len(packaged) != 1:
+        raise RuntimeError(f"expected one packaged Chalice template, found {packaged}")
+    result: dict[str, Any] = json.loads(packaged[0].read_text())
+    return result
 
 
 def _functions_of(template: dict[str, Any]) -> list[str]:

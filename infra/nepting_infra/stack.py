@@ -143,21 +143,13 @@ class NeptingCloudApiStack(Stack):
                 resources=[f"{table.table_arn}/export/*"],
             )
         )
-        # DynamoDB writes the export with the caller's permissions; the function reads it back to
-        # produce the CSV/Parquet files next to it.
+        # DynamoDB writes the export with the caller's permissions (these three, per the DynamoDB
+        # export documentation). Turning it into CSV/Parquet is `python -m admin export`'s job.
         role.add_to_principal_policy(
             iam.PolicyStatement(
-                sid="WriteAndReadExports",
-                actions=["s3:PutObject", "s3:PutObjectAcl", "s3:AbortMultipartUpload", "s3:GetObject"],
+                sid="WriteExports",
+                actions=["s3:PutObject", "s3:PutObjectAcl", "s3:AbortMultipartUpload"],
                 resources=[bucket.arn_for_objects(f"{EXPORT_PREFIX}*")],
-            )
-        )
-        role.add_to_principal_policy(
-            iam.PolicyStatement(
-                sid="ListExports",
-                actions=["s3:ListBucket"],
-                resources=[bucket.bucket_arn],
-                conditions={"StringLike": {"s3:prefix": [f"{EXPORT_PREFIX}*"]}},
             )
         )
         self.app.add_environment(spec, "TRANSACTIONS_TABLE", table.table_name)
@@ -251,5 +243,6 @@ class NeptingCloudApiStack(Stack):
         CfnOutput(self, "ExportBucketName", value=self.exports.bucket.bucket_name)
         for key, table in self.tables.by_key.items():
             CfnOutput(self, f"{TABLE_ENV[key].title().replace('_', '')}", value=table.table_name)
-        for name, queue in self.queues.dead_letter_queues.items():
+        queues = {"ipn": self.queues.ipn, "merchant-notifications": self.queues.notifications}
+        for name, queue in {**queues, **self.queues.dead_letter_queues}.items():
             CfnOutput(self, f"{name.title().replace('-', '')}Url", value=queue.queue_url)

@@ -67,9 +67,15 @@ def test_deadline_capped_by_the_integration_timeout_is_announced(synthesis):
     assert len(warnings) == 1 and re.search(r"29000 ms API Gateway integration timeout", warnings[0])
 
 
-def test_synthesis_keeps_its_scratch_files_inside_infra(synthesis):
-    assert (INFRA_DIR / ".build" / "chalice.out").is_dir()
+def test_every_asset_is_staged_in_the_cloud_assembly_and_no_scratch_is_left(synthesis):
+    manifest = json.loads((synthesis.outdir / "nepting-cloud-api-prod.assets.json").read_text())
+    sources = [asset["source"]["path"] for asset in manifest["files"].values()]
+    # The Chalice deployment package and the template, at least; deploy uploads them from here.
+    assert any(path.endswith(".zip") for path in sources)
+    for path in sources:
+        assert (synthesis.outdir / path).exists(), path
     assert not (INFRA_DIR / "chalice.out").exists()
+    assert not (INFRA_DIR.parent / "chalice.out").exists()
 
 
 @pytest.fixture(scope="module")
