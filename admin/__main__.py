@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from chalicelib.adapters.dynamo import DynamoMerchantRepository, DynamoTerminalRepository
 from chalicelib.config import get_settings
 from chalicelib.ports import ConditionFailed
@@ -65,12 +67,19 @@ def enroll_terminal(args: argparse.Namespace) -> int:
         output["passphrase"] = passphrase
         output["note"] = "the passphrase is shown once: configure it on the terminal now"
     settings = get_settings()
+    exit_code = 0
     if settings.terminal_channel == "iot" and not args.no_iot:
         from admin.iot import provision_thing
 
-        output["iot"] = provision_thing(terminal_id, args.merchant_id, args.iot_policy, Path(args.cert_dir))
+        try:
+            output["iot"] = provision_thing(terminal_id, args.merchant_id, args.iot_policy, Path(args.cert_dir))
+        except (BotoCoreError, ClientError) as exc:
+            # The terminal is enrolled either way: its passphrase must still be shown, once.
+            output["iot_error"] = str(exc)
+            print(f"error: IoT provisioning of {terminal_id} failed: {exc}", file=sys.stderr)
+            exit_code = 1
     print(json.dumps(output, indent=2))
-    return 0
+    return exit_code
 
 
 def rotate_passphrase(args: argparse.Namespace) -> int:
