@@ -2,17 +2,26 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip install -q --disable-pip-version-check
 STAMP  := $(VENV)/.installed
+# The CDK libraries are large and only synthesis needs them: `make run` does without.
+INFRA_STAMP := $(VENV)/.installed-infra
 
-.PHONY: install run test lint typecheck unit synth deploy bench clean
+.PHONY: install install-infra run test lint typecheck synth deploy bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt infra/requirements.txt
+$(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt -r infra/requirements.txt
+	$(PIP) --upgrade pip
+	$(PIP) -r requirements-dev.txt
 	touch $(STAMP)
 
+$(INFRA_STAMP): $(STAMP) infra/requirements.txt
+	$(PIP) -r requirements-dev.txt -r infra/requirements.txt
+	touch $(INFRA_STAMP)
+
 install: $(STAMP)
+
+install-infra: $(INFRA_STAMP)
 
 run: install
 	$(BIN)/python -m local.stack
@@ -24,13 +33,13 @@ lint: install
 typecheck: install
 	$(BIN)/mypy app.py chalicelib local admin
 
-test: lint typecheck
+test: install-infra lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-synth: install
+synth: install-infra
 	cd infra && ../$(BIN)/python app.py
 
-deploy: install
+deploy: install-infra
 	cd infra && npx --yes aws-cdk@2 deploy --app "../$(BIN)/python app.py" --require-approval broadening
 
 bench: install
