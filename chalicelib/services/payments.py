@@ -106,7 +106,15 @@ def _existing_attempt(
 ) -> Reply | None:
     """Apply the idempotency rules to an order seen before; None means: start a new attempt."""
     same_payload = head.payload_hash == payload_hash
-    state = previous.effective_state(deps.clock.now_ms())
+    now = deps.clock.now_ms()
+    overdue = previous.overdue_reason(now)
+    if overdue is not None:
+        # Nobody was waiting to write this timeout (async mode, a crashed waiter): write it now,
+        # which frees the terminal for the retry; if the terminal answered meanwhile, read that.
+        previous = (
+            _time_out(deps, previous, overdue, now) or deps.payments.get_dispatch(previous.request_id) or previous
+        )
+    state = previous.effective_state(now)
     if state in IN_FLIGHT:
         if not same_payload:
             raise ApiError(409, "order.conflict", "order_id is in use by a payment with a different payload")
@@ -234,7 +242,7 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
         if dispatch is None:
             raise RuntimeError(f"dispatch {request_id} vanished")
         if dispatch.state in FINAL:
-            deps.terminals.release(dispatch.terminal_id, request_id)
+            # Whoever wrote the final state (event handler, timeout, cancel) released the claim.
             return dispatch
         if dispatch.state != seen_state:
             seen_state, interval = dispatch.state, float(settings.poll_initial_ms)

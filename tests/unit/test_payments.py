@@ -248,3 +248,31 @@ def test_poll_schedule_restarts_fast_after_each_state_change_and_stays_under_the
     assert waits_ms[-1] == world.settings.poll_max_ms
     # one read per poll plus the final one (and one per terminal event): no wasted reads
     assert world.payments.reads == len(world.waker.waits) + 1 + 2
+
+
+def test_retry_of_an_async_order_whose_ack_never_came_writes_the_timeout_and_frees_the_terminal(world: World) -> None:
+    pay(world, respond_async=True)
+    world.clock.advance(10_001)
+    world.script(world.ack(), world.result())
+    reply = pay(world)
+    assert reply.body["paymentStatus"] == "Success" and reply.body["attempt"] == 2
+    first = world.payments.get_dispatch(world.channel.published[0][1]["request_id"])
+    assert first is not None and first.state == DispatchState.TIMED_OUT and first.reason == "ack_timeout"
+    assert world.last_request("cancel_request")["body"]["target_request_id"] == first.request_id
+
+
+def test_async_order_answered_late_is_not_paid_again_on_retry(world: World) -> None:
+    pay(world, respond_async=True)
+    request_id = world.last_request()["request_id"]
+    world.clock.advance(10_001)
+    # the terminal's result lands before the retry could write the timeout
+    world.payments.transition(
+        request_id,
+        frozenset({DispatchState.PENDING}),
+        DispatchState.SUCCEEDED,
+        world.clock.now_ms(),
+        result={"payment_status": "Success"},
+    )
+    reply = pay(world)
+    assert reply.headers == {"Idempotent-Replayed": "true"}
+    assert len([e for _, e in world.channel.published if e["type"] == "payment_request"]) == 1
