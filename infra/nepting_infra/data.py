@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_s3 as s3
@@ -13,6 +15,13 @@ S = dynamodb.AttributeType.STRING
 
 # DynamoDB writes its exports under this prefix; finance_export may write nothing else.
 EXPORT_PREFIX = "exports/"
+# Every bucket here: encrypted, never public, TLS only, kept when the stack is deleted.
+PRIVATE_BUCKET: dict[str, Any] = {
+    "encryption": s3.BucketEncryption.S3_MANAGED,
+    "block_public_access": s3.BlockPublicAccess.BLOCK_ALL,
+    "enforce_ssl": True,
+    "removal_policy": RemovalPolicy.RETAIN,
+}
 
 
 class Tables(Construct):
@@ -103,19 +112,14 @@ class ExportBucket(Construct):
         self.access_logs = s3.Bucket(
             self,
             "AccessLogs",
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
+            **PRIVATE_BUCKET,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_PREFERRED,
             lifecycle_rules=[s3.LifecycleRule(id="expire-access-logs", expiration=Duration.days(365))],
-            removal_policy=RemovalPolicy.RETAIN,
         )
         self.bucket = s3.Bucket(
             self,
             "Exports",
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
+            **PRIVATE_BUCKET,
             versioned=True,
             server_access_logs_bucket=self.access_logs,
             server_access_logs_prefix="exports-bucket/",
@@ -141,5 +145,4 @@ class ExportBucket(Construct):
                     id="abort-incomplete-uploads", abort_incomplete_multipart_upload_after=Duration.days(7)
                 ),
             ],
-            removal_policy=RemovalPolicy.RETAIN,
         )
