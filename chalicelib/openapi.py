@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -170,9 +171,21 @@ def document() -> dict[str, Any]:
             "asynchronous mode, terminals and transactions.",
         },
         "components": {
-            "schemas": schemas.get("$defs", {}),
+            "schemas": _without_floats(schemas.get("$defs", {})),
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
         },
         "security": [{"basic": []}],
         "paths": {**_PATHS, **_EXTRA_PATHS},
     }
+
+
+def _without_floats(value: Any) -> Any:
+    """pydantic writes Decimal bounds as floats (99999999.0), which the API's JSON writer refuses:
+    they are written as the exact numbers their shortest repr names."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else Decimal(repr(value))
+    if isinstance(value, dict):
+        return {key: _without_floats(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_floats(item) for item in value]
+    return value
