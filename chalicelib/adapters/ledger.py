@@ -168,7 +168,8 @@ class DynamoOrderDetailsRepository:
             return None
         values = from_item(item)
         # Absent attributes are the None values to_item leaves out.
-        return OrderDetails(**{name: values.get(name) for name in _DETAILS_FIELDS})
+        row: dict[str, Any] = {name: values.get(name) for name in _DETAILS_FIELDS}
+        return OrderDetails(**row)
 
     def put_if_newer(self, details: OrderDetails) -> bool:
         """Store the details unless those of this attempt or a newer one are already there."""

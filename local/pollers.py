@@ -1,0 +1,206 @@
+"""Stand-ins for AWS's event source mappings: DynamoDB stream and SQS pollers for the local stack.
+
+Each poller feeds the very function ``app.py`` registers, with the event shape Lambda would give
+it, and honours ``batchItemFailures`` as Lambda does: a failed stream record is retried (with the
+records after it) before the shard moves on; a failed SQS message becomes visible again after a
+short wait while the others are deleted. Delays (``DelaySeconds``) are the queue's own.
+
+A handler that raises instead of answering is a bug: its traceback is logged and kept in
+``crash`` (the local stack stops on it), and the batch is retried, as Lambda would.
+
+    stop = threading.Event()
+    pollers = start_pollers(settings, stop)   # started threads
+    ...
+    stop.set(); [p.join() for p in pollers]
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from chalicelib.adapters import queues
+from chalicelib.adapters.aws import client
+from chalicelib.config import Settings
+from chalicelib.observability import log_event, logger
+
+Handler = Callable[[dict[str, Any], Any], Any]
+# Lambda waits for the visibility timeout before a failed message comes back; locally, briefly.
+RETRY_AFTER_S = 1
+IDLE_S = 0.05
+
+
+class Poller(threading.Thread):
+    """A daemon thread calling ``poll_once`` until ``stop_event`` is set; errors never end it."""
+
+    def __init__(self, name: str, handler: Handler, stop_event: threading.Event) -> None:
+        super().__init__(name=name, daemon=True)
+        self.handler = handler
+        self.stop_event = stop_event
+        self.crash: str | None = None
+        self.batches = 0
+        self.failed_items = 0
+
+    def run(self) -> None:
+        backoff = IDLE_S
+        while not self.stop_event.is_set():
+            try:
+                worked = self.poll_once()
+                backoff = IDLE_S
+            except Exception:
+                # Reaching moto failed, or the handler raised: log it whole, then try again.
+                logger.exception("poller error", extra={"poller": self.name})
+                worked, backoff = False, min(backoff * 2, 2.0)
+            if not worked:
+                self.stop_event.wait(backoff)
+
+    def poll_once(self) -> bool:
+        raise NotImplementedError
+
+    def call(self, event: dict[str, Any]) -> set[str]:
+        """Run the handler; the identifiers it reports failed (all of them if it raised)."""
+        self.batches += 1
+        try:
+            result = self.handler(event, None)
+        except Exception:
+            self.crash = traceback.format_exc()
+            logger.exception("handler raised; batch will be retried", extra={"poller": self.name})
+            raise
+        failed = {str(item["itemIdentifier"]) for item in (result or {}).get("batchItemFailures", [])}
+        self.failed_items += len(failed)
+        return failed
+
+
+class StreamPoller(Poller):
+    """Reads every shard of a table's stream from its start, like a TRIM_HORIZON mapping."""
+
+    def __init__(self, table: str, handler: Handler, stop_event: threading.Event, batch_size: int = 100) -> None:
+        super().__init__(f"stream:{table}", handler, stop_event)
+        self.table = table
+        self.batch_size = batch_size
+        self.stream_arn: str | None = None
+        self.iterators: dict[str, str | None] = {}
+        # Records of a failed batch, from the first failed one: delivered again before moving on.
+        self.retry: dict[str, list[dict[str, Any]]] = {}
+
+    def _discover(self) -> None:
+        if self.stream_arn is None:
+            self.stream_arn = client("dynamodb").describe_table(TableName=self.table)["Table"]["LatestStreamArn"]
+        streams = client("dynamodbstreams")
+        shards = streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"]["Shards"]
+        for shard in shards:
+            if shard["ShardId"] not in self.iterators:
+                self.iterators[shard["ShardId"]] = streams.get_shard_iterator(
+                    StreamArn=self.stream_arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+                )["ShardIterator"]
+
+    def poll_once(self) -> bool:
+        self._discover()
+        worked = False
+        for shard_id, iterator in list(self.iterators.items()):
+            records = self.retry.pop(shard_id, None)
+            if records is None:
+                if iterator is None:
+                    continue
+                page = client("dynamodbstreams").get_records(ShardIterator=iterator, Limit=self.batch_size)
+                self.iterators[shard_id] = page.get("NextShardIterator")
+                records = page.get("Records", [])
+            if not records:
+                continue
+            worked = True
+            try:
+                failed = self.call({"Records": [self._lambda_record(record) for record in records]})
+            except Exception:
+                self.retry[shard_id] = records
+                raise
+            if failed:
+                first = min(int(sequence) for sequence in failed)
+                self.retry[shard_id] = [r for r in records if int(r["dynamodb"]["SequenceNumber"]) >= first]
+                self.stop_event.wait(RETRY_AFTER_S)
+        return worked
+
+    def _lambda_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        change = dict(record["dynamodb"])
+        created = change.get("ApproximateCreationDateTime")
+        if created is not None and hasattr(created, "timestamp"):
+            change["ApproximateCreationDateTime"] = int(created.timestamp())
+        return {
+            "eventID": record.get("eventID"),
+            "eventName": record.get("eventName"),
+            "eventVersion": record.get("eventVersion", "1.1"),
+            "eventSource": "aws:dynamodb",
+            "awsRegion": record.get("awsRegion") or os.environ.get("AWS_DEFAULT_REGION", ""),
+            "dynamodb": change,
+            "eventSourceARN": self.stream_arn,
+        }
+
+
+class QueuePoller(Poller):
+    """Receives up to ``batch_size`` messages and hands them over as one SQS event."""
+
+    def __init__(
+        self, queue_url: str, handler: Handler, stop_event: threading.Event, batch_size: int = 10, wait_s: int = 1
+    ) -> None:
+        super().__init__(f"sqs:{queue_url.rsplit('/', 1)[-1]}", handler, stop_event)
+        self.queue_url = queue_url
+        self.batch_size = batch_size
+        self.wait_s = wait_s
+        self._arn: str | None = None
+
+    def poll_once(self) -> bool:
+        messages = queues.receive(self.queue_url, self.batch_size, self.wait_s, visibility_s=30)
+        if not messages:
+            return False
+        if self._arn is None:
+            self._arn = queues.queue_arn(self.queue_url)
+        records = [self._lambda_record(message) for message in messages]
+        try:
+            failed = self.call({"Records": records})
+        except Exception:
+            failed = {record["messageId"] for record in records}
+            raise
+        finally:
+            for message in messages:
+                if message["MessageId"] in failed:
+                    queues.retry_later(self.queue_url, message["ReceiptHandle"], RETRY_AFTER_S)
+                else:
+                    queues.delete(self.queue_url, message["ReceiptHandle"])
+        return True
+
+    def _lambda_record(self, message: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "messageId": message["MessageId"],
+            "receiptHandle": message["ReceiptHandle"],
+            "body": message["Body"],
+            "attributes": message.get("Attributes", {}),
+            "messageAttributes": message.get("MessageAttributes", {}),
+            "md5OfBody": message.get("MD5OfBody"),
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self._arn,
+            "awsRegion": os.environ.get("AWS_DEFAULT_REGION", ""),
+        }
+
+
+def start_pollers(settings: Settings, stop_event: threading.Event) -> list[Poller]:
+    """Start the event sources of the Console side: what CDK wires on AWS.
+
+    The payments table's stream feeds ``order_notifications``; the ``ipn`` queue feeds
+    ``ipn_ingest``; the merchant-notifications queue feeds ``merchant_notifier``.
+    """
+    import app as chalice_app
+
+    missing = [name for name in ("ipn_queue_url", "notifications_queue_url") if not getattr(settings, name)]
+    if missing:
+        raise ValueError(f"queue URLs not configured: {', '.join(name.upper() for name in missing)}")
+    pollers: list[Poller] = [
+        StreamPoller(settings.payments_table, chalice_app.order_notifications_handler, stop_event),
+        QueuePoller(settings.ipn_queue_url, chalice_app.ipn_ingest_handler, stop_event),
+        QueuePoller(settings.notifications_queue_url, chalice_app.merchant_notifier_handler, stop_event),
+    ]
+    for poller in pollers:
+        poller.start()
+    log_event("pollers started", pollers=[poller.name for poller in pollers])
+    return pollers
