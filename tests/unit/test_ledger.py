@@ -146,7 +146,9 @@ def test_amount_mismatch_is_flagged_and_the_ipn_figures_stand(settings: Settings
         ("Credit", "declined", 113, "Refused"),
     ],
 )
-def test_status_mapping_of_contract_section_3(settings: Settings, operation: str, status: str, code: int, label: str) -> None:
+def test_status_mapping_of_contract_section_3(
+    settings: Settings, operation: str, status: str, code: int, label: str
+) -> None:
     receive(ipn_body(operation=operation, status=status))
     ingest()
     tx = stored()
@@ -196,7 +198,9 @@ def test_an_ipn_message_without_a_stored_ipn_is_reported_failed(settings: Settin
     assert ingest("TX-NOPE") == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
 
 
-def test_a_failed_stream_record_stops_the_batch_at_that_record(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_stream_record_stops_the_batch_at_that_record(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first, second = head_image("M1", order_request("A")), head_image("M1", order_request("B"))
     event = stream_event(first, second)
     monkeypatch.setattr(ledger().order_details, "put_if_newer", lambda details: (_ for _ in ()).throw(OSError("x")))
