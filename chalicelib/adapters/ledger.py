@@ -15,16 +15,12 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from chalicelib.adapters.aws import client, from_item, to_item
+from chalicelib.adapters.dynamo import _condition_failed as _is_condition_failure
 from chalicelib.ports import ConditionFailed
 from chalicelib.transactions import OrderDetails, Transaction, merchant_order
 
-_CONDITION_CODES = ("ConditionalCheckFailedException", "TransactionCanceledException")
 _TX_FIELDS = {f.name for f in fields(Transaction)}
 _DETAILS_FIELDS = {f.name for f in fields(OrderDetails)}
-
-
-def _is_condition_failure(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in _CONDITION_CODES
 
 
 def transaction_from_item(values: dict[str, Any]) -> Transaction:
