@@ -16,15 +16,24 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from chalicelib import envelope as env
+from chalicelib import jsonutil
+from local.notify_sink import NotificationSink
 from local.stack import RunningStack, StackConfig, start_stack
 
 pytestmark = pytest.mark.e2e
 
 LOGIN, PASSWORD = "e2e", "e2e-password-2026"
+NOTIFY_PASSPHRASE = "e2e-notify-passphrase"
 SEED = {
     "ipn_secret": "e2e-ipn-secret",
     "merchants": [
-        {"merchant_id": "M1", "login": LOGIN, "password": PASSWORD, "notify_passphrase": "np", "notify_url": None},
+        {
+            "merchant_id": "M1",
+            "login": LOGIN,
+            "password": PASSWORD,
+            "notify_passphrase": NOTIFY_PASSPHRASE,
+            "notify_url": None,
+        },
         {"merchant_id": "M2", "login": "other", "password": "other-password-2026", "notify_passphrase": "np2"},
     ],
     "terminals": [
@@ -89,9 +98,18 @@ SEED = {
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+def sink() -> Iterator[NotificationSink]:
+    receiver = NotificationSink().start()
+    yield receiver
+    receiver.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, sink: NotificationSink) -> Iterator[RunningStack]:
     seed_path = tmp_path_factory.mktemp("seed") / "seed.json"
-    seed_path.write_text(json.dumps(SEED))
+    seed = json.loads(json.dumps(SEED))
+    seed["merchants"][0]["notify_url"] = sink.url
+    seed_path.write_text(json.dumps(seed))
     running = start_stack(
         StackConfig(
             api_port=0,
@@ -317,3 +335,48 @@ def test_seed_errors_name_the_file_and_the_field(tmp_path: Path) -> None:
     with pytest.raises(SeedError) as caught:
         load_seed(path)
     assert str(path) in str(caught.value) and "terminals.0.simulator.behavior" in str(caught.value)
+
+
+def wait_for(predicate: Any, timeout_s: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_paid_order_becomes_a_captured_transaction_and_the_merchant_is_notified(
+    stack: RunningStack, sink: NotificationSink
+) -> None:
+    import hashlib
+
+    request = jsonutil.loads((Path(__file__).parents[2] / "examples" / "order-full.json").read_text())
+    request["order"]["order_id"] = f"E2E-FULL-{time.time_ns()}"
+    request["pos_technical_info"]["device_information"] = {"serial_number": "APPROVE1", "manufacturer": "PAX"}
+    request["pos_technical_info"].pop("notify_url")
+    order_id = request["order"]["order_id"]
+    status, _, paid = call(stack, "POST", "/v1/connector/order", json.loads(jsonutil.dumps(request)))
+    assert status == 200 and paid["paymentStatus"] == "Success"
+    reference = paid["transaction"]["reference"]
+
+    def captured() -> dict[str, Any] | None:
+        code, _, found = call(stack, "GET", f"/v1/transactions/{reference}")
+        return found if code == 200 and found.get("basket") and found.get("customer") else None
+
+    transaction = wait_for(captured)
+    assert transaction["status_code"] == 118 and transaction["status"] == "Captured"
+    assert transaction["order_id"] == order_id and transaction["amount_minor"] == 899
+    assert transaction["basket"][0]["unit_price"] == 8.99
+    assert transaction["customer"]["last_name"] == "Doe"
+    assert transaction["custom_data"]["internal_reference"] == "ORD_987465"
+    assert call(stack, "GET", f"/v1/transactions/{reference}", auth=("other", "other-password-2026"))[0] == 404
+
+    notification = wait_for(
+        lambda: next((n for n in sink.received if n.form.get("transaction_reference") == reference), None)
+    )
+    assert notification.form["state"] == "completed" and notification.form["order[id]"] == order_id
+    assert notification.form["order[amount]"] == "8.99"
+    expected = hashlib.sha256(notification.body + NOTIFY_PASSPHRASE.encode()).hexdigest()
+    assert notification.signature == expected
