@@ -6,8 +6,9 @@
 - From outside (``python -m admin``, a terminal-app developer's tools, the finance export) through
   moto in server mode on ``MOTO_PORT``, serving those very backends, with keep-alive and Nagle off.
 
-DynamoDB is linearizable per item; moto's item writes are plain Python and may interleave under
-threads, so writes are serialized here: a conditional claim that loses must lose, as on AWS.
+DynamoDB is linearizable per item; moto's item operations are plain Python and may interleave
+under threads (a lost conditional update, or "dictionary changed size during iteration" in a query
+racing a write), so they are serialized here: a conditional claim that loses must lose, as on AWS.
 """
 
 from __future__ import annotations
@@ -29,11 +30,22 @@ class MotoPortInUseError(OSError):
 
 
 _write_lock = threading.RLock()
-_WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
+_ITEM_OPERATIONS = (
+    "put_item",
+    "update_item",
+    "delete_item",
+    "transact_write_items",
+    "batch_write_item",
+    "get_item",
+    "query",
+    "scan",
+    "transact_get_items",
+    "batch_get_item",
+)
 
 
-def serialize_dynamodb_writes() -> None:
-    for name in _WRITES:
+def serialize_dynamodb() -> None:
+    for name in _ITEM_OPERATIONS:
         original = getattr(DynamoDBBackend, name, None)
         if original is None or getattr(original, "_serialized", False):
             continue
@@ -65,7 +77,7 @@ class LocalAws:
     """Start in-process interception, then the server over the same backends."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        serialize_dynamodb_writes()
+        serialize_dynamodb()
         self._mock = mock_aws()
         app = DomainDispatcherApplication(create_backend_app)
         try:

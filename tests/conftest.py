@@ -116,6 +116,9 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
 
     from chalicelib.adapters import aws as aws_adapter
     from chalicelib.adapters.schema import create_tables
+    from local.moto_server import serialize_dynamodb
+
+    serialize_dynamodb()  # DynamoDB is linearizable per item; moto needs the help under threads
 
     for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_DYNAMODB"):
         monkeypatch.delenv(name, raising=False)
