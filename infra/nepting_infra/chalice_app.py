@@ -211,7 +211,7 @@ _RETENTIONS = {
 
 def _retention(days: int) -> logs.RetentionDays:
     chosen = next((d for d in sorted(_RETENTIONS) if d >= days), max(_RETENTIONS))
-    return getattr(logs.RetentionDays, _RETENTIONS[chosen])  # type: ignore[no-any-return]
+    return getattr(logs.RetentionDays, _RETENTIONS[chosen])
 
 
 __all__ = ["APP_NAME", "ChaliceApp", "UnknownFunctionError"]

@@ -95,10 +95,6 @@ def _suppress_custom_resource_provider(stack: Stack) -> None:
                 reason="CDK's own deploy-time lookup function (IoT data endpoint): the managed policy only "
                 "lets it write its logs.",
             ),
-            NagPackSuppression(
-                id="AwsSolutions-L1",
-                reason="Runtime of CDK's own deploy-time lookup function is chosen by the CDK release.",
-            ),
         ],
         apply_to_children=True,
     )

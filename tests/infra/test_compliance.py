@@ -13,7 +13,7 @@ from .conftest import INFRA_DIR
 pytestmark = pytest.mark.infra
 
 # The rules this deployment knowingly accepts, each with its reason in infra/nepting_infra/nag.py.
-ACCEPTED_RULES = {"AwsSolutions-IAM4", "AwsSolutions-IAM5", "AwsSolutions-L1", "AwsSolutions-SQS3"}
+ACCEPTED_RULES = {"AwsSolutions-IAM4", "AwsSolutions-IAM5", "AwsSolutions-SQS3"}
 
 
 def test_synthesis_succeeds_offline_with_no_unsuppressed_cdk_nag_finding(synthesis):
