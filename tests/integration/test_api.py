@@ -26,6 +26,11 @@ from chalicelib.observability import METRIC_COUNTS
 from chalicelib.ports import SleepingWaker
 from chalicelib.services import enrollment
 from tests.conftest import TERMINAL_ID, example
+from tests.integration.moto_per_module import (  # noqa: F401
+    aws_with_fresh_tables,
+    dynamodb_actions_one_at_a_time,
+    moto_for_module,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDER_ID = "ORDER_1537532589263"
@@ -153,7 +158,7 @@ class Api:
 
 
 @pytest.fixture
-def api(aws: Settings) -> Iterator[Api]:
+def api(aws: Settings, linearizable_dynamodb: None) -> Iterator[Api]:
     settings = replace(aws, ack_timeout_ms=ACK_TIMEOUT_MS, payment_deadline_ms=DEADLINE_MS)
     components = wiring.build(settings)
     waker = RecordingWaker()
@@ -221,6 +226,7 @@ def test_approved_payment_is_a_200_success_echoing_the_request(api: Api) -> None
     assert request["terminal_id"] == TERMINAL_ID
     assert env.verify_signature(request, api.terminal.passphrases[TERMINAL_ID])
     assert request["body"]["amount"] == 899 and request["body"]["force_authorization"] is True
+    api.terminal.join()  # the handler may still be finishing (release, metrics) when the answer is out
     assert api.terminal.outcomes == ["acknowledged", "succeeded"]
 
 

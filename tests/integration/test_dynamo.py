@@ -27,6 +27,11 @@ from chalicelib.ports import ChannelError, ConditionFailed
 from chalicelib.services import enrollment
 from chalicelib.services.auth import Authenticator
 from tests.conftest import PASSPHRASE, TERMINAL_ID
+from tests.integration.moto_per_module import (  # noqa: F401
+    aws_with_fresh_tables,
+    dynamodb_actions_one_at_a_time,
+    moto_for_module,
+)
 
 NOW = 1_795_000_000_000
 RETENTION_S = 90 * 86_400
@@ -92,23 +97,6 @@ def started(payments: DynamoPaymentRepository, request_id: str = "r-1", **kwargs
     head, dispatch = head_and_dispatch(request_id, **kwargs)
     payments.start_attempt(head, dispatch, None)
     return dispatch
-
-
-@pytest.fixture
-def atomic_writes(monkeypatch: pytest.MonkeyPatch) -> None:
-    """DynamoDB evaluates a condition and applies its write atomically; moto in-process does not
-    serialize them across threads, so give its backend the item-level atomicity the real one has."""
-    from moto.dynamodb.models import DynamoDBBackend
-
-    lock = threading.RLock()
-    for name in ("put_item", "update_item", "delete_item", "transact_write_items"):
-        original = getattr(DynamoDBBackend, name)
-
-        def atomic(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            with lock:
-                return _original(self, *args, **kwargs)
-
-        monkeypatch.setattr(DynamoDBBackend, name, atomic)
 
 
 def race(*actions: Callable[[], Any]) -> list[Any]:
@@ -199,7 +187,8 @@ def test_release_frees_only_for_the_holder(terminals: DynamoTerminalRepository) 
     assert terminals.claim(TERMINAL_ID, "r-2", NOW, NOW + 1)
 
 
-def test_of_concurrent_claims_exactly_one_wins(terminals: DynamoTerminalRepository, atomic_writes: None) -> None:
+@pytest.mark.usefixtures("linearizable_dynamodb")
+def test_of_concurrent_claims_exactly_one_wins(terminals: DynamoTerminalRepository) -> None:
     for round_ in range(5):
         ids = [f"r-{round_}-{n}" for n in range(6)]
         outcomes = race(*[lambda rid=rid: terminals.claim(TERMINAL_ID, rid, NOW, NOW + 60_000) for rid in ids])
@@ -288,7 +277,8 @@ def test_of_two_retries_of_the_same_attempt_one_fails(payments: DynamoPaymentRep
     assert payments.get_dispatch("r-1") is not None, "earlier attempts stay readable"
 
 
-def test_of_concurrent_retries_exactly_one_starts(payments: DynamoPaymentRepository, atomic_writes: None) -> None:
+@pytest.mark.usefixtures("linearizable_dynamodb")
+def test_of_concurrent_retries_exactly_one_starts(payments: DynamoPaymentRepository) -> None:
     started(payments, "r-1")
     attempts = [head_and_dispatch(f"r-retry-{n}", attempt=2) for n in range(4)]
     outcomes = race(*[lambda a=a: payments.start_attempt(*a, 1) for a in attempts])
@@ -371,7 +361,8 @@ def test_late_result_is_flagged_and_keeps_the_timeout_reason(payments: DynamoPay
     assert payments.get_dispatch("r-1").late is True  # type: ignore[union-attr]
 
 
-def test_of_concurrent_results_exactly_one_lands(payments: DynamoPaymentRepository, atomic_writes: None) -> None:
+@pytest.mark.usefixtures("linearizable_dynamodb")
+def test_of_concurrent_results_exactly_one_lands(payments: DynamoPaymentRepository) -> None:
     started(payments)
     outcomes = race(
         *[
