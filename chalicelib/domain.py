@@ -44,6 +44,10 @@ class Reason(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A dispatch failed for these reasons may still have been paid on the terminal (its link dropped,
+# or the broker delivered a message it reported as failed): a later result is kept, marked late.
+LATE_RESULT_AFTER_FAILURE = frozenset({Reason.TERMINAL_DISCONNECTED, Reason.TERMINAL_UNREACHABLE})
+
 RESULT_FIELDS = (
     "payment_status",
     "error_code",

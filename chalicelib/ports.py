@@ -51,8 +51,12 @@ class PaymentRepository(Protocol):
         reason: str | None = None,
         result: dict[str, Any] | None = None,
         late: bool = False,
+        failed_for: frozenset[str] = frozenset(),
     ) -> Dispatch:
-        """Move a dispatch forward; ConditionFailed if it is not in ``allowed_from`` any more."""
+        """Move a dispatch forward; ConditionFailed if it is not in ``allowed_from`` any more.
+
+        ``failed_for`` also allows leaving ``failed`` when the failure had one of these reasons.
+        """
         ...
 
 

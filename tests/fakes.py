@@ -94,10 +94,15 @@ class FakePayments:
         reason: str | None = None,
         result: dict[str, Any] | None = None,
         late: bool = False,
+        failed_for: frozenset[str] = frozenset(),
     ) -> Dispatch:
         with self.lock:
             dispatch = self.dispatches.get(request_id)
-            if dispatch is None or dispatch.state not in allowed_from:
+            allowed = dispatch is not None and (
+                dispatch.state in allowed_from
+                or (dispatch.state == DispatchState.FAILED and dispatch.reason in failed_for)
+            )
+            if dispatch is None or not allowed:
                 raise ConditionFailed(request_id)
             if terminal_id is not None and dispatch.terminal_id != terminal_id:
                 raise ConditionFailed(request_id)

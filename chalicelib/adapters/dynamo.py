@@ -216,6 +216,7 @@ class DynamoPaymentRepository:
         reason: str | None = None,
         result: dict[str, Any] | None = None,
         late: bool = False,
+        failed_for: frozenset[str] = frozenset(),
     ) -> Dispatch:
         # Every attribute goes through a name placeholder: several (state, result…) are reserved words.
         names = {"#state": "state", "#version": "version"}
@@ -240,6 +241,14 @@ class DynamoPaymentRepository:
             values[f":from{index}"] = {"S": state}
             placeholders.append(f":from{index}")
         condition = f"#state IN ({', '.join(placeholders)})"
+        if failed_for:
+            reasons = []
+            for index, failure in enumerate(sorted(failed_for)):
+                values[f":failed_for{index}"] = {"S": failure}
+                reasons.append(f":failed_for{index}")
+            values[":failed"] = {"S": DispatchState.FAILED.value}
+            names["#reason"] = "reason"
+            condition = f"({condition} OR (#state = :failed AND #reason IN ({', '.join(reasons)})))"
         if terminal_id is not None:
             # An event may only move a dispatch sent to the terminal it came from.
             condition += " AND #terminal_id = :terminal"

@@ -12,7 +12,15 @@ from typing import Any
 
 from chalicelib import envelope as env
 from chalicelib.config import Settings
-from chalicelib.domain import ACCEPTS_RESULT, IN_FLIGHT, DispatchState, Reason, Terminal, clean_result
+from chalicelib.domain import (
+    ACCEPTS_RESULT,
+    IN_FLIGHT,
+    LATE_RESULT_AFTER_FAILURE,
+    DispatchState,
+    Reason,
+    Terminal,
+    clean_result,
+)
 from chalicelib.observability import count, log_event
 from chalicelib.ports import Clock, ConditionFailed, PaymentRepository, TerminalRepository, Waker
 
@@ -131,14 +139,21 @@ def _apply_result(deps: EventDeps, request_id: str, terminal_id: str, body: dict
         deps.payments.transition(request_id, IN_FLIGHT, to, now, terminal_id=terminal_id, result=result)
         late = False
     except ConditionFailed:
-        # After a timeout (or a cancel the terminal did not honour) the money may still have moved:
-        # keep the result, marked late, rather than lose it.
+        # After a timeout, a dropped link (or a cancel the terminal did not honour) the money may
+        # still have moved: keep the result, marked late, rather than lose it.
         late_from = ACCEPTS_RESULT - IN_FLIGHT
         if to == DispatchState.SUCCEEDED:
             late_from = late_from | {DispatchState.CANCELLED}
         try:
             deps.payments.transition(
-                request_id, frozenset(late_from), to, now, terminal_id=terminal_id, result=result, late=True
+                request_id,
+                frozenset(late_from),
+                to,
+                now,
+                terminal_id=terminal_id,
+                result=result,
+                late=True,
+                failed_for=frozenset(LATE_RESULT_AFTER_FAILURE),
             )
             late = True
         except ConditionFailed:

@@ -361,6 +361,37 @@ def test_late_result_is_flagged_and_keeps_the_timeout_reason(payments: DynamoPay
     assert payments.get_dispatch("r-1").late is True  # type: ignore[union-attr]
 
 
+def test_a_failure_may_be_left_for_a_late_result_only_when_its_reason_allows(
+    payments: DynamoPaymentRepository,
+) -> None:
+    started(payments, "r-1")
+    started(payments, "r-2", order_id="O-2")
+    payments.transition("r-1", IN_FLIGHT, DispatchState.FAILED, NOW + 1, reason="terminal_disconnected")
+    payments.transition("r-2", IN_FLIGHT, DispatchState.FAILED, NOW + 1, reason="terminal_busy")
+    allowed = frozenset({"terminal_disconnected", "terminal_unreachable"})
+    late = payments.transition(
+        "r-1",
+        frozenset({DispatchState.TIMED_OUT}),
+        DispatchState.SUCCEEDED,
+        NOW + 2,
+        terminal_id=TERMINAL_ID,
+        late=True,
+        failed_for=allowed,
+    )
+    assert (late.state, late.late) == (DispatchState.SUCCEEDED, True)
+    with pytest.raises(ConditionFailed):
+        payments.transition(
+            "r-2",
+            frozenset({DispatchState.TIMED_OUT}),
+            DispatchState.SUCCEEDED,
+            NOW + 2,
+            terminal_id=TERMINAL_ID,
+            late=True,
+            failed_for=allowed,
+        )
+    assert payments.get_dispatch("r-2").state == DispatchState.FAILED  # type: ignore[union-attr]
+
+
 @pytest.mark.usefixtures("linearizable_dynamodb")
 def test_of_concurrent_results_exactly_one_lands(payments: DynamoPaymentRepository) -> None:
     started(payments)

@@ -399,11 +399,6 @@ def test_going_offline_when_idle_fails_nothing(world: World) -> None:
     assert world.payments.dispatches == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a dispatch failed as terminal_disconnected does not accept a late result, "
-    "so a payment the terminal completed while its MQTT link was down is lost from the order",
-)
 def test_a_result_after_the_disconnect_is_kept_as_late(world: World, request_id: str) -> None:
     world.terminal_says("ack", request_id, {})
     say_status(world, "offline", world.clock.now_ms())
