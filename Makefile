@@ -40,7 +40,7 @@ synth: install-infra
 	cd infra && ../$(BIN)/python app.py
 
 deploy: install-infra
-	cd infra && npx --yes aws-cdk@2 deploy --app "../$(BIN)/python app.py" --require-approval broadening
+	cd infra && npx --yes aws-cdk@2 deploy --app "../$(BIN)/python app.py" --require-approval broadening $(CDK_ARGS)
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -72,7 +72,8 @@ def enroll_terminal(args: argparse.Namespace) -> int:
         from admin.iot import provision_thing
 
         try:
-            output["iot"] = provision_thing(terminal_id, args.merchant_id, args.iot_policy, Path(args.cert_dir))
+            policy = args.iot_policy or f"nepting-cloud-api-{settings.stage}-terminal"
+            output["iot"] = provision_thing(terminal_id, args.merchant_id, policy, Path(args.cert_dir))
         except (BotoCoreError, ClientError) as exc:
             # The terminal is enrolled either way: its passphrase must still be shown, once.
             output["iot_error"] = str(exc)
@@ -126,7 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="enroll with the Cloud API service disabled (payments answer 403)",
     )
     terminal.add_argument("--no-iot", action="store_true", help="skip the IoT thing and certificate")
-    terminal.add_argument("--iot-policy", default="nepting-terminal", help="IoT policy to attach")
+    terminal.add_argument(
+        "--iot-policy", help="IoT policy to attach (default: the one infra/ deploys, nepting-cloud-api-STAGE-terminal)"
+    )
     terminal.add_argument("--cert-dir", default="certs", help="where the certificate and key are written")
     terminal.set_defaults(func=enroll_terminal)
 

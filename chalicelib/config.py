@@ -43,8 +43,12 @@ class Settings:
     mqtt_port: int = 1883
     # The terminal must acknowledge within this window (CONTRACT §1 "Timing").
     ack_timeout_ms: int = 10_000
-    # Overall payment deadline; the terminal gets it as ``expires_at``.
+    # Overall payment deadline; the terminal gets it as ``expires_at``. On AWS a synchronous wait must
+    # also end inside API Gateway's integration timeout (infra/ sets this below it).
     payment_deadline_ms: int = 120_000
+    # The deadline of a payment started with ``Prefer: respond-async``: nobody holds an HTTP request
+    # open, so the customer gets the contract's full default.
+    async_payment_deadline_ms: int = 120_000
     # Poll schedule of the synchronous wait: start fast, grow geometrically, cap.
     poll_initial_ms: int = 5
     poll_growth_pct: int = 150
@@ -86,8 +90,11 @@ class Settings:
     def validate(self) -> None:
         if self.terminal_channel not in ("iot", "mqtt"):
             raise SettingsError("TERMINAL_CHANNEL must be 'iot' or 'mqtt'")
-        if self.ack_timeout_ms <= 0 or self.payment_deadline_ms < self.ack_timeout_ms:
-            raise SettingsError("need 0 < ACK_TIMEOUT_MS <= PAYMENT_DEADLINE_MS")
+        if (
+            self.ack_timeout_ms <= 0
+            or min(self.payment_deadline_ms, self.async_payment_deadline_ms) < self.ack_timeout_ms
+        ):
+            raise SettingsError("need 0 < ACK_TIMEOUT_MS <= PAYMENT_DEADLINE_MS and ASYNC_PAYMENT_DEADLINE_MS")
         if not 0 < self.poll_initial_ms <= self.poll_max_ms or self.poll_growth_pct < 100:
             raise SettingsError("need 0 < POLL_INITIAL_MS <= POLL_MAX_MS and POLL_GROWTH_PCT >= 100")
 

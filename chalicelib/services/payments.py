@@ -80,7 +80,7 @@ def request_payment(
             count("TerminalUnreachable", reason="offline")
             raise ApiError(502, "terminal.offline", "The terminal is not connected")
         try:
-            dispatch, head = _start_attempt(deps, terminal, request, raw, payload_hash, head)
+            dispatch, head = _start_attempt(deps, terminal, request, raw, payload_hash, head, respond_async)
         except _TerminalBusy:
             return Reply(200, busy_response(raw))
         except ConditionFailed:
@@ -141,11 +141,12 @@ def _start_attempt(
     raw: dict[str, Any],
     payload_hash: str,
     previous_head: OrderHead | None,
+    respond_async: bool,
 ) -> tuple[Dispatch, OrderHead]:
     now = deps.clock.now_ms()
     settings = deps.settings
     request_id = env.new_request_id()
-    deadline = now + settings.payment_deadline_ms
+    deadline = now + (settings.async_payment_deadline_ms if respond_async else settings.payment_deadline_ms)
     terminal_id = request.terminal_id
     if not deps.terminals.claim(terminal_id, request_id, now, deadline):
         count("PaymentsBusy", reason="claimed")

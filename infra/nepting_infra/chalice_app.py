@@ -116,6 +116,7 @@ class ChaliceApp(Construct):
 
         self.rest_api_paths = _api_paths(sam_template)
         self._set_integration_timeout(settings.integration_timeout_ms)
+        self._set_gateway_responses()
 
     def function_name(self, spec: FunctionSpec) -> str:
         return self._settings.resource_name(spec.slug)
@@ -155,6 +156,12 @@ class ChaliceApp(Construct):
             same_environment=True,
         )
 
+    def _set_gateway_responses(self) -> None:
+        """Answers API Gateway gives itself, in the contract's error format (an unknown route is a 404
+        there, not API Gateway's default 403 "Missing Authentication Token")."""
+        rest_api = self.chalice.get_resource(REST_API_ID)
+        rest_api.add_property_override("DefinitionBody.x-amazon-apigateway-gateway-responses", gateway_responses())
+
     def _set_integration_timeout(self, timeout_ms: int) -> None:
         rest_api = self.chalice.get_resource(REST_API_ID)
         rest_api.add_property_override("Name", self._settings.resource_name("api"))
@@ -165,6 +172,28 @@ class ChaliceApp(Construct):
                     f"DefinitionBody.paths.{escaped}.{method}.x-amazon-apigateway-integration.timeoutInMillis",
                     timeout_ms,
                 )
+
+
+# response type -> (status, code, message), as CONTRACT §1's Error body.
+GATEWAY_RESPONSES = {
+    "MISSING_AUTHENTICATION_TOKEN": (404, "route.not_found", "No such route"),
+    "RESOURCE_NOT_FOUND": (404, "route.not_found", "No such route"),
+    "REQUEST_TOO_LARGE": (413, "request.too_large", "The request body is too large"),
+    "THROTTLED": (429, "request.throttled", "Too many requests; retry later"),
+    "INTEGRATION_TIMEOUT": (504, "gateway.timeout", "The API did not answer in time"),
+    "INTEGRATION_FAILURE": (502, "gateway.integration_failure", "The API could not be reached"),
+}
+
+
+def gateway_responses() -> dict[str, Any]:
+    responses: dict[str, Any] = {}
+    for response_type, (status, code, message) in GATEWAY_RESPONSES.items():
+        body = {"error": {"status": status, "code": code, "message": message, "description": message}}
+        responses[response_type] = {
+            "statusCode": status,
+            "responseTemplates": {"application/json": json.dumps(body, separators=(",", ":"))},
+        }
+    return responses
 
 
 def _read_packaged_template(scratch: Path) -> dict[str, Any]:

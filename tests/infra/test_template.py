@@ -86,6 +86,21 @@ def test_api_is_regional_and_every_integration_times_out_at_the_configured_29_s(
     assert integrations and all(i["timeoutInMillis"] == 29_000 for i in integrations)
 
 
+def test_api_gateway_answers_unknown_routes_and_its_own_errors_in_the_contract_format(template):
+    responses = props(template, "RestAPI")["DefinitionBody"]["x-amazon-apigateway-gateway-responses"]
+    missing = responses["MISSING_AUTHENTICATION_TOKEN"]
+    assert missing["statusCode"] == 404
+    body = json.loads(missing["responseTemplates"]["application/json"])
+    assert body == {
+        "error": {"status": 404, "code": "route.not_found", "message": "No such route", "description": "No such route"}
+    }
+    for response_type, status in (("REQUEST_TOO_LARGE", 413), ("INTEGRATION_TIMEOUT", 504), ("THROTTLED", 429)):
+        assert responses[response_type]["statusCode"] == status
+        assert (
+            json.loads(responses[response_type]["responseTemplates"]["application/json"])["error"]["status"] == status
+        )
+
+
 def test_payment_wait_ends_before_api_gateway_and_lambda_give_up(template):
     deadline_ms = int(_env(template, "APIHandler")["PAYMENT_DEADLINE_MS"])
     api_timeout_s = props(template, "APIHandler")["Timeout"]

@@ -19,7 +19,7 @@ from chalicelib.config import Settings, get_settings
 from chalicelib.services.auth import Authenticator
 
 PASSWORD = "a-long-enough-password"
-POLICY = "nepting-terminal"
+POLICY = "nepting-cloud-api-dev-terminal"  # what infra/ deploys for the dev stage
 THING_TYPE = "NeptingTerminal"
 
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from chalicelib.config import Settings
 from chalicelib.domain import DispatchState, Terminal
 from chalicelib.errors import ApiError
 from chalicelib.models import parse_order_request
@@ -276,3 +277,15 @@ def test_async_order_answered_late_is_not_paid_again_on_retry(world: World) -> N
     reply = pay(world)
     assert reply.headers == {"Idempotent-Replayed": "true"}
     assert len([e for _, e in world.channel.published if e["type"] == "payment_request"]) == 1
+
+
+def test_async_payment_gets_its_own_deadline(world: World) -> None:
+    world.settings = Settings(payment_deadline_ms=26_000, async_payment_deadline_ms=120_000)
+    world.script(world.ack(), world.result())
+    pay(world, example(order_id="SYNC-1"))
+    sync = world.payments.get_dispatch(world.last_request()["request_id"])
+    assert sync is not None and sync.deadline_ms - sync.created_at_ms == 26_000
+    pay(world, respond_async=True)
+    dispatch = world.payments.get_dispatch(world.last_request()["request_id"])
+    assert dispatch is not None and dispatch.order_id != "SYNC-1"
+    assert dispatch.deadline_ms - dispatch.created_at_ms == 120_000
