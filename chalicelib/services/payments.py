@@ -7,7 +7,7 @@ Storage and messaging come in as ``PaymentDeps`` so tests run this against in-me
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from chalicelib import envelope as env
@@ -34,6 +34,15 @@ from chalicelib.ports import (
     TerminalRepository,
     Waker,
 )
+from chalicelib.services.answers import (
+    Reply,
+    accepted_reply,
+    busy_response,
+    payment_body,
+    payment_response,
+    raw_echo,
+    reply_for,
+)
 
 # Two requests for the same new order may race; the loser re-reads and joins. Bounded, not a loop.
 _MAX_START_RACES = 3
@@ -47,15 +56,6 @@ class PaymentDeps:
     settings: Settings
     clock: Clock
     waker: Waker
-
-
-@dataclass
-class Reply:
-    """An HTTP answer of the payment API that is not an error."""
-
-    status: int
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def request_payment(
@@ -311,7 +311,7 @@ def cancel_payment(
         or dispatch.effective_state(now) not in IN_FLIGHT
     ):
         state = dispatch.effective_state(now).value if dispatch else None
-        return Reply(200, _response(raw, "Failed", error_code="not_cancellable", error_data={"state": state}))
+        return Reply(200, payment_body(raw, "Failed", error_code="not_cancellable", error_data={"state": state}))
     if not _send_cancel(deps, dispatch):
         raise ApiError(502, "terminal.unreachable", "The cancellation could not be sent to the terminal")
     try:
@@ -321,13 +321,13 @@ def cancel_payment(
     except ConditionFailed:
         final = deps.payments.get_dispatch(dispatch.request_id)
         state = final.state.value if final else None
-        return Reply(200, _response(raw, "Failed", error_code="not_cancellable", error_data={"state": state}))
+        return Reply(200, payment_body(raw, "Failed", error_code="not_cancellable", error_data={"state": state}))
     deps.terminals.release(cancelled.terminal_id, cancelled.request_id)
     count("PaymentsCancelled")
     log_event(
         "payment cancelled", order_id=order_id, terminal_id=cancelled.terminal_id, request_id=cancelled.request_id
     )
-    response = _response(raw, "Success")
+    response = payment_body(raw, "Success")
     response["attempt"] = cancelled.attempt
     return Reply(200, response)
 
@@ -362,85 +362,3 @@ def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> dict[str
 
 def _ts(epoch_ms: int | None) -> str | None:
     return env.timestamp_from_ms(epoch_ms) if epoch_ms is not None else None
-
-
-# -- answers -------------------------------------------------------------------------------------
-
-_ERRORS_BY_REASON: dict[str, tuple[int, str, str]] = {
-    Reason.TERMINAL_UNREACHABLE: (502, "terminal.unreachable", "The terminal could not be reached"),
-    Reason.TERMINAL_DISCONNECTED: (502, "terminal.disconnected", "The terminal dropped during the payment"),
-    Reason.ACK_TIMEOUT: (504, "terminal.ack_timeout", "The terminal did not acknowledge the payment request"),
-    Reason.RESULT_TIMEOUT: (
-        504,
-        "terminal.result_timeout",
-        "No result before the payment deadline; the order stays tracked at GET /v1/connector/order/{order_id}",
-    ),
-}
-
-
-def reply_for(head: OrderHead, dispatch: Dispatch) -> Reply:
-    """Turn a final dispatch into the HTTP answer, raising the contract's 502/504 errors."""
-    error = _ERRORS_BY_REASON.get(dispatch.reason or "")  # StrEnum keys match their string values
-    if error is not None and dispatch.state in (DispatchState.FAILED, DispatchState.TIMED_OUT):
-        raise ApiError(*error)
-    return Reply(200, payment_response(jsonutil.loads(head.request_json), dispatch))
-
-
-def payment_response(raw: dict[str, Any], dispatch: Dispatch) -> dict[str, Any]:
-    result = dispatch.result or {}
-    if dispatch.state == DispatchState.SUCCEEDED:
-        response = _response(raw, "Success", receipt=result.get("receipt"))
-    else:
-        error_code = result.get("error_code") or dispatch.reason or "payment_failed"
-        response = _response(
-            raw, "Failed", error_code=error_code, error_data=result.get("error_data"), receipt=result.get("receipt")
-        )
-    transaction = {
-        key: result[source]
-        for key, source in (
-            ("reference", "transaction_reference"),
-            ("authorization_code", "authorization_code"),
-            ("card_brand", "card_brand"),
-            ("masked_pan", "masked_pan"),
-            ("authorized_online", "authorized_online"),
-        )
-        if source in result
-    }
-    if transaction:
-        response["transaction"] = transaction
-    response["attempt"] = dispatch.attempt
-    return response
-
-
-def busy_response(raw: dict[str, Any]) -> dict[str, Any]:
-    return _response(
-        raw, "Failed", error_code="terminal_busy", error_data={"message": "The terminal is already handling a payment"}
-    )
-
-
-def accepted_reply(order_id: str) -> Reply:
-    location = f"/v1/connector/order/{order_id}"
-    return Reply(202, {"order_id": order_id, "state": "pending", "location": location}, {"Location": location})
-
-
-def raw_echo(raw: dict[str, Any]) -> dict[str, Any]:
-    """The parts of the request a PaymentResponse echoes (and the order notification carries)."""
-    return {key: raw[key] for key in ("order", "customer", "pos_technical_info") if key in raw}
-
-
-def _response(
-    raw: dict[str, Any],
-    status: str,
-    error_code: str | None = None,
-    error_data: dict[str, Any] | None = None,
-    receipt: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "paymentStatus": status,
-        "receipt": receipt,
-        "errorCode": error_code,
-        "errorData": error_data,
-        "order": raw.get("order"),
-        "customer": raw.get("customer"),
-        "technical_pos_info": raw.get("pos_technical_info"),
-    }

@@ -1,0 +1,100 @@
+"""What the payment API answers: the PaymentResponse (CONTRACT §1) built from a correlation record,
+and the contract's 502/504 errors for the ways a dispatch can end without the terminal's result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from chalicelib import jsonutil
+from chalicelib.domain import Dispatch, DispatchState, OrderHead, Reason
+from chalicelib.errors import ApiError
+
+
+@dataclass
+class Reply:
+    """An HTTP answer of the payment API that is not an error."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+_ERRORS_BY_REASON: dict[str, tuple[int, str, str]] = {
+    Reason.TERMINAL_UNREACHABLE: (502, "terminal.unreachable", "The terminal could not be reached"),
+    Reason.TERMINAL_DISCONNECTED: (502, "terminal.disconnected", "The terminal dropped during the payment"),
+    Reason.ACK_TIMEOUT: (504, "terminal.ack_timeout", "The terminal did not acknowledge the payment request"),
+    Reason.RESULT_TIMEOUT: (
+        504,
+        "terminal.result_timeout",
+        "No result before the payment deadline; the order stays tracked at GET /v1/connector/order/{order_id}",
+    ),
+}
+
+
+def reply_for(head: OrderHead, dispatch: Dispatch) -> Reply:
+    """Turn a final dispatch into the HTTP answer, raising the contract's 502/504 errors."""
+    error = _ERRORS_BY_REASON.get(dispatch.reason or "")  # StrEnum keys match their string values
+    if error is not None and dispatch.state in (DispatchState.FAILED, DispatchState.TIMED_OUT):
+        raise ApiError(*error)
+    return Reply(200, payment_response(jsonutil.loads(head.request_json), dispatch))
+
+
+def payment_response(raw: dict[str, Any], dispatch: Dispatch) -> dict[str, Any]:
+    result = dispatch.result or {}
+    if dispatch.state == DispatchState.SUCCEEDED:
+        response = payment_body(raw, "Success", receipt=result.get("receipt"))
+    else:
+        error_code = result.get("error_code") or dispatch.reason or "payment_failed"
+        response = payment_body(
+            raw, "Failed", error_code=error_code, error_data=result.get("error_data"), receipt=result.get("receipt")
+        )
+    transaction = {
+        key: result[source]
+        for key, source in (
+            ("reference", "transaction_reference"),
+            ("authorization_code", "authorization_code"),
+            ("card_brand", "card_brand"),
+            ("masked_pan", "masked_pan"),
+            ("authorized_online", "authorized_online"),
+        )
+        if source in result
+    }
+    if transaction:
+        response["transaction"] = transaction
+    response["attempt"] = dispatch.attempt
+    return response
+
+
+def busy_response(raw: dict[str, Any]) -> dict[str, Any]:
+    return payment_body(
+        raw, "Failed", error_code="terminal_busy", error_data={"message": "The terminal is already handling a payment"}
+    )
+
+
+def accepted_reply(order_id: str) -> Reply:
+    location = f"/v1/connector/order/{order_id}"
+    return Reply(202, {"order_id": order_id, "state": "pending", "location": location}, {"Location": location})
+
+
+def raw_echo(raw: dict[str, Any]) -> dict[str, Any]:
+    """The parts of the request a PaymentResponse echoes (and the order notification carries)."""
+    return {key: raw[key] for key in ("order", "customer", "pos_technical_info") if key in raw}
+
+
+def payment_body(
+    raw: dict[str, Any],
+    status: str,
+    error_code: str | None = None,
+    error_data: dict[str, Any] | None = None,
+    receipt: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "paymentStatus": status,
+        "receipt": receipt,
+        "errorCode": error_code,
+        "errorData": error_data,
+        "order": raw.get("order"),
+        "customer": raw.get("customer"),
+        "technical_pos_info": raw.get("pos_technical_info"),
+    }
