@@ -33,7 +33,7 @@ from pydantic_core import PydanticCustomError
 
 from chalicelib import jsonutil
 from chalicelib.envelope import canonical_json, terminal_id_for
-from chalicelib.errors import validation_error
+from chalicelib.errors import ApiError, validation_error
 
 MAX_AMOUNT = 99_999_999
 MAX_BASKET_LINES = 200
@@ -222,6 +222,18 @@ def _decimals_as_text(value: Any) -> Any:
 _PATH_SUFFIX = {"basket_line_total": "total_amount", "basket_total": "basket"}
 
 
+def first_error(exc: ValidationError) -> ApiError:
+    """The contract's 400 for a failed validation: the first error, with its field's dotted path."""
+    first = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"]]
+    suffix = _PATH_SUFFIX.get(first["type"])
+    if suffix:
+        loc.append(suffix)
+    path = ".".join(loc) or None
+    message = first["msg"] if not path else f"{path}: {first['msg']}"
+    return validation_error(first["type"], message, path)
+
+
 def parse_order_request(body: Any) -> OrderRequest:
     """Validate a parsed body; raise the contract's 400 with the first bad field's dotted path."""
     if not isinstance(body, dict):
@@ -229,11 +241,4 @@ def parse_order_request(body: Any) -> OrderRequest:
     try:
         return OrderRequest.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        loc = [str(part) for part in first["loc"]]
-        suffix = _PATH_SUFFIX.get(first["type"])
-        if suffix:
-            loc.append(suffix)
-        path = ".".join(loc) or None
-        message = first["msg"] if not path else f"{path}: {first['msg']}"
-        raise validation_error(first["type"], message, path) from None
+        raise first_error(exc) from None

@@ -18,7 +18,7 @@ from pydantic_core import PydanticCustomError
 from chalicelib.domain import is_masked_pan
 from chalicelib.envelope import EnvelopeError, parse_timestamp_ms, timestamp_from_ms
 from chalicelib.errors import validation_error
-from chalicelib.models import MAX_AMOUNT
+from chalicelib.models import MAX_AMOUNT, first_error
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -74,9 +74,7 @@ def parse_ipn(body: Any) -> IpnBody:
     try:
         return IpnBody.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        path = ".".join(str(part) for part in first["loc"]) or None
-        raise validation_error(first["type"], f"{path}: {first['msg']}" if path else first["msg"], path) from None
+        raise first_error(exc) from None
 
 
 class IpnAccepted(BaseModel):
