@@ -71,6 +71,8 @@ class Terminal:
     status_at_ms: int = 0
     busy_request_id: str | None = None
     busy_until_ms: int = 0
+    # The order holding the claim: a duplicate of it joins instead of answering terminal_busy.
+    busy_order: str | None = None
 
     def is_busy(self, now_ms: int) -> bool:
         return self.busy_request_id is not None and self.busy_until_ms > now_ms

@@ -19,8 +19,8 @@ class TerminalRepository(Protocol):
 
     def put(self, terminal: Terminal) -> None: ...
 
-    def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int) -> bool:
-        """Mark the terminal busy for ``request_id`` unless another unexpired claim holds it."""
+    def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int, order_key: str = "") -> bool:
+        """Mark the terminal busy for ``request_id`` (of ``order_key``) unless another unexpired claim holds it."""
         ...
 
     def release(self, terminal_id: str, request_id: str) -> bool:

@@ -36,18 +36,18 @@ class FakeTerminals:
     def put(self, terminal: Terminal) -> None:
         self.items[terminal.terminal_id] = replace(terminal)
 
-    def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int) -> bool:
+    def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int, order_key: str = "") -> bool:
         terminal = self.items.get(terminal_id)
         if terminal is None or (terminal.busy_request_id is not None and terminal.busy_until_ms > now_ms):
             return False
-        terminal.busy_request_id, terminal.busy_until_ms = request_id, until_ms
+        terminal.busy_request_id, terminal.busy_until_ms, terminal.busy_order = request_id, until_ms, order_key
         return True
 
     def release(self, terminal_id: str, request_id: str) -> bool:
         terminal = self.items.get(terminal_id)
         if terminal is None or terminal.busy_request_id != request_id:
             return False
-        terminal.busy_request_id, terminal.busy_until_ms = None, 0
+        terminal.busy_request_id, terminal.busy_until_ms, terminal.busy_order = None, 0, None
         return True
 
     def record_status(self, terminal_id: str, online: bool, sent_at_ms: int, seen_at: str) -> bool:

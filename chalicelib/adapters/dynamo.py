@@ -90,12 +90,12 @@ class DynamoTerminalRepository:
                 raise ConditionFailed(f"terminal {terminal_id} is not enrolled for {merchant_id}") from exc
             raise
 
-    def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int) -> bool:
+    def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int, order_key: str = "") -> bool:
         try:
             client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
-                UpdateExpression="SET busy_request_id = :r, busy_until_ms = :u",  # not reserved words
+                UpdateExpression="SET busy_request_id = :r, busy_until_ms = :u, busy_order = :o",  # not reserved
                 # An expired claim (its holder crashed or gave up) may be taken over.
                 ConditionExpression="attribute_exists(terminal_id) AND "
                 "(attribute_not_exists(busy_request_id) OR busy_until_ms <= :now)",
@@ -103,6 +103,7 @@ class DynamoTerminalRepository:
                     ":r": {"S": request_id},
                     ":u": {"N": str(until_ms)},
                     ":now": {"N": str(now_ms)},
+                    ":o": {"S": order_key},
                 },
             )
         except ClientError as exc:
@@ -116,7 +117,7 @@ class DynamoTerminalRepository:
             client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
-                UpdateExpression="REMOVE busy_request_id, busy_until_ms",
+                UpdateExpression="REMOVE busy_request_id, busy_until_ms, busy_order",
                 ConditionExpression="busy_request_id = :r",
                 ExpressionAttributeValues={":r": {"S": request_id}},
             )

@@ -46,6 +46,9 @@ from chalicelib.services.answers import (
 
 # Two requests for the same new order may race; the loser re-reads and joins. Bounded, not a loop.
 _MAX_START_RACES = 3
+# A duplicate that finds the terminal claimed by its own order waits this long for the attempt record.
+_JOIN_WINDOW_MS = 2_000
+_JOIN_POLL_S = 0.01
 
 
 @dataclass
@@ -66,7 +69,10 @@ def request_payment(
         return cancel_payment(deps, merchant_id, request, raw, terminal)
     payload_hash = request.payload_hash()
     order_id = request.order.order_id
-    for _ in range(_MAX_START_RACES):
+    key = order_key(merchant_id, order_id)
+    join_until = deps.clock.now_ms() + _JOIN_WINDOW_MS
+    races = 0
+    while races < _MAX_START_RACES:
         head = deps.payments.get_head(merchant_id, order_id)
         previous: Dispatch | None = None
         if head is not None:
@@ -82,13 +88,24 @@ def request_payment(
         try:
             dispatch, head = _start_attempt(deps, terminal, request, raw, payload_hash, head, respond_async)
         except _TerminalBusy:
+            # The claim may be this very order's, taken a moment ago by a duplicate whose attempt is
+            # not written yet: wait for that attempt and join it rather than answer busy.
+            holder = deps.terminals.get(terminal.terminal_id)
+            if holder is not None and holder.busy_order == key and deps.clock.now_ms() < join_until:
+                deps.waker.wait(f"join:{key}", _JOIN_POLL_S)
+                continue
             return Reply(200, busy_response(raw))
         except ConditionFailed:
+            races += 1
             continue
         if respond_async:
             return accepted_reply(order_id)
         return reply_for(head, wait_for_final(deps, dispatch.request_id))
     raise ApiError(409, "order.contended", "The order is being started by another request; retry")
+
+
+def order_key(merchant_id: str, order_id: str) -> str:
+    return f"{merchant_id}#{order_id}"
 
 
 def _usable_terminal(deps: PaymentDeps, merchant_id: str, terminal_id: str) -> Terminal:
@@ -148,7 +165,9 @@ def _start_attempt(
     request_id = env.new_request_id()
     deadline = now + (settings.async_payment_deadline_ms if respond_async else settings.payment_deadline_ms)
     terminal_id = request.terminal_id
-    if not deps.terminals.claim(terminal_id, request_id, now, deadline):
+    if not deps.terminals.claim(
+        terminal_id, request_id, now, deadline, order_key(terminal.merchant_id, request.order.order_id)
+    ):
         count("PaymentsBusy", reason="claimed")
         log_event("terminal busy", order_id=request.order.order_id, terminal_id=terminal_id)
         raise _TerminalBusy()

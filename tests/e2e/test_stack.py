@@ -380,3 +380,31 @@ def test_paid_order_becomes_a_captured_transaction_and_the_merchant_is_notified(
     assert notification.form["order[amount]"] == "8.99"
     expected = hashlib.sha256(notification.body + NOTIFY_PASSPHRASE.encode()).hexdigest()
     assert notification.signature == expected
+
+
+def test_the_same_order_twice_while_in_flight_is_paid_once_and_both_get_the_result(stack: RunningStack) -> None:
+    request = order("SLOW1")
+    received_before = stack.fleet["PAX-SLOW1"].counters.get("received", 0)
+    replies: list[tuple[int, dict[str, str], dict[str, Any]]] = []
+    threads = [
+        threading.Thread(target=lambda: replies.append(call(stack, "POST", "/v1/connector/order", request)))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+        time.sleep(0.2)  # the second one arrives while the first is in flight
+    for thread in threads:
+        thread.join(timeout=15)
+    assert [status for status, _, _ in replies] == [200, 200]
+    assert replies[0][2] == replies[1][2] and replies[0][2]["paymentStatus"] == "Success"
+    assert stack.fleet["PAX-SLOW1"].counters.get("received", 0) - received_before == 1
+
+
+def test_after_a_decline_the_same_order_is_a_new_attempt_sent_to_the_terminal(stack: RunningStack) -> None:
+    request = order("DECLINE1")
+    received_before = stack.fleet["PAX-DECLINE1"].counters.get("received", 0)
+    first = call(stack, "POST", "/v1/connector/order", request)[2]
+    second = call(stack, "POST", "/v1/connector/order", request)[2]
+    assert (first["errorCode"], first["attempt"]) == ("declined", 1)
+    assert (second["errorCode"], second["attempt"]) == ("declined", 2)
+    assert stack.fleet["PAX-DECLINE1"].counters.get("received", 0) - received_before == 2

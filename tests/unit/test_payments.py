@@ -289,3 +289,25 @@ def test_async_payment_gets_its_own_deadline(world: World) -> None:
     dispatch = world.payments.get_dispatch(world.last_request()["request_id"])
     assert dispatch is not None and dispatch.order_id != "SYNC-1"
     assert dispatch.deadline_ms - dispatch.created_at_ms == 120_000
+
+
+def test_duplicate_arriving_between_the_claim_and_the_attempt_record_joins_instead_of_busy(world: World) -> None:
+    # The first request holds the claim but has not written its attempt yet when the duplicate reads.
+    body = example()
+    key = f"{MERCHANT}#{body['order']['order_id']}"
+    world.terminals.claim(TERMINAL_ID, "first-request", world.clock.now_ms(), world.clock.now_ms() + 60_000, key)
+
+    def first_request_writes_its_attempt(_: str) -> None:
+        world.terminals.release(TERMINAL_ID, "first-request")
+        world.script(world.ack(), world.result())
+
+    world.script(first_request_writes_its_attempt)
+    reply = pay(world, body)
+    assert reply.body["paymentStatus"] == "Success"
+
+
+def test_another_orders_claim_is_busy_at_once(world: World) -> None:
+    world.terminals.claim(TERMINAL_ID, "other", world.clock.now_ms(), world.clock.now_ms() + 60_000, "M1#OTHER")
+    reply = pay(world)
+    assert reply.body["errorCode"] == "terminal_busy"
+    assert world.waker.waits == []
