@@ -13,14 +13,18 @@ racing a write), so they are serialized here: a conditional claim that loses mus
 
 from __future__ import annotations
 
+import copy
 import functools
 import socket
 import threading
 from collections.abc import Callable
 from typing import Any
 
+import moto.dynamodb.models as moto_dynamodb_models
 from moto import mock_aws
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
@@ -45,6 +49,8 @@ _ITEM_OPERATIONS = (
 
 
 def serialize_dynamodb() -> None:
+    _transact_with_item_rollback()
+    _get_item_returns_a_copy()
     for name in _ITEM_OPERATIONS:
         original = getattr(DynamoDBBackend, name, None)
         if original is None or getattr(original, "_serialized", False):
@@ -60,6 +66,99 @@ def serialize_dynamodb() -> None:
             return locked
 
         setattr(DynamoDBBackend, name, make(original))
+
+
+class _TablesNotCopied:
+    """moto's ``copy`` module as its transaction sees it: tables are not deep-copied for rollback.
+
+    moto 5 backs up every table a transaction names with ``copy.deepcopy(table)`` -- once per
+    item, so twice for a payment's head and dispatch -- which costs time proportional to every
+    item ever written, under the lock that serializes all DynamoDB operations: the local stack
+    slowed down with each payment made (measured in bench/README.md). The rollback is done per
+    item instead, by ``_transact_with_item_rollback``.
+    """
+
+    copy = staticmethod(copy.copy)
+
+    @staticmethod
+    def deepcopy(value: Any, memo: dict[int, Any] | None = None) -> Any:
+        return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+
+def _transact_with_item_rollback() -> None:
+    original = DynamoDBBackend.transact_write_items
+    if getattr(original, "_item_rollback", False):
+        return
+    moto_dynamodb_models.copy = _TablesNotCopied  # type: ignore[assignment]
+
+    @functools.wraps(original)
+    def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+        with _write_lock:
+            saved = _snapshot(self, transact_items)
+            try:
+                original(self, transact_items)
+            except Exception:
+                _restore(saved)
+                raise
+
+    transact_write_items._item_rollback = True  # type: ignore[attr-defined]
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+
+
+def _get_item_returns_a_copy() -> None:
+    """moto serializes GetItem's answer from the live item after the lock is released, so an update
+    running meanwhile made it fail with "dictionary changed size during iteration" (seen under the
+    benchmark's load, crashing the terminal-event handler): hand the response a private copy."""
+    original = DynamoDBBackend.get_item
+    if getattr(original, "_copies", False):
+        return
+
+    @functools.wraps(original)
+    def get_item(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        with _write_lock:
+            return copy.deepcopy(original(self, *args, **kwargs))
+
+    get_item._copies = True  # type: ignore[attr-defined]
+    DynamoDBBackend.get_item = get_item  # type: ignore[method-assign]
+
+
+_Saved = tuple[list[tuple[Table, DynamoType, DynamoType | None, Any]], list[tuple[Table, int]]]
+
+
+def _snapshot(backend: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> _Saved:
+    """A copy of each item the transaction names (None if absent) and each stream's length."""
+    items: list[tuple[Table, DynamoType, DynamoType | None, Any]] = []
+    streams: dict[str, tuple[Table, int]] = {}
+    for entry in transact_items:
+        try:
+            _kind, op = next(iter(entry.items()))
+            table = backend.tables[op["TableName"]]
+            key = op.get("Key") or op["Item"]
+            hash_value = DynamoType(key[table.hash_key_attr])
+            range_value = DynamoType(key[table.range_key_attr]) if table.range_key_attr else None
+        except (KeyError, StopIteration, AttributeError, TypeError):
+            continue  # moto itself refuses this item before writing anything
+        items.append((table, hash_value, range_value, copy.deepcopy(table.get_item(hash_value, range_value))))
+        if table.stream_shard is not None and table.name not in streams:
+            streams[table.name] = (table, len(table.stream_shard.items))
+    return items, list(streams.values())
+
+
+def _restore(saved: _Saved) -> None:
+    items, streams = saved
+    for table, hash_value, range_value, item in reversed(items):
+        if range_value is None:
+            if item is None:
+                table.items.pop(hash_value, None)
+            else:
+                table.items[hash_value] = item
+        elif item is None:
+            table.items[hash_value].pop(range_value, None)
+        else:
+            table.items[hash_value][range_value] = item
+    for table, length in streams:
+        if table.stream_shard is not None:
+            del table.stream_shard.items[length:]
 
 
 class _KeepAliveHandler(WSGIRequestHandler):
