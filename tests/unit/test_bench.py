@@ -1,0 +1,187 @@
+"""The benchmark's arithmetic on a tiny fake result set: request units, the poll schedule, the bill,
+the per-payment drivers and the report. No load is run here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bench import cost
+from bench.probes import _request_units, api_component
+from bench.report import cost_model, floor_summary, goals, per_payment, render_markdown, summarize_scenario
+from bench.stats import percentile, summarize
+
+SETTINGS = {"poll_initial_ms": 5, "poll_growth_pct": 150, "poll_max_ms": 40}
+
+
+def test_item_size_counts_names_and_values_by_dynamodb_rules() -> None:
+    item = {
+        "pk": {"S": "DISPATCH#abc"},  # 2 + 12
+        "amount": {"N": "1250"},  # 6 + (3 significant digits → 2 bytes + 1)
+        "late": {"BOOL": True},  # 4 + 1
+        "result": {"M": {"ok": {"S": "yes"}}},  # 6 + 3 + 2 + 3
+    }
+    assert cost.item_size(item) == 14 + 9 + 5 + 14
+    assert cost.number_size("0") == 2
+    assert cost.item_size(None) == 0
+
+
+@pytest.mark.parametrize(
+    ("size", "consistent", "transactional", "units"),
+    [
+        (0, True, False, 1.0),
+        (4096, True, False, 1.0),
+        (4097, True, False, 2.0),
+        (5000, False, False, 1.0),
+        (100, True, True, 2.0),
+    ],
+)
+def test_read_units_round_up_per_4_kb(size: int, consistent: bool, transactional: bool, units: float) -> None:
+    assert cost.read_units(size, consistent, transactional) == units
+
+
+def test_write_units_round_up_per_kb_and_double_in_transactions() -> None:
+    assert cost.write_units(1024) == 1.0
+    assert cost.write_units(1025) == 2.0
+    assert cost.write_units(300, transactional=True) == 2.0
+
+
+def test_request_units_of_calls_as_the_probe_sees_them() -> None:
+    big = {"pk": {"S": "x"}, "blob": {"S": "a" * 5000}}
+    assert _request_units("GetItem", {"ConsistentRead": True}, {"Item": big}, [], []) == (2.0, 0.0)
+    assert _request_units("GetItem", {"ConsistentRead": True}, {}, [], []) == (1.0, 0.0)
+    # An update is charged on the larger of the item before and after it.
+    assert _request_units("UpdateItem", {}, {}, [1500], [900]) == (0.0, 2.0)
+    transact = {"TransactItems": [{"Put": {"Item": {"pk": {"S": "h"}}}}, {"Put": {"Item": big}}]}
+    assert _request_units("TransactWriteItems", transact, {}, [0, 0], [0, 0]) == (0.0, 2.0 + 10.0)
+
+
+def test_poll_schedule_matches_a_hand_count() -> None:
+    # Reads at 0, 5, 12.5 and 23.75 ms: the result landing at 20 ms is seen by the fourth.
+    assert cost.poll_reads(20, 5, 150, 40) == 4
+    assert cost.poll_reads(0) == 1
+    # At the cap, one read per 40 ms: 30 s costs about 750 reads, fewer when each read takes time.
+    assert 750 <= cost.poll_reads(30_000) <= 760
+    assert cost.poll_reads(30_000, read_ms=10) < cost.poll_reads(30_000)
+
+
+def test_payment_cost_adds_up_each_line_at_list_prices() -> None:
+    usage = cost.PaymentUsage(
+        api_duration_ms=30_000,
+        api_memory_mb=256,
+        event_invocations=2,
+        event_duration_ms=10,
+        event_memory_mb=256,
+        rru=750,
+        wru=9,
+        iot_messages=4,
+        rules_triggered=2,
+        rule_actions=2,
+    )
+    usd = cost.payment_cost(usage)
+    assert usd["api_lambda_duration"] == pytest.approx(7.5 * 0.0000166667)
+    assert usd["event_lambda_duration"] == pytest.approx(2 * 0.0025 * 0.0000166667)
+    assert usd["lambda_requests"] == pytest.approx(3 * 0.20e-6)
+    assert usd["api_gateway_requests"] == pytest.approx(3.50e-6)
+    assert usd["dynamodb_reads"] == pytest.approx(750 * 0.125e-6)
+    assert usd["dynamodb_writes"] == pytest.approx(9 * 0.625e-6)
+    assert usd["iot_messages"] == pytest.approx(4e-6)
+    assert usd["iot_rules"] == pytest.approx(4 * 0.15e-6)
+    assert usd["total"] == pytest.approx(sum(v for k, v in usd.items() if k != "total"))
+    assert cost.lambda_gb_s(0.2, 512) == pytest.approx(0.0005), "billed per started millisecond"
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    assert percentile([10.0, 20.0, 30.0, 40.0, 50.0], 50) == 30.0
+    assert percentile([1.0, 2.0], 99) == pytest.approx(1.99)
+    assert summarize([]) == {"n": 0}
+    assert api_component("/v1/connector/order?x=1") == "api.order"
+
+
+def fake_counts(payments: int) -> dict[str, Any]:
+    def row(component: str, service: str, operation: str, calls: int, rru: float = 0.0, wru: float = 0.0, **kw: Any):
+        base = {"table": "t", "errors": 0, "time_ms": 2.0 * calls, "poll_reads": 0}
+        return {
+            "component": component,
+            "service": service,
+            "operation": operation,
+            "calls": calls,
+            "rru": rru,
+            "wru": wru,
+            **base,
+            **kw,
+        }
+
+    return {
+        "aws_calls": [
+            row("api.order", "dynamodb", "GetItem", 10 * payments, rru=10.0 * payments, poll_reads=8 * payments),
+            row("api.order", "dynamodb", "TransactWriteItems", payments, wru=4.0 * payments),
+            row("terminal_events", "dynamodb", "UpdateItem", 2 * payments, wru=2.0 * payments),
+            row("poller:sqs:nepting-ipn", "sqs", "DeleteMessage", payments),
+            row("poller:stream:p", "dynamodbstreams", "GetRecords", 50),
+        ],
+        "mqtt_publishes": {"requests": payments, "events": 2 * payments, "status": 3},
+        "mqtt_max_payload_bytes": 700,
+        "handlers": {
+            "api.order": {"count": payments, "total_ms": 3_100.0 * payments},
+            "terminal_events": {"count": 2 * payments, "total_ms": 8.0 * payments},
+        },
+        "waits": {"count": 7 * payments, "total_ms": 3_000.0 * payments},
+    }
+
+
+def test_per_payment_divides_the_payment_path_and_keeps_the_console_side_apart() -> None:
+    drivers = per_payment(fake_counts(2), 2)
+    assert drivers["dynamodb_calls"] == {"GetItem": 10.0, "TransactWriteItems": 1.0, "UpdateItem": 2.0}
+    assert (drivers["rru"], drivers["wru"], drivers["poll_reads"]) == (10.0, 6.0, 8.0)
+    assert drivers["mqtt"] == {"requests": 1.0, "events": 2.0, "status": 1.5}
+    assert drivers["terminal_events"] == {"per_payment": 2.0, "mean_ms": 4.0}
+    assert drivers["api_request"]["mean_ms"] == 3_100.0
+    assert drivers["console_side"] == {
+        "poller:sqs:nepting-ipn": {"sqs.DeleteMessage": 1.0, "rru": 0.0, "wru": 0.0, "sqs_requests": 1.0}
+    }
+
+
+def fake_results() -> dict[str, Any]:
+    samples = [
+        {"order_id": f"o{i}", "customer_ms": 3_000, "latency_ms": 3_010.0 + i, "added_ms": 5.0 + i, "outcome": "ok"}
+        for i in range(4)
+    ] + [{"order_id": "bad", "customer_ms": 3_000, "latency_ms": 9.0, "added_ms": None, "outcome": "http_502:x"}]
+    scenario = summarize_scenario("customer_aws", "aws", samples, 2.0, fake_counts(4), cpu_s=0.5)
+    step = summarize_scenario("concurrency_10", "local", samples, 2.0, fake_counts(4), cpu_s=0.5, in_flight=10)
+    return {
+        "started_at": "2026-11-28T00:00:00+00:00",
+        "machine": {"cpus": 2, "python": "3.11", "platform": "test", "loadavg_start": [0.1, 0.1, 0.1]},
+        "settings": SETTINGS,
+        "floor": {"http_ms": [1.0, 1.0, 1.0], "mqtt_ms": [2.0, 2.0, 2.0]},
+        "scenarios": {"customer_aws": scenario},
+        "concurrency": [step],
+    }
+
+
+def test_scenario_summary_measures_overhead_over_the_customer_time_and_counts_errors() -> None:
+    scenario = fake_results()["scenarios"]["customer_aws"]
+    assert scenario["outcomes"] == {"ok": 4, "http_502:x": 1}
+    assert scenario["overhead_ms"]["p50"] == 11.5
+    assert scenario["added_ms"]["max"] == 8.0
+    assert scenario["throughput_per_s"] == 2.0
+    assert scenario["cpu_ms_per_payment"] == 100.0
+
+
+def test_cost_model_extrapolates_reads_and_duration_to_30_s_and_the_report_shows_it() -> None:
+    results = fake_results()
+    models = cost_model(results)
+    extrapolated = models["30-s interaction (extrapolated by the poll schedule) @ chalice_config_256"]
+    reads = models["extrapolation"]["schedule_reads"]
+    assert extrapolated["usage"]["rru"] == pytest.approx(10.0 + reads - 8.0)
+    assert extrapolated["usage"]["api_duration_ms"] == pytest.approx(3_100.0 - 3_000.0 + 30_000)
+    assert extrapolated["usage"]["iot_messages"] == 4.0
+    floor = floor_summary(results)
+    assert floor["floor_p50_ms"] == 5.0
+    rows = {row["goal"]: row for row in goals(results, models)}
+    assert rows["200 concurrent in-flight payments, zero errors"]["met"] is False
+    report = render_markdown(results, floor, models, [])
+    assert "| customer_aws | aws | 5 |" in report
+    assert "| 10 | 5 | http_502:x 1 |" in report
+    assert "DynamoDB on-demand read request units | 0.125 |" in report
