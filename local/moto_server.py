@@ -50,7 +50,7 @@ _ITEM_OPERATIONS = (
 
 def serialize_dynamodb() -> None:
     _transact_with_item_rollback()
-    _get_item_returns_a_copy()
+    _answers_from_copies()
     for name in _ITEM_OPERATIONS:
         original = getattr(DynamoDBBackend, name, None)
         if original is None or getattr(original, "_serialized", False):
@@ -105,21 +105,27 @@ def _transact_with_item_rollback() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
 
 
-def _get_item_returns_a_copy() -> None:
-    """moto serializes GetItem's answer from the live item after the lock is released, so an update
-    running meanwhile made it fail with "dictionary changed size during iteration" (seen under the
-    benchmark's load, crashing the terminal-event handler): hand the response a private copy."""
-    original = DynamoDBBackend.get_item
-    if getattr(original, "_copies", False):
-        return
+def _answers_from_copies() -> None:
+    """moto serializes the item a GetItem or an UpdateItem (``ReturnValues``) answers with from the
+    live item, after the lock is released; a write to that item meanwhile made it fail with
+    "dictionary changed size during iteration" (seen under the benchmark's load, an ack and its result
+    updating one dispatch at once, crashing the terminal-event handler). Answer from a private copy
+    made under the lock instead."""
+    for name in ("get_item", "update_item"):
+        original = getattr(DynamoDBBackend, name)
+        if getattr(original, "_copies", False):
+            continue
 
-    @functools.wraps(original)
-    def get_item(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
-        with _write_lock:
-            return copy.deepcopy(original(self, *args, **kwargs))
+        def make(method: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(method)
+            def answer_from_copy(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+                with _write_lock:
+                    return copy.deepcopy(method(self, *args, **kwargs))
 
-    get_item._copies = True  # type: ignore[attr-defined]
-    DynamoDBBackend.get_item = get_item  # type: ignore[method-assign]
+            answer_from_copy._copies = True  # type: ignore[attr-defined]
+            return answer_from_copy
+
+        setattr(DynamoDBBackend, name, make(original))
 
 
 _Saved = tuple[list[tuple[Table, DynamoType, DynamoType | None, Any]], list[tuple[Table, int]]]
