@@ -337,12 +337,16 @@ def _stored_item(client: Any, table: str, key: dict[str, Any]) -> dict[str, Any]
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.dynamodb.models import dynamodb_backends
 
-    try:
-        backend = dynamodb_backends[DEFAULT_ACCOUNT_ID][client.meta.region_name]
-        item = backend.get_item(table, key)
-    except Exception:
-        return None
-    return item.to_json()["Attributes"] if item is not None else None
+    from local.moto_server import _write_lock
+
+    # Under the lock that serializes moto's item operations: an item is read whole, never mid-update.
+    with _write_lock:
+        try:
+            backend = dynamodb_backends[DEFAULT_ACCOUNT_ID][client.meta.region_name]
+            item = backend.get_item(table, key)
+        except Exception:
+            return None
+        return item.to_json()["Attributes"] if item is not None else None
 
 
 def _stored_sizes(client: Any, operation: str, params: dict[str, Any]) -> list[int]:
