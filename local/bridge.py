@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import traceback
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -31,7 +32,11 @@ class TopicRuleBridge:
         self, host: str, port: int, events_handler: Handler, status_handler: Handler, workers: int = 16
     ) -> None:
         self._handlers = {"events": events_handler, "status": status_handler}
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="topic-rule")
+        # One single-thread lane per terminal (by hash): a terminal's ack is handled before its result,
+        # as it was sent, while different terminals are handled in parallel.
+        self._lanes = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"topic-rule-{index}") for index in range(workers)
+        ]
         self._subscribed = threading.Event()
         self.crash: str | None = None
         self.delivered = 0
@@ -64,7 +69,8 @@ class TopicRuleBridge:
             "payload": base64.b64encode(message.payload).decode("ascii"),
             "received_at": time.time_ns() // 1_000_000,
         }
-        self._pool.submit(self._invoke, handler, event)
+        terminal = message.topic.rsplit("/", 2)[-2]
+        self._lanes[zlib.crc32(terminal.encode()) % len(self._lanes)].submit(self._invoke, handler, event)
 
     def _invoke(self, handler: Handler, event: dict[str, Any]) -> None:
         try:
@@ -77,7 +83,8 @@ class TopicRuleBridge:
     def stop(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
-        self._pool.shutdown(wait=True, cancel_futures=False)
+        for lane in self._lanes:
+            lane.shutdown(wait=True, cancel_futures=False)
 
 
 def _disable_nagle(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:

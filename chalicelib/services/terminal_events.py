@@ -108,6 +108,8 @@ def _apply_ack(deps: EventDeps, request_id: str, terminal_id: str, body: dict[st
         if accepted:
             deps.payments.transition(request_id, pending, DispatchState.ACKNOWLEDGED, now, terminal_id=terminal_id)
             return "acknowledged"
+        # The claim goes first: once the ECR sees the final state, its next payment finds the terminal free.
+        deps.terminals.release(terminal_id, request_id)
         deps.payments.transition(
             request_id, pending, DispatchState.FAILED, now, terminal_id=terminal_id, reason=Reason.TERMINAL_BUSY
         )
@@ -115,7 +117,6 @@ def _apply_ack(deps: EventDeps, request_id: str, terminal_id: str, body: dict[st
         count("EventsIgnored", reason="ack_not_pending")
         return "ignored:ack_not_pending"
     count("PaymentsBusy", reason="terminal")
-    deps.terminals.release(terminal_id, request_id)
     return "busy"
 
 
@@ -135,6 +136,10 @@ def _apply_result(deps: EventDeps, request_id: str, terminal_id: str, body: dict
         log_event("unmasked PAN dropped from a result", level="warning", request_id=request_id)
     to = DispatchState.SUCCEEDED if status == "Success" else DispatchState.FAILED
     now = deps.clock.now_ms()
+    # The terminal is free once it reports a result. The claim goes before the final state, so an ECR
+    # that sees its answer and sends the next payment at once finds the terminal free. (The release
+    # is conditional on this request holding the claim: a repeated result frees nothing else.)
+    deps.terminals.release(terminal_id, request_id)
     try:
         deps.payments.transition(request_id, IN_FLIGHT, to, now, terminal_id=terminal_id, result=result)
         late = False
@@ -159,7 +164,6 @@ def _apply_result(deps: EventDeps, request_id: str, terminal_id: str, body: dict
         except ConditionFailed:
             count("EventsIgnored", reason="result_for_finished_dispatch")
             return "ignored:already_final"
-    deps.terminals.release(terminal_id, request_id)
     count("PaymentsSucceeded" if to == DispatchState.SUCCEEDED else "PaymentsFailed")
     if late:
         count("LateResults")
@@ -195,6 +199,7 @@ def _fail_disconnected(deps: EventDeps, terminal: Terminal) -> None:
     request_id = terminal.busy_request_id
     if request_id is None:
         return
+    deps.terminals.release(terminal.terminal_id, request_id)  # before the final state, as for a result
     try:
         deps.payments.transition(
             request_id,
@@ -207,5 +212,4 @@ def _fail_disconnected(deps: EventDeps, terminal: Terminal) -> None:
     except ConditionFailed:
         return
     count("TerminalUnreachable", reason="disconnected")
-    deps.terminals.release(terminal.terminal_id, request_id)
     deps.waker.wake(request_id)

@@ -406,3 +406,21 @@ def test_a_result_after_the_disconnect_is_kept_as_late(world: World, request_id:
     assert world.result()(request_id) == "late_succeeded"
     dispatch = world.payments.get_dispatch(request_id)
     assert dispatch is not None and dispatch.state == DispatchState.SUCCEEDED and dispatch.late
+
+
+def test_the_terminal_is_free_by_the_time_the_final_state_is_visible(world: World) -> None:
+    """An ECR that gets its answer and sends the next payment at once must not meet terminal_busy."""
+    seen: list[tuple[str, str | None]] = []
+    original = world.payments.transition
+
+    def observe(request_id: str, *args: Any, **kwargs: Any) -> Any:
+        terminal = world.terminals.get(TERMINAL_ID)
+        seen.append((args[1].value, terminal.busy_request_id if terminal else None))
+        return original(request_id, *args, **kwargs)
+
+    world.payments.transition = observe  # type: ignore[method-assign]
+    world.script(world.ack(), world.result())
+    reply = pay(world)
+    assert reply.body["paymentStatus"] == "Success"
+    final_writes = [holder for state, holder in seen if state == "succeeded"]
+    assert final_writes == [None], "the claim was released before the final state was written"
