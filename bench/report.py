@@ -23,7 +23,7 @@ IDLE_OPERATIONS = {("dynamodbstreams", op) for op in ("GetRecords", "GetShardIte
     ("dynamodb", "DescribeTable"),
     ("sqs", "GetQueueAttributes"),
 }
-API_MEMORY_MB = {"chalice_config_256": 256, "infra_api_handler_512": 512}
+API_MEMORY_MB = {"deployed_256": 256, "at_512": 512}
 EVENT_MEMORY_MB = 256
 # IoT connectivity is paid per connected minute, whatever the traffic: spread over this many payments.
 PAYMENTS_PER_TERMINAL_DAY = 50

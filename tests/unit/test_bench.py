@@ -172,7 +172,7 @@ def test_scenario_summary_measures_overhead_over_the_customer_time_and_counts_er
 def test_cost_model_extrapolates_reads_and_duration_to_30_s_and_the_report_shows_it() -> None:
     results = fake_results()
     models = cost_model(results)
-    extrapolated = models["30-s interaction (extrapolated by the poll schedule) @ chalice_config_256"]
+    extrapolated = models["30-s interaction (extrapolated by the poll schedule) @ deployed_256"]
     reads = models["extrapolation"]["schedule_reads"]
     assert extrapolated["usage"]["rru"] == pytest.approx(10.0 + reads - 8.0)
     assert extrapolated["usage"]["api_duration_ms"] == pytest.approx(3_100.0 - 3_000.0 + 30_000)
