@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,11 @@ from chalicelib.observability import log_event, logger
 Handler = Callable[[dict[str, Any], Any], Any]
 # Lambda waits for the visibility timeout before a failed message comes back; locally, briefly.
 RETRY_AFTER_S = 1
-IDLE_S = 0.05
+# An idle poller asks again after this long: each empty poll costs moto a few ms of CPU, and the
+# Console side has a second or two to show a transaction, not milliseconds.
+IDLE_S = 0.2
+# Shards change rarely (never, in moto): list them again only this often.
+SHARD_DISCOVERY_S = 10.0
 
 
 class Poller(threading.Thread):
@@ -82,11 +87,16 @@ class StreamPoller(Poller):
         self.table = table
         self.batch_size = batch_size
         self.stream_arn: str | None = None
+        self.next_discovery = 0.0
         self.iterators: dict[str, str | None] = {}
         # Records of a failed batch, from the first failed one: delivered again before moving on.
         self.retry: dict[str, list[dict[str, Any]]] = {}
 
     def _discover(self) -> None:
+        now = time.monotonic()
+        if self.stream_arn is not None and now < self.next_discovery:
+            return
+        self.next_discovery = now + SHARD_DISCOVERY_S
         if self.stream_arn is None:
             self.stream_arn = client("dynamodb").describe_table(TableName=self.table)["Table"]["LatestStreamArn"]
         streams = client("dynamodbstreams")

@@ -34,6 +34,7 @@ from chalicelib.services import enrollment
 from local.seed import DEFAULT_SEED, Seed, SeedError, load_seed
 
 HOST = "127.0.0.1"
+LOCAL_POLL_MAX_MS = "1000"
 # Queues and bucket the local stack creates; on AWS infra/ creates them.
 QUEUES = {
     "IPN_QUEUE_URL": "nepting-ipn",
@@ -153,6 +154,9 @@ def start_stack(config: StackConfig) -> RunningStack:
             "MQTT_PORT": str(broker.port),
             "IPN_SECRET": seed.ipn_secret,
             "METRICS_EMF": os.environ.get("METRICS_EMF", "false"),
+            # The event handler runs in this process and wakes the waiting request at once (ThreadWaker),
+            # so polling is only the safety net here: a long cap saves most reads (and moto's CPU).
+            "POLL_MAX_MS": os.environ.get("POLL_MAX_MS", LOCAL_POLL_MAX_MS),
             **{name: _queue_url(queue) for name, queue in QUEUES.items()},
             **config.environment,
         }
