@@ -216,9 +216,15 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
             "platform": platform.platform(),
             "loadavg_start": [round(x, 2) for x in load_start],
         },
+        # The schedule the cost model extrapolates with is the deployed (AWS mode) one; the local
+        # stack's longer cap is recorded apart.
         "settings": {
-            key: getattr(stack.settings, key)
-            for key in ("poll_initial_ms", "poll_growth_pct", "poll_max_ms", "ack_timeout_ms", "payment_deadline_ms")
+            **{
+                key: getattr(stack.settings, key)
+                for key in ("poll_initial_ms", "poll_growth_pct", "ack_timeout_ms", "payment_deadline_ms")
+            },
+            "poll_max_ms": Settings().poll_max_ms,
+            "local_poll_max_ms": config.local_poll_max_ms or stack.settings.poll_max_ms,
         },
         "console_side": {
             "pollers": [p.name for p in stack.pollers],
