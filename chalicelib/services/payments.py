@@ -255,7 +255,7 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
     landing and the answer never exceeds the cap (plus one read).
     """
     settings = deps.settings
-    interval = float(settings.poll_initial_ms)
+    interval = settings.poll_initial_ms
     seen_state: DispatchState | None = None
     while True:
         dispatch = deps.payments.get_dispatch(request_id)
@@ -265,7 +265,7 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
             # Whoever wrote the final state (event handler, timeout, cancel) released the claim.
             return dispatch
         if dispatch.state != seen_state:
-            seen_state, interval = dispatch.state, float(settings.poll_initial_ms)
+            seen_state, interval = dispatch.state, settings.poll_initial_ms
         now = deps.clock.now_ms()
         overdue = dispatch.overdue_reason(now)
         if overdue is not None:
@@ -275,7 +275,7 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
             continue
         next_deadline = dispatch.ack_deadline_ms if dispatch.state == DispatchState.PENDING else dispatch.deadline_ms
         deps.waker.wait(request_id, max(0.001, min(interval, next_deadline - now)) / 1000)
-        interval = min(float(settings.poll_max_ms), interval * settings.poll_growth_pct / 100)
+        interval = min(settings.poll_max_ms, interval * settings.poll_growth_pct // 100)
 
 
 def _time_out(deps: PaymentDeps, dispatch: Dispatch, reason: Reason, now: int) -> Dispatch | None:
