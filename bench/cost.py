@@ -100,7 +100,7 @@ def poll_reads(
     >>> poll_reads(30_000) in range(750, 760)
     True
     """
-    now, interval, reads = 0.0, float(initial_ms), 0
+    now, interval, reads = 0.0, int(initial_ms), 0
     seen_acked: bool | None = None
     while True:
         reads += 1
@@ -109,9 +109,10 @@ def poll_reads(
             return reads
         acked = now >= ack_after_ms
         if acked != seen_acked:
-            seen_acked, interval = acked, float(initial_ms)
+            seen_acked, interval = acked, int(initial_ms)
         now += interval
-        interval = min(float(cap_ms), interval * growth_pct / 100)
+        # integer milliseconds, as the service computes them
+        interval = min(int(cap_ms), interval * int(growth_pct) // 100)
 
 
 # -- prices ----------------------------------------------------------------------------------------
