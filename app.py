@@ -14,14 +14,13 @@ from chalice.app import Request
 
 from chalicelib import openapi
 from chalicelib.adapters.exports import EXPORT_PREFIX, start_table_export
-from chalicelib.event_sources import BatchResult, order_head_record, sqs_batch, stream_batch
+from chalicelib.bootstrap import components
+from chalicelib.console import ingest, ipn, notifications, queries
+from chalicelib.event_sources import BatchResult, new_image, sqs_batch, stream_batch
 from chalicelib.http import ANY_CONTENT, ThreadSafeChalice, api_handler, json_response, raw_body, read_json_body
-from chalicelib.ledger_wiring import ledger
-from chalicelib.models import parse_order_request
-from chalicelib.services import console, ipn, notifications, payments, terminal_events, terminals
-from chalicelib.services import transactions as ledger_service
-from chalicelib.transaction_models import OPENAPI_PATHS, IpnAccepted, IpnBody, TransactionPage, TransactionView
-from chalicelib.wiring import components
+from chalicelib.payments import service as payments
+from chalicelib.payments import terminal_events, terminals
+from chalicelib.payments.schemas import parse_order_request
 
 app = ThreadSafeChalice(app_name="nepting-cloud-api")
 
@@ -101,15 +100,12 @@ def terminal_status_handler(event: dict[str, Any], context: Any) -> dict[str, st
 
 # --- Console side (CONTRACT §3-§5): IPN, transactions, merchant notifications, finance export ---
 
-openapi.register(IpnBody, IpnAccepted, TransactionView, TransactionPage)
-openapi.register_paths(OPENAPI_PATHS)
-
 
 @app.route("/v1/ipn/nepting", methods=["POST"], content_types=ANY_CONTENT)
 @api_handler
 def receive_ipn() -> Response:
     request = _request()
-    return json_response(200, ipn.receive_ipn(ledger().ipn_deps(), request.headers, raw_body(request)))
+    return json_response(200, ipn.receive_ipn(components().ipn_deps(), request.headers, raw_body(request)))
 
 
 @app.route("/v1/transactions", methods=["GET"])
@@ -117,37 +113,37 @@ def receive_ipn() -> Response:
 def list_transactions() -> Response:
     merchant_id = _merchant()
     params = {key: str(value) for key, value in (_request().query_params or {}).items()}
-    return json_response(200, console.list_transactions(ledger().transactions, merchant_id, params))
+    return json_response(200, queries.list_transactions(components().transactions, merchant_id, params))
 
 
 @app.route("/v1/transactions/{transaction_reference}", methods=["GET"])
 @api_handler
 def get_transaction(transaction_reference: str) -> Response:
     merchant_id = _merchant()
-    return json_response(200, console.get_transaction(ledger().transactions, merchant_id, transaction_reference))
+    return json_response(200, queries.get_transaction(components().transactions, merchant_id, transaction_reference))
 
 
 @app.lambda_function(name="order_notifications")
 def order_notifications_handler(event: dict[str, Any], context: Any) -> BatchResult:
-    deps = ledger().ledger_deps()
-    return stream_batch(event, lambda record: order_head_record(deps, record), "order_notifications")
+    deps = components().ingest_deps()
+    return stream_batch(event, lambda record: ingest.order_head_changed(deps, new_image(record)), "order_notifications")
 
 
 @app.lambda_function(name="ipn_ingest")
 def ipn_ingest_handler(event: dict[str, Any], context: Any) -> BatchResult:
-    deps = ledger().ledger_deps()
-    return sqs_batch(event, lambda body: ledger_service.ingest_ipn(deps, body["transaction_reference"]), "ipn_ingest")
+    deps = components().ingest_deps()
+    return sqs_batch(event, lambda body: ingest.ingest_ipn(deps, body["transaction_reference"]), "ipn_ingest")
 
 
 @app.lambda_function(name="merchant_notifier")
 def merchant_notifier_handler(event: dict[str, Any], context: Any) -> BatchResult:
-    deps = ledger().notifier_deps()
+    deps = components().notifier_deps()
     return sqs_batch(event, lambda body: notifications.deliver(deps, body), "merchant_notifier")
 
 
 @app.lambda_function(name="finance_export")
 def finance_export_handler(event: dict[str, Any], context: Any) -> dict[str, str]:
-    settings = ledger().settings
+    settings = components().settings
     # The scheduled event's id makes a redelivered schedule start the same export, not a second one.
     arn = start_table_export(settings.transactions_table, settings.export_bucket, EXPORT_PREFIX, event.get("id"))
     return {"export_arn": arn}

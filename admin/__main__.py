@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import importlib
 import json
 import sys
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib.adapters.dynamo import DynamoMerchantRepository, DynamoTerminalRepository
+from admin import dlq, export
+from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
+from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
 from chalicelib.config import get_settings
-from chalicelib.ports import ConditionFailed
-from chalicelib.services import enrollment
+from chalicelib.exceptions import ConditionFailed
+from chalicelib.merchants import enrollment
+
 
 # Other command groups register themselves when present.
-_PLUGINS = ("admin.dlq", "admin.export")
-
-
 def _repositories() -> tuple[DynamoTerminalRepository, DynamoMerchantRepository]:
     settings = get_settings()
     return DynamoTerminalRepository(settings.terminals_table), DynamoMerchantRepository(settings.merchants_table)
@@ -138,14 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--terminal", required=True, help="terminal id, e.g. PAX-1850320198")
     rotate.set_defaults(func=rotate_passphrase)
 
-    for name in _PLUGINS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(commands)
+    dlq.register(commands)
+    export.register(commands)
     return parser
 
 

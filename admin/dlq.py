@@ -11,9 +11,9 @@ import argparse
 from typing import Any
 
 from chalicelib import jsonutil
-from chalicelib.adapters import queues
+from chalicelib.adapters import sqs
 from chalicelib.config import Settings
-from chalicelib.services.notifications import replayable
+from chalicelib.console.notifications import replayable
 
 # --queue -> (dead-letter queue setting, main queue setting)
 QUEUE_PAIRS = {"merchant-notifications": ("notifications_dlq_url", "notifications_queue_url")}
@@ -21,10 +21,10 @@ QUEUE_PAIRS = {"merchant-notifications": ("notifications_dlq_url", "notification
 
 def replay(dlq_url: str, main_url: str, limit: int | None = None) -> int:
     """Move messages from ``dlq_url`` to ``main_url``; returns how many moved."""
-    main = queues.SqsQueue(main_url)
+    main = sqs.SqsQueue(main_url)
     moved = 0
     while limit is None or moved < limit:
-        batch = queues.receive(dlq_url, max_messages=min(10, (limit - moved) if limit else 10), visibility_s=60)
+        batch = sqs.receive(dlq_url, max_messages=min(10, (limit - moved) if limit else 10), visibility_s=60)
         if not batch:
             return moved
         for message in batch:
@@ -36,7 +36,7 @@ def replay(dlq_url: str, main_url: str, limit: int | None = None) -> int:
                 main.send(replayable(body))
             else:
                 main.send_raw(message["Body"])
-            queues.delete(dlq_url, message["ReceiptHandle"])
+            sqs.delete(dlq_url, message["ReceiptHandle"])
             moved += 1
     return moved
 

@@ -163,9 +163,9 @@ def run(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("export", help="Console transactions to CSV and Parquet for finance")
     parser.add_argument("--out", required=True, help="folder to write the files into")
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--from-table", action="store_true", help="read the transactions table (default)")
-    source.add_argument(
-        "--s3-export", metavar="S3_URI_OR_FOLDER", help="a DynamoDB export: s3://bucket/prefix/ or a local copy"
+    parser.add_argument(
+        "--s3-export",
+        metavar="S3_URI_OR_FOLDER",
+        help="a DynamoDB export: s3://bucket/prefix/ or a local copy (default: the table)",
     )
     parser.set_defaults(func=run)

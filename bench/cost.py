@@ -92,7 +92,7 @@ def poll_reads(
     """How many correlation-record reads ``wait_for_final`` makes when the ack lands ``ack_after_ms``
     and the result ``result_after_ms`` after its first read (each read taking ``read_ms``).
 
-    Mirrors chalicelib/services/payments.py: read; stop if final; restart at ``initial_ms`` when the
+    Mirrors chalicelib/payments/service.py: read; stop if final; restart at ``initial_ms`` when the
     state moved; sleep; grow by ``growth_pct`` up to ``cap_ms``. With ``read_ms=0`` it is an upper bound.
 
     >>> poll_reads(0)

@@ -225,7 +225,8 @@ class Probes:
         self._patch(mqtt.Client, "publish", publish)
 
     def _wrap_handlers(self) -> None:
-        from chalicelib.services import payments, terminal_events
+        from chalicelib.payments import service as payments
+        from chalicelib.payments import terminal_events
         from local import api_server
 
         probes = self

@@ -139,8 +139,8 @@ class Bench:
 
     def set_mode(self, mode: str) -> None:
         """``aws``: the waiter only polls (as on Lambda); ``local``: the event handler wakes it."""
+        from chalicelib.bootstrap import components
         from chalicelib.ports import SleepingWaker
-        from chalicelib.wiring import components
         from local.waker import ThreadWaker
 
         inner = ThreadWaker() if mode == "local" else SleepingWaker()

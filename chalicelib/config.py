@@ -15,9 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from functools import lru_cache
 
-
-class SettingsError(ValueError):
-    """A setting is present but cannot be used."""
+from chalicelib.exceptions import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,7 @@ class Settings:
                 try:
                     values[f.name] = int(raw)
                 except ValueError as exc:
-                    raise SettingsError(f"{f.name.upper()} must be an integer, got {raw!r}") from exc
+                    raise ConfigurationError(f"{f.name.upper()} must be an integer, got {raw!r}") from exc
             else:
                 values[f.name] = raw
         settings = cls(**values)  # type: ignore[arg-type]
@@ -89,14 +87,14 @@ class Settings:
 
     def validate(self) -> None:
         if self.terminal_channel not in ("iot", "mqtt"):
-            raise SettingsError("TERMINAL_CHANNEL must be 'iot' or 'mqtt'")
+            raise ConfigurationError("TERMINAL_CHANNEL must be 'iot' or 'mqtt'")
         if (
             self.ack_timeout_ms <= 0
             or min(self.payment_deadline_ms, self.async_payment_deadline_ms) < self.ack_timeout_ms
         ):
-            raise SettingsError("need 0 < ACK_TIMEOUT_MS <= PAYMENT_DEADLINE_MS and ASYNC_PAYMENT_DEADLINE_MS")
+            raise ConfigurationError("need 0 < ACK_TIMEOUT_MS <= PAYMENT_DEADLINE_MS and ASYNC_PAYMENT_DEADLINE_MS")
         if not 0 < self.poll_initial_ms <= self.poll_max_ms or self.poll_growth_pct < 100:
-            raise SettingsError("need 0 < POLL_INITIAL_MS <= POLL_MAX_MS and POLL_GROWTH_PCT >= 100")
+            raise ConfigurationError("need 0 < POLL_INITIAL_MS <= POLL_MAX_MS and POLL_GROWTH_PCT >= 100")
 
 
 @lru_cache(maxsize=1)

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+from pydantic import ValidationError
 
 
 class ApiError(Exception):
@@ -63,3 +66,18 @@ def transaction_not_found() -> ApiError:
 
 def internal_error() -> ApiError:
     return ApiError(500, "internal.error", "Unexpected error", "The request could not be completed")
+
+
+def first_error(exc: ValidationError, path_suffix: Mapping[str, str] | None = None) -> ApiError:
+    """The contract's 400 for a failed validation: the first error, with its field's dotted path.
+
+    ``path_suffix`` names the field that a whole-object check (by its error type) is about.
+    """
+    first = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in first["loc"]]
+    suffix = (path_suffix or {}).get(first["type"])
+    if suffix:
+        loc.append(suffix)
+    path = ".".join(loc) or None
+    message = first["msg"] if not path else f"{path}: {first['msg']}"
+    return validation_error(first["type"], message, path)

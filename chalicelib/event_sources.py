@@ -1,4 +1,4 @@
-"""Lambda event shapes of the Console's handlers: DynamoDB stream batches and SQS batches.
+"""Lambda event shapes: DynamoDB stream batches and SQS batches, handed to the handlers as plain values.
 
 Both answer ``{"batchItemFailures": [...]}`` (ReportBatchItemFailures): only the records that
 failed come back, and a failure is logged with its traceback, never swallowed.
@@ -12,8 +12,6 @@ from typing import Any
 from chalicelib import jsonutil
 from chalicelib.adapters.aws import from_item
 from chalicelib.observability import count, logger
-from chalicelib.services.transactions import LedgerDeps, record_order_details
-from chalicelib.transactions import details_from_head
 
 BatchResult = dict[str, list[dict[str, str]]]
 
@@ -44,11 +42,9 @@ def sqs_batch(event: dict[str, Any], handle: Callable[[dict[str, Any]], Any], so
     return {"batchItemFailures": failures}
 
 
-def order_head_record(deps: LedgerDeps, record: dict[str, Any]) -> None:
-    """Step 2': a new attempt's order head (``pk`` = ``ORDER#…``) carries the order's details."""
+def new_image(record: dict[str, Any]) -> dict[str, Any] | None:
+    """A stream record's item after an insert or a change, as plain values; None for a removal."""
     if record.get("eventName") not in ("INSERT", "MODIFY"):
-        return
-    image = record.get("dynamodb", {}).get("NewImage") or {}
-    if not image.get("pk", {}).get("S", "").startswith("ORDER#"):
-        return
-    record_order_details(deps, details_from_head(from_item(image)))
+        return None
+    image = record.get("dynamodb", {}).get("NewImage")
+    return from_item(image) if image else None

@@ -9,7 +9,8 @@ from typing import Any
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-from chalicelib.models import OrderRequest
+from chalicelib.console.schemas import IpnAccepted, IpnBody, TransactionPage, TransactionView
+from chalicelib.payments.schemas import OrderRequest
 
 
 class ErrorDetail(BaseModel):
@@ -76,15 +77,6 @@ class Health(BaseModel):
     status: str
 
 
-_EXTRA_MODELS: list[type[BaseModel]] = []
-
-
-def register(*models: type[BaseModel]) -> None:
-    """Other parts of the API (transactions, IPN) add their models to the document."""
-    _EXTRA_MODELS.extend(models)
-    document.cache_clear()
-
-
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
@@ -147,18 +139,71 @@ _PATHS: dict[str, Any] = {
         }
     },
 }
-_EXTRA_PATHS: dict[str, Any] = {}
 
 
-def register_paths(paths: dict[str, Any]) -> None:
-    _EXTRA_PATHS.update(paths)
-    document.cache_clear()
+def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
+
+
+_ERROR_400 = _json("ErrorBody", "invalid parameter")
+_ERROR_401 = _json("ErrorBody", "credentials missing or wrong")
+
+_CONSOLE_PATHS: dict[str, Any] = {
+    "/v1/transactions": {
+        "get": {
+            "summary": "The merchant's Console transactions, newest first",
+            "parameters": [
+                _query("from", "RFC 3339, inclusive", {"type": "string", "format": "date-time"}),
+                _query("to", "RFC 3339, exclusive", {"type": "string", "format": "date-time"}),
+                _query("status", "status code (118) or label (Captured)", {"type": "string"}),
+                _query("terminal_id", "terminal id", {"type": "string"}),
+                _query("order_id", "order id", {"type": "string"}),
+                _query("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}),
+                _query("cursor", "next_cursor of the previous page", {"type": "string"}),
+            ],
+            "responses": {"200": _json("TransactionPage", "one page"), "400": _ERROR_400, "401": _ERROR_401},
+        }
+    },
+    "/v1/transactions/{transaction_reference}": {
+        "get": {
+            "summary": "One Console transaction",
+            "parameters": [
+                {"name": "transaction_reference", "in": "path", "required": True, "schema": {"type": "string"}}
+            ],
+            "responses": {
+                "200": _json("TransactionView", "the transaction"),
+                "401": _ERROR_401,
+                "404": _json("ErrorBody", "no such transaction for this merchant"),
+            },
+        }
+    },
+    "/v1/ipn/nepting": {
+        "post": {
+            "summary": "IPN from the Nepting payment gateway (HMAC-signed, no Basic auth)",
+            "security": [],
+            "parameters": [
+                {"name": "X-Nepting-Timestamp", "in": "header", "required": True, "schema": {"type": "string"}},
+                {"name": "X-Nepting-Signature", "in": "header", "required": True, "schema": {"type": "string"}},
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IpnBody"}}},
+            },
+            "responses": {
+                "200": _json("IpnAccepted", "stored (or already stored)"),
+                "400": _json("ErrorBody", "malformed or invalid body"),
+                "401": _json("ErrorBody", "signature wrong or timestamp more than 5 minutes away"),
+                "422": _json("ErrorBody", "unknown merchant"),
+            },
+        }
+    },
+}
 
 
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     models: list[type[BaseModel]] = [OrderRequest, PaymentResponse, ErrorBody, OrderStatus, TerminalList, Health]
-    models += _EXTRA_MODELS
+    models += [IpnBody, IpnAccepted, TransactionView, TransactionPage]
     _, schemas = models_json_schema(
         [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
     )
@@ -175,7 +220,7 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
         },
         "security": [{"basic": []}],
-        "paths": {**_PATHS, **_EXTRA_PATHS},
+        "paths": {**_PATHS, **_CONSOLE_PATHS},
     }
 
 

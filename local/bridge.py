@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import socket
 import threading
 import time
 import traceback
@@ -21,7 +20,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from chalicelib.envelope import TOPIC_PREFIX
+from chalicelib.adapters.channels import disable_nagle
+from chalicelib.protocol import TOPIC_PREFIX
 
 log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any], Any], Any]
@@ -45,7 +45,7 @@ class TopicRuleBridge:
             client_id="nepting-cloud-topic-rules",
             protocol=mqtt.MQTTv311,
         )
-        self._client.on_socket_open = _disable_nagle
+        self._client.on_socket_open = disable_nagle
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_args: self._subscribed.set()
@@ -85,7 +85,3 @@ class TopicRuleBridge:
         self._client.loop_stop()
         for lane in self._lanes:
             lane.shutdown(wait=True, cancel_futures=False)
-
-
-def _disable_nagle(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -9,8 +9,6 @@ silently.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import threading
@@ -20,7 +18,8 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.envelope import format_timestamp
+from chalicelib.console.ipn import ipn_signature
+from chalicelib.protocol import format_timestamp
 
 if TYPE_CHECKING:
     from local.stack import RunningStack
@@ -64,10 +63,6 @@ def ipn_body(merchant_id: str, request: dict[str, Any], result: dict[str, Any]) 
     }
 
 
-def sign(secret: str, timestamp: int, raw: bytes) -> str:
-    return hmac.new(secret.encode(), str(timestamp).encode() + b"." + raw, hashlib.sha256).hexdigest()
-
-
 def post_ipn(api_url: str, secret: str, body: dict[str, Any]) -> int:
     raw = json.dumps(body, separators=(",", ":")).encode()
     timestamp = int(time.time())
@@ -78,7 +73,7 @@ def post_ipn(api_url: str, secret: str, body: dict[str, Any]) -> int:
         headers={
             "Content-Type": "application/json",
             "X-Nepting-Timestamp": str(timestamp),
-            "X-Nepting-Signature": sign(secret, timestamp, raw),
+            "X-Nepting-Signature": ipn_signature(secret, str(timestamp), raw),
         },
     )
     try:

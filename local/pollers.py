@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from chalicelib.adapters import queues
+from chalicelib.adapters import sqs
 from chalicelib.adapters.aws import client
 from chalicelib.config import Settings
 from chalicelib.observability import log_event, logger
@@ -161,11 +161,11 @@ class QueuePoller(Poller):
         self._arn: str | None = None
 
     def poll_once(self) -> bool:
-        messages = queues.receive(self.queue_url, self.batch_size, self.wait_s, visibility_s=30)
+        messages = sqs.receive(self.queue_url, self.batch_size, self.wait_s, visibility_s=30)
         if not messages:
             return False
         if self._arn is None:
-            self._arn = queues.queue_arn(self.queue_url)
+            self._arn = sqs.queue_arn(self.queue_url)
         records = [self._lambda_record(message) for message in messages]
         try:
             failed = self.call({"Records": records})
@@ -175,9 +175,9 @@ class QueuePoller(Poller):
         finally:
             for message in messages:
                 if message["MessageId"] in failed:
-                    queues.retry_later(self.queue_url, message["ReceiptHandle"], RETRY_AFTER_S)
+                    sqs.retry_later(self.queue_url, message["ReceiptHandle"], RETRY_AFTER_S)
                 else:
-                    queues.delete(self.queue_url, message["ReceiptHandle"])
+                    sqs.delete(self.queue_url, message["ReceiptHandle"])
         return True
 
     def _lambda_record(self, message: dict[str, Any]) -> dict[str, Any]:

@@ -14,15 +14,13 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from chalicelib.envelope import EnvelopeError, parse_timestamp_ms
+from chalicelib.exceptions import EnvelopeError
+from chalicelib.money import format_major
+from chalicelib.protocol import parse_timestamp_ms
 
 # At or above this amount (minor units) the simulated terminal always asks the issuer online.
 ONLINE_FLOOR_MINOR = 5_000
 _SIM_CARD = {"card_brand": "VISA", "masked_pan": "497010******0001"}
-
-
-def _format_minor(amount: int) -> str:
-    return f"{amount // 100}.{amount % 100:02d}"
 
 
 def _receipt(terminal_id: str, request: dict[str, Any], outcome: str, auth_code: str = "") -> str:
@@ -32,7 +30,7 @@ def _receipt(terminal_id: str, request: dict[str, Any], outcome: str, auth_code:
         f"TERMINAL {terminal_id}",
         f"ORDER {body['order_id']}",
         f"{'REFUND' if body['transaction_type'] == 'Credit' else 'DEBIT'} "
-        f"{_format_minor(body['amount'])} {body['currency']}",
+        f"{format_major(body['amount'])} {body['currency']}",
         f"{_SIM_CARD['card_brand']} {_SIM_CARD['masked_pan']}",
         *([f"AUTH {auth_code}"] if auth_code else []),
         outcome,

@@ -11,7 +11,6 @@ As a command, ``python -m local.simulator --help`` (see ``local.simulator_cli``)
 from __future__ import annotations
 
 import logging
-import socket
 import sys
 import threading
 import time
@@ -22,7 +21,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from chalicelib.envelope import (
+from chalicelib.adapters.channels import disable_nagle
+from chalicelib.protocol import (
     EnvelopeError,
     decode,
     encode,
@@ -171,7 +171,7 @@ class SimulatedTerminal:
         if tls is not None:
             client.tls_set(ca_certs=tls.ca_certs, certfile=tls.certfile, keyfile=tls.keyfile)
         client.on_pre_connect = self._sign_last_will
-        client.on_socket_open = _disable_nagle
+        client.on_socket_open = disable_nagle
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
@@ -359,13 +359,6 @@ def _log_fields(terminal_id: str, envelope: dict[str, Any]) -> dict[str, Any]:
         "request_id": envelope["request_id"],
         "order_id": envelope["body"]["order_id"],
     }
-
-
-def _disable_nagle(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
-    # An ack followed at once by a result are two small writes; with Nagle the second waits for
-    # the broker's delayed ACK (~40 ms). See local/broker.py for the measurement.
-    if isinstance(sock, socket.socket):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 # -- many terminals ------------------------------------------------------------------------------

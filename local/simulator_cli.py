@@ -17,7 +17,7 @@ import sys
 import threading
 from types import FrameType
 
-from chalicelib.envelope import timestamp_from_ms
+from chalicelib.protocol import timestamp_from_ms
 from local.simulator import BEHAVIORS, TerminalSpec, TlsFiles, run_terminals
 
 log = logging.getLogger("local.simulator")

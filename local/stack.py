@@ -13,7 +13,6 @@ traceback instead of leaving a half-working system.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -27,10 +26,11 @@ from types import FrameType
 from typing import Any
 
 from chalicelib.adapters import aws
-from chalicelib.adapters.dynamo import DynamoMerchantRepository, DynamoTerminalRepository
-from chalicelib.adapters.schema import create_tables
+from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
+from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
+from chalicelib.adapters.dynamodb.tables import create_tables
 from chalicelib.config import Settings, get_settings
-from chalicelib.services import enrollment
+from chalicelib.merchants import enrollment
 from local.seed import DEFAULT_SEED, Seed, SeedError, load_seed
 
 HOST = "127.0.0.1"
@@ -223,34 +223,28 @@ def _apply_seed(settings: Settings, seed: Seed) -> None:
 
 def _start_handlers(stack: RunningStack) -> None:
     import app as chalice_app
-    from chalicelib import wiring
+    from chalicelib import bootstrap
     from local.bridge import TopicRuleBridge
     from local.waker import ThreadWaker
 
-    components = wiring.build(stack.settings)
+    components = bootstrap.build(stack.settings)
     components.waker = ThreadWaker()
-    wiring.install(components)
-    stack._parts.append(lambda: wiring.install(None))
+    bootstrap.install(components)
+    stack._parts.append(lambda: bootstrap.install(None))
     bridge = TopicRuleBridge(
         HOST, stack.mqtt_port, chalice_app.terminal_events_handler, chalice_app.terminal_status_handler
     )
     stack._parts.append(bridge.stop)
     bridge.wait_ready()
     stack.bridge = bridge
-    try:
-        pollers_module = importlib.import_module("local.pollers")
-    except ModuleNotFoundError as exc:
-        if exc.name != "local.pollers":
-            raise
-        return
-    stack.pollers = list(pollers_module.start_pollers(stack.settings, stack.stop_event))
+    from local.pollers import start_pollers
+
+    stack.pollers = list(start_pollers(stack.settings, stack.stop_event))
 
     def stop_pollers() -> None:
         stack.stop_event.set()
         for poller in stack.pollers:
-            join = getattr(poller, "join", None)
-            if join is not None:
-                join(timeout=5)
+            poller.join(timeout=5)
 
     stack._parts.append(stop_pollers)
 
@@ -280,13 +274,9 @@ def _start_simulators(stack: RunningStack) -> None:
 
 def _gateway_hook(stack: RunningStack) -> Any:
     """The simulated payment gateway: sends the IPN for each simulated card payment, when served."""
-    try:
-        gateway = importlib.import_module("local.gateway")
-    except ModuleNotFoundError as exc:
-        if exc.name != "local.gateway":
-            raise
-        return None
-    return gateway.ipn_hook(stack)
+    from local.gateway import ipn_hook
+
+    return ipn_hook(stack)
 
 
 def _wait_ready(api_url: str, timeout_s: float = 30.0) -> None:

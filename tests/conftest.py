@@ -14,13 +14,12 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "eu-west-3")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 
-from chalicelib import envelope as env
-from chalicelib import jsonutil
+from chalicelib import jsonutil, protocol
 from chalicelib.config import Settings
-from chalicelib.domain import Terminal
+from chalicelib.payments.domain import Terminal
+from chalicelib.payments.service import PaymentDeps
+from chalicelib.payments.terminal_events import EventDeps, handle_event
 from chalicelib.ports import SleepingWaker
-from chalicelib.services.payments import PaymentDeps
-from chalicelib.services.terminal_events import EventDeps, handle_event
 from tests.fakes import FakeClock, FakePayments, FakeTerminals, RecordingChannel, ScriptedWaker
 
 DATA = Path(__file__).parent.parent / "examples"
@@ -79,10 +78,10 @@ class World:
         topic_terminal: str | None = None,
         sent_at_ms: int | None = None,
     ) -> str:
-        sent_at = env.timestamp_from_ms(sent_at_ms if sent_at_ms is not None else self.clock.now_ms())
-        envelope = env.make_envelope(kind, request_id, terminal_id, body, passphrase, sent_at=sent_at)
-        topic = env.topic_for(topic_terminal or terminal_id, "events")
-        return handle_event(self.event_deps, topic, env.encode(envelope))
+        sent_at = protocol.timestamp_from_ms(sent_at_ms if sent_at_ms is not None else self.clock.now_ms())
+        envelope = protocol.make_envelope(kind, request_id, terminal_id, body, passphrase, sent_at=sent_at)
+        topic = protocol.topic_for(topic_terminal or terminal_id, "events")
+        return handle_event(self.event_deps, topic, protocol.encode(envelope))
 
     def script(self, *steps: Any) -> None:
         """Each step runs at one poll of the waiting request, with that request's id."""
@@ -115,7 +114,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
     from moto import mock_aws
 
     from chalicelib.adapters import aws as aws_adapter
-    from chalicelib.adapters.schema import create_tables
+    from chalicelib.adapters.dynamodb.tables import create_tables
     from local.moto_server import serialize_dynamodb
 
     serialize_dynamodb()  # DynamoDB is linearizable per item; moto needs the help under threads
@@ -142,17 +141,15 @@ def console_aws(aws: Settings) -> Iterator[Settings]:
     """``aws`` plus the Console's queues and export bucket, with the app's components wired to them."""
     import dataclasses
 
-    from chalicelib import ledger_wiring, wiring
+    from chalicelib import bootstrap
     from chalicelib.adapters.aws import client
-    from chalicelib.adapters.queues import create_queues
+    from chalicelib.adapters.sqs import create_queues
 
     settings = dataclasses.replace(create_queues(aws), ipn_secret="ipn-secret-for-tests")
     client("s3").create_bucket(
         Bucket=settings.export_bucket,
         CreateBucketConfiguration={"LocationConstraint": os.environ["AWS_DEFAULT_REGION"]},
     )
-    wiring.install(wiring.build(settings))
-    ledger_wiring.install(None)
+    bootstrap.install(bootstrap.build(settings))
     yield settings
-    ledger_wiring.install(None)
-    wiring.install(None)
+    bootstrap.install(None)

@@ -9,11 +9,11 @@ from typing import Any
 
 from chalicelib import jsonutil
 from chalicelib.adapters.aws import client, to_item
-from chalicelib.adapters.dynamo import DynamoMerchantRepository
+from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
+from chalicelib.bootstrap import Components, build, install
 from chalicelib.config import Settings
-from chalicelib.ledger_wiring import LedgerComponents, build, install
-from chalicelib.services.auth import hash_password
-from chalicelib.services.ipn import ipn_signature
+from chalicelib.console.ipn import ipn_signature
+from chalicelib.merchants.auth import hash_password
 
 IPN_SECRET = "ipn-secret-for-tests"
 NOTIFY_PASSPHRASE = "merchant notify passphrase"
@@ -160,7 +160,7 @@ def drain(queue_url: str) -> list[dict[str, Any]]:
             client("sqs").delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
-def install_ledger(settings: Settings, **overrides: Any) -> LedgerComponents:
+def install_ledger(settings: Settings, **overrides: Any) -> Components:
     components = dataclasses.replace(build(settings), **overrides)
     install(components)
     return components

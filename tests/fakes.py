@@ -7,8 +7,8 @@ import threading
 from dataclasses import replace
 from typing import Any
 
-from chalicelib.domain import Dispatch, DispatchState, OrderHead, Terminal
-from chalicelib.ports import ChannelError, ConditionFailed
+from chalicelib.exceptions import ChannelError, ConditionFailed
+from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, Terminal
 
 
 class FakeClock:

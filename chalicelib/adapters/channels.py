@@ -13,9 +13,9 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from chalicelib import envelope as env
+from chalicelib import protocol
 from chalicelib.adapters.aws import client
-from chalicelib.ports import ChannelError
+from chalicelib.exceptions import ChannelError
 
 
 class IotDataChannel:
@@ -26,7 +26,7 @@ class IotDataChannel:
         try:
             endpoint = f"https://{self._endpoint}" if self._endpoint else None
             client("iot-data", endpoint).publish(
-                topic=env.topic_for(terminal_id, "requests"), qos=1, payload=env.encode(envelope)
+                topic=protocol.topic_for(terminal_id, "requests"), qos=1, payload=protocol.encode(envelope)
             )
         except (ClientError, BotoCoreError) as exc:
             raise ChannelError(f"IoT publish to {terminal_id} failed: {exc}") from exc
@@ -48,16 +48,10 @@ class MqttChannel:
         )
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
-        self._client.on_socket_open = self._on_socket_open
+        self._client.on_socket_open = disable_nagle
         self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.connect_async(host, port, keepalive=30)
         self._client.loop_start()
-
-    @staticmethod
-    def _on_socket_open(_client: Any, _userdata: Any, sock: Any) -> None:
-        # Nagle would hold small QoS-1 publishes back by up to 40 ms on the synchronous path.
-        if hasattr(sock, "setsockopt"):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _on_connect(self, _c: Any, _u: Any, _flags: Any, reason: Any, _props: Any = None) -> None:
         if not getattr(reason, "is_failure", False):
@@ -69,7 +63,7 @@ class MqttChannel:
     def publish(self, terminal_id: str, envelope: dict[str, Any]) -> None:
         if not self._connected.wait(self._timeout):
             raise ChannelError("MQTT broker not connected")
-        info = self._client.publish(env.topic_for(terminal_id, "requests"), env.encode(envelope), qos=1)
+        info = self._client.publish(protocol.topic_for(terminal_id, "requests"), protocol.encode(envelope), qos=1)
         if info.rc != self._mqtt.MQTT_ERR_SUCCESS:
             raise ChannelError(f"MQTT publish to {terminal_id} failed: rc={info.rc}")
         try:
@@ -82,3 +76,10 @@ class MqttChannel:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def disable_nagle(_client: Any, _userdata: Any, sock: Any) -> None:
+    """paho's ``on_socket_open``: Nagle would hold small QoS-1 publishes back by up to 40 ms (the
+    peer's delayed ACK), on the synchronous path and in every client that answers on it."""
+    if isinstance(sock, socket.socket):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

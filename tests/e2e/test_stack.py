@@ -15,8 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from chalicelib import envelope as env
-from chalicelib import jsonutil
+from chalicelib import jsonutil, protocol
 from chalicelib.observability import METRIC_COUNTS
 from local.notify_sink import NotificationSink
 from local.stack import RunningStack, StackConfig, start_stack
@@ -238,20 +237,20 @@ class OutsideTerminal:
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.client.subscribe(env.topic_for(terminal_id, "requests"), qos=1)
+        self.client.subscribe(protocol.topic_for(terminal_id, "requests"), qos=1)
         assert self.subscribed.wait(5)
-        self.send("status", "status-" + env.new_request_id(), {"state": "online"}, retain=True).wait_for_publish(5)
+        self.send("status", "status-" + protocol.new_request_id(), {"state": "online"}, retain=True).wait_for_publish(5)
 
     def send(self, kind: str, request_id: str, body: dict[str, Any], retain: bool = False) -> mqtt.MQTTMessageInfo:
         # Never wait for the PUBACK here: this runs in paho's network thread, which must read it.
-        envelope = env.make_envelope(kind, request_id, self.terminal_id, body, self.passphrase)
-        topic = env.topic_for(self.terminal_id, "status" if kind == "status" else "events")
-        return self.client.publish(topic, env.encode(envelope), qos=1, retain=retain)
+        envelope = protocol.make_envelope(kind, request_id, self.terminal_id, body, self.passphrase)
+        topic = protocol.topic_for(self.terminal_id, "status" if kind == "status" else "events")
+        return self.client.publish(topic, protocol.encode(envelope), qos=1, retain=retain)
 
     def _on_message(self, _c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
         self.topics.add(message.topic)
         request = json.loads(message.payload)
-        assert env.verify_signature(request, self.passphrase)
+        assert protocol.verify_signature(request, self.passphrase)
         self.received.append(request)
         if request["type"] == "payment_request":
             self.send("ack", request["request_id"], {})
@@ -269,7 +268,9 @@ class OutsideTerminal:
             )
 
     def stop(self) -> None:
-        self.send("status", "status-" + env.new_request_id(), {"state": "offline"}, retain=True).wait_for_publish(5)
+        self.send("status", "status-" + protocol.new_request_id(), {"state": "offline"}, retain=True).wait_for_publish(
+            5
+        )
         self.client.disconnect()
         self.client.loop_stop()
 
@@ -304,7 +305,7 @@ def test_outside_terminal_and_simulator_pay_side_by_side(stack: RunningStack) ->
         assert replies["outside"][2]["transaction"]["card_brand"] == "MASTERCARD"
         assert replies["simulated"][2]["paymentStatus"] == "Success"
         # the outside terminal received its own requests topic only (no other terminal's retained status)
-        assert outside.topics == {env.topic_for("INGENICO-OUTSIDE1", "requests")}
+        assert outside.topics == {protocol.topic_for("INGENICO-OUTSIDE1", "requests")}
     finally:
         outside.stop()
 
@@ -316,12 +317,12 @@ def test_forged_result_from_outside_cannot_change_a_finished_payment(stack: Runn
     forger = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id="forger")
     forger.connect("127.0.0.1", stack.mqtt_port)
     forger.loop_start()
-    forged = env.make_envelope(
+    forged = protocol.make_envelope(
         "result", tracked["request_id"], "PAX-APPROVE1", {"payment_status": "Failed"}, "not-the-passphrase"
     )
     refused_key = "EventsRefused.reason=bad_signature"
     refused_before = METRIC_COUNTS[refused_key]
-    forger.publish(env.topic_for("PAX-APPROVE1", "events"), env.encode(forged), qos=1).wait_for_publish(5)
+    forger.publish(protocol.topic_for("PAX-APPROVE1", "events"), protocol.encode(forged), qos=1).wait_for_publish(5)
     forger.disconnect()
     forger.loop_stop()
     # the handler saw the forgery and refused it (not merely: it has not arrived yet)

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from chalicelib.adapters import aws as aws_adapter
-from chalicelib.adapters.schema import create_tables
+from chalicelib.adapters.dynamodb.tables import create_tables
 from chalicelib.config import Settings
 
 

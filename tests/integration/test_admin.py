@@ -14,9 +14,10 @@ import pytest
 
 from admin.__main__ import main
 from chalicelib.adapters.aws import client
-from chalicelib.adapters.dynamo import DynamoMerchantRepository, DynamoTerminalRepository
+from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
+from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
 from chalicelib.config import Settings, get_settings
-from chalicelib.services.auth import Authenticator
+from chalicelib.merchants.auth import Authenticator
 
 PASSWORD = "a-long-enough-password"
 POLICY = "nepting-cloud-api-dev-terminal"  # what infra/ deploys for the dev stage

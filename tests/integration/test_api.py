@@ -18,13 +18,12 @@ import pytest
 from chalice.test import Client
 
 import app as app_module
-from chalicelib import envelope as env
-from chalicelib import jsonutil, wiring
+from chalicelib import bootstrap, jsonutil, protocol
 from chalicelib.config import Settings
-from chalicelib.domain import DispatchState
+from chalicelib.merchants import enrollment
 from chalicelib.observability import METRIC_COUNTS
+from chalicelib.payments.domain import DispatchState
 from chalicelib.ports import SleepingWaker
-from chalicelib.services import enrollment
 from tests.conftest import TERMINAL_ID, example
 from tests.integration.moto_per_module import (  # noqa: F401
     aws_with_fresh_tables,
@@ -58,7 +57,7 @@ def now_ms() -> int:
 
 def iot_rule_event(topic: str, envelope: dict[str, Any]) -> dict[str, Any]:
     """What the IoT topic rule hands the Lambda: payload base64-encoded, topic and arrival time."""
-    return {"topic": topic, "payload": base64.b64encode(env.encode(envelope)).decode(), "received_at": now_ms()}
+    return {"topic": topic, "payload": base64.b64encode(protocol.encode(envelope)).decode(), "received_at": now_ms()}
 
 
 class RecordingWaker(SleepingWaker):
@@ -100,8 +99,8 @@ class PlayedTerminal:
         return [e for _, e in self.published if e["type"] == kind]
 
     def say(self, terminal_id: str, kind: str, request_id: str, body: dict[str, Any]) -> str:
-        envelope = env.make_envelope(kind, request_id, terminal_id, body, self.passphrases[terminal_id])
-        topic = env.topic_for(terminal_id, "status" if kind == "status" else "events")
+        envelope = protocol.make_envelope(kind, request_id, terminal_id, body, self.passphrases[terminal_id])
+        topic = protocol.topic_for(terminal_id, "status" if kind == "status" else "events")
         handler = app_module.terminal_status_handler if kind == "status" else app_module.terminal_events_handler
         outcome = handler(iot_rule_event(topic, envelope), None)["outcome"]
         self.outcomes.append(outcome)
@@ -145,7 +144,7 @@ class PlayedTerminal:
 @dataclass
 class Api:
     client: Client
-    components: wiring.Components
+    components: bootstrap.Components
     terminal: PlayedTerminal
     waker: RecordingWaker
 
@@ -160,7 +159,7 @@ class Api:
 @pytest.fixture
 def api(aws: Settings, linearizable_dynamodb: None) -> Iterator[Api]:
     settings = replace(aws, ack_timeout_ms=ACK_TIMEOUT_MS, payment_deadline_ms=DEADLINE_MS)
-    components = wiring.build(settings)
+    components = bootstrap.build(settings)
     waker = RecordingWaker()
     components.waker = waker
     enrollment.create_merchant(components.merchants, "M1", M1_LOGIN, M1_PASSWORD)
@@ -174,12 +173,12 @@ def api(aws: Settings, linearizable_dynamodb: None) -> Iterator[Api]:
         terminal_id, passphrase = enrollment.enroll_terminal(
             components.terminals, components.merchants, merchant, manufacturer, serial, with_passphrase=with_passphrase
         )
-        components.terminals.record_status(terminal_id, True, now_ms(), env.timestamp_from_ms(now_ms()))
+        components.terminals.record_status(terminal_id, True, now_ms(), protocol.timestamp_from_ms(now_ms()))
         if passphrase:
             passphrases[terminal_id] = passphrase
     terminal = PlayedTerminal(passphrases)
-    components._channel = terminal
-    wiring.install(components)
+    components.channel = terminal
+    bootstrap.install(components)
     # Chalice's test client patches os.environ per request; concurrent requests could leave its values.
     saved_environ = dict(os.environ)
     try:
@@ -187,7 +186,7 @@ def api(aws: Settings, linearizable_dynamodb: None) -> Iterator[Api]:
             yield Api(client, components, terminal, waker)
         terminal.join()
     finally:
-        wiring.install(None)
+        bootstrap.install(None)
         os.environ.clear()
         os.environ.update(saved_environ)
 
@@ -224,7 +223,7 @@ def test_approved_payment_is_a_200_success_echoing_the_request(api: Api) -> None
     assert b'"unit_price":8.99' in response.body, "basket prices are echoed verbatim, never through a float"
     (request,) = api.terminal.requests()
     assert request["terminal_id"] == TERMINAL_ID
-    assert env.verify_signature(request, api.terminal.passphrases[TERMINAL_ID])
+    assert protocol.verify_signature(request, api.terminal.passphrases[TERMINAL_ID])
     assert request["body"]["amount"] == 899 and request["body"]["force_authorization"] is True
     api.terminal.join()  # the handler may still be finishing (release, metrics) when the answer is out
     assert api.terminal.outcomes == ["acknowledged", "succeeded"]
@@ -579,11 +578,11 @@ def test_terminals_lists_only_the_merchants_own_with_their_presence(api: Api) ->
 
 
 def test_status_lambda_records_presence_from_the_iot_rule_event(api: Api) -> None:
-    envelope = env.make_envelope(
+    envelope = protocol.make_envelope(
         "status", "s-1", TERMINAL_ID, {"state": "offline"}, api.terminal.passphrases[TERMINAL_ID]
     )
     invoked = api.client.lambda_.invoke(
-        "terminal_status", iot_rule_event(env.topic_for(TERMINAL_ID, "status"), envelope)
+        "terminal_status", iot_rule_event(protocol.topic_for(TERMINAL_ID, "status"), envelope)
     )
     assert invoked.payload == {"outcome": "offline"}
     terminal = api.components.terminals.get(TERMINAL_ID)
@@ -594,8 +593,10 @@ def test_events_lambda_refuses_a_forged_event(api: Api) -> None:
     api.terminal.behaviour = "no_ack"
     api.pay(headers={"Prefer": "respond-async"})
     request_id = api.terminal.requests()[0]["request_id"]
-    forged = env.make_envelope("result", request_id, TERMINAL_ID, {"payment_status": "Success"}, "guessed")
-    invoked = api.client.lambda_.invoke("terminal_events", iot_rule_event(env.topic_for(TERMINAL_ID, "events"), forged))
+    forged = protocol.make_envelope("result", request_id, TERMINAL_ID, {"payment_status": "Success"}, "guessed")
+    invoked = api.client.lambda_.invoke(
+        "terminal_events", iot_rule_event(protocol.topic_for(TERMINAL_ID, "events"), forged)
+    )
     assert invoked.payload == {"outcome": "refused:bad_signature"}
     dispatch = api.components.payments.get_dispatch(request_id)
     assert dispatch is not None and dispatch.state == DispatchState.PENDING

@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from amqtt.broker import Broker
 
-from chalicelib.envelope import decode, encode, make_envelope, topic_for, verify_signature
+from chalicelib.protocol import decode, encode, make_envelope, topic_for, verify_signature
 from local.broker import (
     BrokerCrashedError,
     BrokerPortInUseError,

@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from chalice.test import Client
 
-from chalicelib import jsonutil, ledger_wiring, wiring
+from chalicelib import bootstrap, jsonutil
 from chalicelib.adapters import aws as aws_adapter
-from chalicelib.adapters.dynamo import DynamoPaymentRepository
-from chalicelib.adapters.queues import create_queues
-from chalicelib.adapters.schema import create_tables
+from chalicelib.adapters.dynamodb.payments import DynamoPaymentRepository
+from chalicelib.adapters.dynamodb.tables import create_tables
+from chalicelib.adapters.sqs import create_queues
 from chalicelib.config import Settings
-from chalicelib.domain import Dispatch, DispatchState, OrderHead
+from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead
 from local.notify_sink import NotificationSink
 from local.pollers import Poller, start_pollers
 from tests.console_helpers import IPN_SECRET, NOTIFY_PASSPHRASE, ipn_body, order_request, seed_merchant, signed_headers
@@ -50,8 +50,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Settings, list[Poll
     try:
         settings = create_queues(Settings(ipn_secret=IPN_SECRET))
         create_tables(settings)
-        wiring.install(wiring.build(settings))
-        ledger_wiring.install(None)
+        bootstrap.install(bootstrap.build(settings))
         with NotificationSink() as sink:
             seed_merchant(settings, "M1", notify_url=sink.url)
             pollers = start_pollers(settings, stop)
@@ -60,8 +59,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Settings, list[Poll
         stop.set()
         for poller in pollers:
             poller.join(timeout=5)
-        ledger_wiring.install(None)
-        wiring.install(None)
+        bootstrap.install(None)
         server.stop()
         aws_adapter.reset_clients()
 
@@ -84,7 +82,7 @@ def test_order_ipn_and_notification_flow_through_the_pollers(
     request = order_request()
     request["pos_technical_info"].pop("notify_url")  # the merchant's default: the sink
     start_attempt(settings, request)
-    details = wait_until(lambda: ledger_wiring.ledger().order_details.get("M1", "ORDER_1537532589264"))
+    details = wait_until(lambda: bootstrap.components().order_details.get("M1", "ORDER_1537532589264"))
     assert details.amount == 899 and details.attempt == 1
 
     raw = json.dumps(ipn_body()).encode()
@@ -93,14 +91,14 @@ def test_order_ipn_and_notification_flow_through_the_pollers(
     assert response.status_code == 200, response.body
 
     assert sink.wait_for(1, timeout_s=20), "the merchant got its notification"
-    tx = ledger_wiring.ledger().transactions.get("TX-1001")
+    tx = bootstrap.components().transactions.get("TX-1001")
     assert tx is not None and (tx.status_code, tx.status) == (118, "Captured")
     assert jsonutil.loads(tx.basket_json or "")[0]["name"] == "My first product"
     assert jsonutil.loads(tx.customer_json or "")["first_name"] == "Cathy"
     [received] = sink.received
     assert received.signature == hashlib.sha256(received.body + NOTIFY_PASSPHRASE.encode()).hexdigest()
     assert received.form["status"] == "118" and received.form["custom_data[internal_reference]"] == "ORD_987465"
-    wait_until(lambda: (ledger_wiring.ledger().transactions.get("TX-1001") or tx).notified_statuses == [118])
+    wait_until(lambda: (bootstrap.components().transactions.get("TX-1001") or tx).notified_statuses == [118])
     time.sleep(0.5)
     assert len(sink.received) == 1 and sink.attempts == 1, "exactly once"
     assert all(poller.crash is None for poller in pollers)
@@ -114,10 +112,8 @@ def test_a_receiver_that_fails_first_gets_the_notification_when_it_recovers(
     # Short delays so that the retry comes back within the test; the schedule itself is unit-tested.
     import dataclasses
 
-    parts = ledger_wiring.ledger()
-    ledger_wiring.install(
-        dataclasses.replace(parts, settings=dataclasses.replace(parts.settings, notify_first_delay_s=1))
-    )
+    parts = bootstrap.components()
+    bootstrap.install(dataclasses.replace(parts, settings=dataclasses.replace(parts.settings, notify_first_delay_s=1)))
     sink.status = 500
     raw = json.dumps(ipn_body(transaction_reference="TX-2")).encode()
     with Client(__import__("app").app) as client:
@@ -132,7 +128,7 @@ def test_a_receiver_that_fails_first_gets_the_notification_when_it_recovers(
 def test_a_poller_whose_handler_raises_logs_keeps_the_traceback_and_retries(
     stack: tuple[Settings, list[Poller], NotificationSink],
 ) -> None:
-    from chalicelib.adapters.queues import SqsQueue
+    from chalicelib.adapters.sqs import SqsQueue
     from local.pollers import QueuePoller
 
     calls: list[int] = []

@@ -11,21 +11,21 @@ from typing import Any
 import pytest
 from botocore.stub import Stubber
 
-from chalicelib import envelope as env
+from chalicelib import protocol
 from chalicelib.adapters.aws import client
 from chalicelib.adapters.channels import IotDataChannel
-from chalicelib.adapters.dynamo import (
-    DynamoMerchantRepository,
+from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
+from chalicelib.adapters.dynamodb.payments import (
     DynamoPaymentRepository,
     DynamoTerminalRepository,
     dispatch_key,
     head_key,
 )
 from chalicelib.config import Settings
-from chalicelib.domain import IN_FLIGHT, Dispatch, DispatchState, OrderHead, Terminal
-from chalicelib.ports import ChannelError, ConditionFailed
-from chalicelib.services import enrollment
-from chalicelib.services.auth import Authenticator
+from chalicelib.exceptions import ChannelError, ConditionFailed
+from chalicelib.merchants import enrollment
+from chalicelib.merchants.auth import Authenticator
+from chalicelib.payments.domain import IN_FLIGHT, Dispatch, DispatchState, OrderHead, Terminal
 from tests.conftest import PASSPHRASE, TERMINAL_ID
 from tests.integration.moto_per_module import (  # noqa: F401
     aws_with_fresh_tables,
@@ -466,15 +466,15 @@ def capture_publish_params(endpoint: str | None) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("endpoint", ["", "data-ats.iot.eu-west-3.amazonaws.com"], ids=["default", "ats-endpoint"])
 def test_iot_channel_publishes_the_canonical_envelope_at_qos_1(aws: Settings, endpoint: str) -> None:
-    envelope = env.make_envelope(
+    envelope = protocol.make_envelope(
         "payment_request", "r-1", TERMINAL_ID, {"amount": 899, "description": "Café"}, PASSPHRASE
     )
     params = capture_publish_params(f"https://{endpoint}" if endpoint else None)
     IotDataChannel(endpoint).publish(TERMINAL_ID, envelope)
     topic = f"nepting/v1/terminals/{TERMINAL_ID}/requests"
-    assert published_payloads() == [(topic, env.encode(envelope))]
-    assert [(p["topic"], p["qos"], p["payload"]) for p in params] == [(topic, 1, env.encode(envelope))]
-    assert env.verify_signature(env.decode(published_payloads()[0][1]), PASSPHRASE)
+    assert published_payloads() == [(topic, protocol.encode(envelope))]
+    assert [(p["topic"], p["qos"], p["payload"]) for p in params] == [(topic, 1, protocol.encode(envelope))]
+    assert protocol.verify_signature(protocol.decode(published_payloads()[0][1]), PASSPHRASE)
 
 
 def test_iot_channel_turns_a_refused_publish_into_a_channel_error(aws: Settings) -> None:
@@ -482,6 +482,6 @@ def test_iot_channel_turns_a_refused_publish_into_a_channel_error(aws: Settings)
     with Stubber(iot) as stubber:
         stubber.add_client_error("publish", service_error_code="ThrottlingException", http_status_code=429)
         with pytest.raises(ChannelError) as caught:
-            IotDataChannel().publish(TERMINAL_ID, env.make_envelope("cancel_request", "r-1", TERMINAL_ID, {}, "p"))
+            IotDataChannel().publish(TERMINAL_ID, protocol.make_envelope("cancel_request", "r-1", TERMINAL_ID, {}, "p"))
     assert TERMINAL_ID in str(caught.value)
     assert published_payloads() == []

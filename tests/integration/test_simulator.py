@@ -19,7 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from chalicelib.envelope import (
+from chalicelib.protocol import (
     decode,
     encode,
     format_timestamp,

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from chalicelib.errors import ApiError
-from chalicelib.services import auth
-from chalicelib.services.auth import Authenticator, hash_password, parse_basic, verify_password
+from chalicelib.merchants import auth
+from chalicelib.merchants.auth import Authenticator, hash_password, parse_basic, verify_password
 
 LOGIN, PASSWORD, MERCHANT_ID = "shop-1", "s3cret-passw0rd", "M1"
 STORED = hash_password(PASSWORD)  # one slow hash for the whole module

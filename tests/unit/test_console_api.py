@@ -9,11 +9,11 @@ import pytest
 from chalice.test import Client
 
 from app import app
-from chalicelib.adapters import ledger as ledger_adapter
+from chalicelib.adapters.dynamodb import console as ledger_adapter
+from chalicelib.bootstrap import components as ledger
 from chalicelib.config import Settings
-from chalicelib.ledger_wiring import ledger
-from chalicelib.services.transactions import merge
-from chalicelib.transactions import IpnFacts
+from chalicelib.console.domain import IpnFacts
+from chalicelib.console.ingest import merge
 from tests.console_helpers import seed_merchant
 
 DAY = "2026-11-28T"
@@ -42,7 +42,7 @@ def add(reference: str, merchant: str = "M1", at: str = "10:00:00.000Z", **field
         "processed_at": DAY + at,
     }
     values.update(fields)
-    merge(ledger().ledger_deps(), reference, ipn=IpnFacts(**values))
+    merge(ledger().ingest_deps(), reference, ipn=IpnFacts(**values))
 
 
 def get(path: str, headers: dict[str, str]) -> tuple[int, Any]:

@@ -17,9 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chalicelib import envelope as env
-from chalicelib import jsonutil
-from chalicelib.domain import RESULT_FIELDS, clean_result, is_masked_pan
+from chalicelib import jsonutil, protocol
+from chalicelib.payments.domain import RESULT_FIELDS, clean_result, is_masked_pan
 
 PASSPHRASE = "correct horse battery staple"
 ACK = {
@@ -62,31 +61,31 @@ def hmac_hex(key: str, message: str) -> str:
 
 
 def signed(envelope: dict[str, Any], passphrase: str = PASSPHRASE) -> dict[str, Any]:
-    return {**envelope, "sig": env.signature(envelope, passphrase)}
+    return {**envelope, "sig": protocol.signature(envelope, passphrase)}
 
 
 # -- canonical JSON ---------------------------------------------------------------------------------
 
 
 def test_canonical_json_sorts_keys_and_drops_whitespace() -> None:
-    assert env.canonical_json(ACK) == ACK_CANONICAL.encode()
+    assert protocol.canonical_json(ACK) == ACK_CANONICAL.encode()
 
 
 def test_canonical_json_writes_utf8_unescaped() -> None:
-    assert env.canonical_json(REQUEST) == REQUEST_CANONICAL.encode("utf-8")
-    assert "Café — crème".encode() in env.canonical_json(REQUEST)
+    assert protocol.canonical_json(REQUEST) == REQUEST_CANONICAL.encode("utf-8")
+    assert "Café — crème".encode() in protocol.canonical_json(REQUEST)
 
 
 def test_canonical_json_sorts_nested_keys_too() -> None:
-    assert env.canonical_json({"b": {"z": 1, "a": [{"y": 2, "x": 3}]}, "a": None}) == (
+    assert protocol.canonical_json({"b": {"z": 1, "a": [{"y": 2, "x": 3}]}, "a": None}) == (
         b'{"a":null,"b":{"a":[{"x":3,"y":2}],"z":1}}'
     )
 
 
 @pytest.mark.parametrize("value", [{"amount": 8.99}, {"body": {"n": [1, 2.0]}}, 1.5, [{"x": 0.0}]])
 def test_canonical_json_refuses_floats_anywhere(value: Any) -> None:
-    with pytest.raises(env.EnvelopeError) as caught:
-        env.canonical_json(value)
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.canonical_json(value)
     assert caught.value.reason == "float_in_envelope"
 
 
@@ -94,38 +93,38 @@ def test_canonical_json_refuses_floats_anywhere(value: Any) -> None:
 
 
 def test_signature_of_an_ack_matches_the_contracts_recipe() -> None:
-    assert env.signature(ACK, PASSPHRASE) == hmac_hex(PASSPHRASE, ACK_CANONICAL)
+    assert protocol.signature(ACK, PASSPHRASE) == hmac_hex(PASSPHRASE, ACK_CANONICAL)
 
 
 def test_signature_of_a_payment_request_with_non_ascii_text_and_key() -> None:
     key = "clé secrète ✓"
-    assert env.signature(REQUEST, key) == hmac_hex(key, REQUEST_CANONICAL)
+    assert protocol.signature(REQUEST, key) == hmac_hex(key, REQUEST_CANONICAL)
 
 
 def test_signature_ignores_an_existing_sig_field() -> None:
-    assert env.signature({**ACK, "sig": "whatever"}, PASSPHRASE) == hmac_hex(PASSPHRASE, ACK_CANONICAL)
+    assert protocol.signature({**ACK, "sig": "whatever"}, PASSPHRASE) == hmac_hex(PASSPHRASE, ACK_CANONICAL)
 
 
 def test_signature_is_lowercase_hex_sha256() -> None:
-    assert re.fullmatch(r"[0-9a-f]{64}", env.signature(ACK, PASSPHRASE))
+    assert re.fullmatch(r"[0-9a-f]{64}", protocol.signature(ACK, PASSPHRASE))
 
 
 def test_make_envelope_builds_the_contract_shape_and_signs_it() -> None:
-    made = env.make_envelope("ack", "r-1", "PAX-1850320198", {}, PASSPHRASE, sent_at="2026-11-28T03:12:00.123Z")
+    made = protocol.make_envelope("ack", "r-1", "PAX-1850320198", {}, PASSPHRASE, sent_at="2026-11-28T03:12:00.123Z")
     assert made == {**ACK, "sig": hmac_hex(PASSPHRASE, ACK_CANONICAL)}
-    assert env.verify_signature(made, PASSPHRASE)
+    assert protocol.verify_signature(made, PASSPHRASE)
 
 
 def test_make_envelope_stamps_now_with_milliseconds_and_z() -> None:
-    made = env.make_envelope("ack", "r-1", "PAX-1", {}, PASSPHRASE)
+    made = protocol.make_envelope("ack", "r-1", "PAX-1", {}, PASSPHRASE)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", made["sent_at"])
 
 
 def test_encode_is_the_canonical_form_of_the_signed_envelope() -> None:
     sig = hmac_hex(PASSPHRASE, ACK_CANONICAL)
-    encoded = env.encode(signed(ACK))
+    encoded = protocol.encode(signed(ACK))
     assert encoded == ACK_CANONICAL.replace(',"terminal_id"', f',"sig":"{sig}","terminal_id"').encode()
-    assert env.decode(encoded) == signed(ACK)
+    assert protocol.decode(encoded) == signed(ACK)
 
 
 @pytest.mark.parametrize(
@@ -141,19 +140,19 @@ def test_encode_is_the_canonical_form_of_the_signed_envelope() -> None:
 )
 def test_tampering_any_field_breaks_the_signature(field: str, value: Any) -> None:
     tampered = {**signed(ACK), field: value}
-    assert not env.verify_signature(tampered, PASSPHRASE)
+    assert not protocol.verify_signature(tampered, PASSPHRASE)
 
 
 @pytest.mark.parametrize("key", sorted(REQUEST["body"]))
 def test_tampering_any_body_field_breaks_the_signature(key: str) -> None:
     original = signed(REQUEST)
     tampered = {**original, "body": {**original["body"], key: "tampered"}}
-    assert env.verify_signature(original, PASSPHRASE)
-    assert not env.verify_signature(tampered, PASSPHRASE)
+    assert protocol.verify_signature(original, PASSPHRASE)
+    assert not protocol.verify_signature(tampered, PASSPHRASE)
 
 
 def test_an_added_field_breaks_the_signature() -> None:
-    assert not env.verify_signature({**signed(ACK), "extra": 1}, PASSPHRASE)
+    assert not protocol.verify_signature({**signed(ACK), "extra": 1}, PASSPHRASE)
 
 
 @pytest.mark.parametrize(
@@ -162,24 +161,24 @@ def test_an_added_field_breaks_the_signature() -> None:
     ids=["null", "int", "empty", "uppercase", "other-key"],
 )
 def test_a_missing_or_wrong_signature_does_not_verify(sig: Any) -> None:
-    assert not env.verify_signature({**ACK, "sig": sig}, PASSPHRASE)
+    assert not protocol.verify_signature({**ACK, "sig": sig}, PASSPHRASE)
 
 
 def test_a_missing_sig_does_not_verify() -> None:
-    assert not env.verify_signature(dict(ACK), PASSPHRASE)
+    assert not protocol.verify_signature(dict(ACK), PASSPHRASE)
 
 
 def test_the_right_signature_verifies_only_with_its_passphrase() -> None:
-    assert env.verify_signature(signed(ACK), PASSPHRASE)
-    assert not env.verify_signature(signed(ACK), PASSPHRASE + " ")
+    assert protocol.verify_signature(signed(ACK), PASSPHRASE)
+    assert not protocol.verify_signature(signed(ACK), PASSPHRASE + " ")
 
 
 # -- decode -------------------------------------------------------------------------------------------
 
 
 def decode_reason(payload: bytes | str) -> str:
-    with pytest.raises(env.EnvelopeError) as caught:
-        env.decode(payload)
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.decode(payload)
     return caught.value.reason
 
 
@@ -215,13 +214,13 @@ def test_decode_refuses_a_body_that_is_not_an_object(body: Any) -> None:
 
 
 def test_decode_refuses_floats_in_the_body() -> None:
-    text = env.encode(signed(ACK)).replace(b'"body":{}', b'"body":{"amount":8.99}')
+    text = protocol.encode(signed(ACK)).replace(b'"body":{}', b'"body":{"amount":8.99}')
     assert decode_reason(text) == "float_in_envelope"
 
 
 def test_decode_accepts_text_and_bytes() -> None:
-    encoded = env.encode(signed(REQUEST))
-    assert env.decode(encoded) == env.decode(encoded.decode("utf-8")) == signed(REQUEST)
+    encoded = protocol.encode(signed(REQUEST))
+    assert protocol.decode(encoded) == protocol.decode(encoded.decode("utf-8")) == signed(REQUEST)
 
 
 # -- topics and terminal ids -----------------------------------------------------------------------------
@@ -229,9 +228,9 @@ def test_decode_accepts_text_and_bytes() -> None:
 
 @pytest.mark.parametrize("kind", ["requests", "events", "status"])
 def test_topic_round_trip(kind: str) -> None:
-    topic = env.topic_for("PAX-1850320198", kind)
+    topic = protocol.topic_for("PAX-1850320198", kind)
     assert topic == f"nepting/v1/terminals/PAX-1850320198/{kind}"
-    assert env.parse_topic(topic) == ("PAX-1850320198", kind)
+    assert protocol.parse_topic(topic) == ("PAX-1850320198", kind)
 
 
 @pytest.mark.parametrize(
@@ -247,14 +246,14 @@ def test_topic_round_trip(kind: str) -> None:
     ],
 )
 def test_other_topics_are_refused(topic: str) -> None:
-    with pytest.raises(env.EnvelopeError) as caught:
-        env.parse_topic(topic)
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.parse_topic(topic)
     assert caught.value.reason == "bad_topic"
 
 
 def test_terminal_id_is_the_upper_cased_manufacturer_and_the_serial() -> None:
-    assert env.terminal_id_for("pax", "1850320198") == "PAX-1850320198"
-    assert env.terminal_id_for("Ingenico", "aB1") == "INGENICO-aB1"
+    assert protocol.terminal_id_for("pax", "1850320198") == "PAX-1850320198"
+    assert protocol.terminal_id_for("Ingenico", "aB1") == "INGENICO-aB1"
 
 
 @pytest.mark.parametrize(
@@ -271,7 +270,7 @@ def test_terminal_id_is_the_upper_cased_manufacturer_and_the_serial() -> None:
     ],
 )
 def test_terminal_id_format(value: str, valid: bool) -> None:
-    assert env.is_terminal_id(value) is valid
+    assert protocol.is_terminal_id(value) is valid
 
 
 # -- timestamps -----------------------------------------------------------------------------------------
@@ -279,39 +278,41 @@ def test_terminal_id_format(value: str, valid: bool) -> None:
 
 def test_timestamps_are_rfc3339_utc_with_milliseconds_and_z() -> None:
     moment = datetime(2026, 11, 28, 3, 12, 0, 123_999, tzinfo=UTC)
-    assert env.format_timestamp(moment) == "2026-11-28T03:12:00.123Z"
-    assert env.format_timestamp(moment.replace(microsecond=0)) == "2026-11-28T03:12:00.000Z"
+    assert protocol.format_timestamp(moment) == "2026-11-28T03:12:00.123Z"
+    assert protocol.format_timestamp(moment.replace(microsecond=0)) == "2026-11-28T03:12:00.000Z"
 
 
 def test_timestamps_of_other_zones_are_written_in_utc() -> None:
     paris = timezone(timedelta(hours=1))
-    assert env.format_timestamp(datetime(2026, 11, 28, 4, 12, 0, 5_000, tzinfo=paris)) == "2026-11-28T03:12:00.005Z"
+    assert (
+        protocol.format_timestamp(datetime(2026, 11, 28, 4, 12, 0, 5_000, tzinfo=paris)) == "2026-11-28T03:12:00.005Z"
+    )
 
 
 def test_timestamp_from_epoch_milliseconds() -> None:
-    assert env.timestamp_from_ms(0) == "1970-01-01T00:00:00.000Z"
-    assert env.timestamp_from_ms(1_795_835_520_123) == "2026-11-28T03:12:00.123Z"
+    assert protocol.timestamp_from_ms(0) == "1970-01-01T00:00:00.000Z"
+    assert protocol.timestamp_from_ms(1_795_835_520_123) == "2026-11-28T03:12:00.123Z"
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(min_value=0, max_value=4_102_444_800_000))
 def test_timestamp_milliseconds_round_trip_exactly(epoch_ms: int) -> None:
-    assert env.parse_timestamp_ms(env.timestamp_from_ms(epoch_ms)) == epoch_ms
+    assert protocol.parse_timestamp_ms(protocol.timestamp_from_ms(epoch_ms)) == epoch_ms
 
 
 def test_parse_timestamp_accepts_offsets() -> None:
-    assert env.parse_timestamp_ms("2026-11-28T04:12:00.123+01:00") == 1_795_835_520_123
+    assert protocol.parse_timestamp_ms("2026-11-28T04:12:00.123+01:00") == 1_795_835_520_123
 
 
 @pytest.mark.parametrize("value", ["2026-11-28T03:12:00.123", "yesterday", "", "2026-13-01T00:00:00Z"])
 def test_parse_timestamp_refuses_junk_and_zoneless_times(value: str) -> None:
-    with pytest.raises(env.EnvelopeError) as caught:
-        env.parse_timestamp_ms(value)
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.parse_timestamp_ms(value)
     assert caught.value.reason == "bad_timestamp"
 
 
 def test_request_ids_are_unique_hex() -> None:
-    ids = {env.new_request_id() for _ in range(100)}
+    ids = {protocol.new_request_id() for _ in range(100)}
     assert len(ids) == 100 and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
 
 

@@ -15,10 +15,10 @@ import pytest
 import app as chalice_app
 from admin import export
 from chalicelib.adapters.aws import client
+from chalicelib.bootstrap import components as ledger
 from chalicelib.config import Settings
-from chalicelib.ledger_wiring import ledger
-from chalicelib.services.transactions import merge, record_order_details
-from chalicelib.transactions import IpnFacts, details_from_head
+from chalicelib.console.domain import IpnFacts, details_from_head
+from chalicelib.console.ingest import merge, record_order_details
 from tests.console_helpers import head_image, order_request
 
 COLUMNS = [
@@ -47,7 +47,7 @@ def add(ref: str, merchant: str, terminal: str, status: str, amount: int, day: s
         ref, merchant, f"O-{ref}", terminal, operation, status, amount, "EUR", "A1", True, "VISA",
         "497010******0001", "chip", f"2026-11-{day}T10:00:00.000Z",
     )  # fmt: skip
-    merge(ledger().ledger_deps(), ref, ipn=facts)
+    merge(ledger().ingest_deps(), ref, ipn=facts)
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def table(console_aws: Settings) -> Settings:
     add("T4", "M1", "PAX-2", "approved", 250, "28")
     add("T5", "M2", "PAX-9", "approved", 700, "28", operation="Credit")
     request = order_request("O-T1", amount=900, basket=None, custom_data=TRICKY)
-    record_order_details(ledger().ledger_deps(), details_from_head(head_image("M1", request)))
+    record_order_details(ledger().ingest_deps(), details_from_head(head_image("M1", request)))
     return console_aws
 
 
@@ -78,7 +78,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_transactions_csv_and_parquet_have_the_contract_columns_and_integer_amounts(
     table: Settings, tmp_path: Path
 ) -> None:
-    assert run_cli("--out", str(tmp_path), "--from-table") == 0
+    assert run_cli("--out", str(tmp_path)) == 0
     rows = read_csv(tmp_path / "transactions.csv")
     assert list(rows[0]) == COLUMNS
     assert [row["transaction_reference"] for row in rows] == ["T1", "T2", "T3", "T4", "T5"]
@@ -150,7 +150,7 @@ def test_the_scheduled_export_writes_to_the_bucket_and_the_cli_converts_it(table
     from_s3 = tmp_path / "from-s3"
     assert run_cli("--out", str(from_s3), "--s3-export", f"s3://{table.export_bucket}/exports/") == 0
     from_table = tmp_path / "from-table"
-    run_cli("--out", str(from_table), "--from-table")
+    run_cli("--out", str(from_table))
     assert read_csv(from_s3 / "transactions.csv") == read_csv(from_table / "transactions.csv")
 
     # The same export downloaded as a folder (what an operator copies from S3) reads the same.

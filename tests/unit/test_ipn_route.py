@@ -177,13 +177,11 @@ def test_a_repeat_of_a_stored_but_unmerged_ipn_is_queued_again(settings: Setting
 def test_the_secret_comes_from_ssm_when_only_a_parameter_is_named(console_aws: Settings) -> None:
     import dataclasses
 
-    from chalicelib import wiring
-    from chalicelib.ledger_wiring import install
+    from chalicelib import bootstrap
 
     client("ssm").put_parameter(Name="/nepting/ipn", Value="from-ssm", Type="SecureString")
     settings = dataclasses.replace(console_aws, ipn_secret="", ipn_secret_parameter="/nepting/ipn")
-    wiring.install(wiring.build(settings))
-    install(None)
+    bootstrap.install(bootstrap.build(settings))
     seed_merchant(settings, "M1")
     raw = json.dumps(ipn_body()).encode()
     assert post(raw, signed_headers(raw, secret="from-ssm")).status_code == 200

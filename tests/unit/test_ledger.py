@@ -9,10 +9,10 @@ import pytest
 
 import app as chalice_app
 from chalicelib import jsonutil
+from chalicelib.bootstrap import components as ledger
 from chalicelib.config import Settings
-from chalicelib.ledger_wiring import ledger
-from chalicelib.ports import ConditionFailed
-from chalicelib.transactions import Transaction
+from chalicelib.console.domain import Transaction
+from chalicelib.exceptions import ConditionFailed
 from tests.console_helpers import (
     drain,
     head_image,
@@ -33,7 +33,7 @@ def settings(console_aws: Settings) -> Settings:
 
 def receive(body: dict[str, Any]) -> None:
     """The route's job, without HTTP (the route itself is tested in test_ipn_route)."""
-    from chalicelib.services.ipn import receive_ipn
+    from chalicelib.console.ipn import receive_ipn
 
     raw = json.dumps(body).encode()
     headers = {key.lower(): value for key, value in signed_headers(raw).items()}

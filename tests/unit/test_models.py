@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError
-from chalicelib.models import MAX_AMOUNT, OrderRequest, parse_order_request
+from chalicelib.payments.schemas import MAX_AMOUNT, OrderRequest, parse_order_request
 from tests.conftest import deep, example
 
 Mutation = Callable[[dict[str, Any]], Any]

@@ -10,19 +10,19 @@ from urllib.parse import parse_qsl
 import pytest
 
 import app as chalice_app
-from chalicelib.adapters.notify_http import UrllibFormPoster
+from chalicelib.adapters.http_notifier import UrllibFormPoster
+from chalicelib.bootstrap import components as ledger
 from chalicelib.config import Settings
-from chalicelib.ledger_wiring import ledger
-from chalicelib.observability import METRIC_COUNTS
-from chalicelib.services.notifications import (
+from chalicelib.console.domain import Transaction
+from chalicelib.console.ingest import ingest_ipn
+from chalicelib.console.notifications import (
     allopass_signature,
     encode_form,
     format_major,
     notification_fields,
     retry_delay_s,
 )
-from chalicelib.services.transactions import ingest_ipn
-from chalicelib.transactions import Transaction
+from chalicelib.observability import METRIC_COUNTS
 from local.notify_sink import NotificationSink
 from tests.console_helpers import (
     NOTIFY_PASSPHRASE,
@@ -119,7 +119,7 @@ def world(console_aws: Settings) -> Any:
         request["pos_technical_info"]["notify_url"] = sink.url
         chalice_app.order_notifications_handler(stream_event(head_image("M1", request)), None)
         _receive_ipn(parts)
-        ingest_ipn(parts.ledger_deps(), "TX-1001")
+        ingest_ipn(parts.ingest_deps(), "TX-1001")
         [message] = drain(console_aws.notifications_queue_url)
         install_ledger(console_aws, clock=clock, notifications=retries, dead_letters=parked, poster=UrllibFormPoster(2))
 
@@ -135,7 +135,7 @@ def _receive_ipn(parts: Any) -> None:
     import json
     import time
 
-    from chalicelib.services.ipn import receive_ipn
+    from chalicelib.console.ipn import receive_ipn
 
     raw = json.dumps(ipn_body()).encode()
     parts.clock.now = int(time.time() * 1000)
@@ -205,8 +205,8 @@ def test_an_unreachable_receiver_counts_as_a_failure(world: Any) -> None:
 
 
 def test_without_any_notify_url_nothing_is_sent_and_it_is_counted(console_aws: Settings) -> None:
-    from chalicelib.services.transactions import merge
-    from chalicelib.transactions import IpnFacts
+    from chalicelib.console.domain import IpnFacts
+    from chalicelib.console.ingest import merge
 
     seed_merchant(console_aws, "M1", notify_url=None)
     retries = RecordingQueue()
@@ -227,7 +227,7 @@ def test_without_any_notify_url_nothing_is_sent_and_it_is_counted(console_aws: S
         None,
         "2026-11-28T03:12:00.000Z",
     )
-    merge(parts.ledger_deps(), "T9", ipn=facts)
+    merge(parts.ingest_deps(), "T9", ipn=facts)
     before = METRIC_COUNTS["NotificationsSkipped.reason=no_notify_url"]
     assert notify(retries.sent[0][0]) == {"batchItemFailures": []}
     assert METRIC_COUNTS["NotificationsSkipped.reason=no_notify_url"] == before + 1
@@ -241,7 +241,7 @@ def test_a_failed_send_to_the_queue_leaves_the_message_for_a_retry(world: Any, m
 
 def test_retries_use_sqs_delay_seconds(console_aws: Settings) -> None:
     from chalicelib.adapters.aws import client
-    from chalicelib.adapters.queues import SqsQueue
+    from chalicelib.adapters.sqs import SqsQueue
 
     SqsQueue(console_aws.notifications_queue_url).send({"transaction_reference": "T"}, delay_s=5000)
     attributes = client("sqs").get_queue_attributes(
@@ -255,7 +255,7 @@ def test_replay_dlq_moves_parked_messages_back_with_a_fresh_24_hours(
     console_aws: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from admin import dlq
-    from chalicelib.adapters.queues import SqsQueue
+    from chalicelib.adapters.sqs import SqsQueue
 
     for name in ("notifications_queue_url", "notifications_dlq_url"):
         monkeypatch.setenv(name.upper(), getattr(console_aws, name))

@@ -7,10 +7,10 @@ from typing import Any
 import pytest
 
 from chalicelib.config import Settings
-from chalicelib.domain import DispatchState, Terminal
 from chalicelib.errors import ApiError
-from chalicelib.models import parse_order_request
-from chalicelib.services.payments import order_status, request_payment
+from chalicelib.payments.domain import DispatchState, Terminal
+from chalicelib.payments.schemas import parse_order_request
+from chalicelib.payments.service import order_status, request_payment
 from tests.conftest import MERCHANT, TERMINAL_ID, World, example
 
 
@@ -42,10 +42,10 @@ def test_success_answers_with_the_terminals_result_and_echoes_the_request(world:
 def test_payment_request_envelope_is_signed_and_carries_the_contract_body(world: World) -> None:
     world.script(world.ack(), world.result())
     pay(world, example("order-full.json"))
-    from chalicelib import envelope as env
+    from chalicelib import protocol
 
     request = world.last_request()
-    assert env.verify_signature(request, "correct horse battery staple")
+    assert protocol.verify_signature(request, "correct horse battery staple")
     assert request["terminal_id"] == TERMINAL_ID
     body = request["body"]
     assert body["amount"] == 899 and isinstance(body["amount"], int)

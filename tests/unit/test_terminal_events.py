@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from chalicelib import envelope as env
-from chalicelib.domain import DispatchState, Terminal
+from chalicelib import protocol
 from chalicelib.errors import ApiError
-from chalicelib.models import parse_order_request
 from chalicelib.observability import METRIC_COUNTS
-from chalicelib.services.payments import Reply, order_status, reply_for, request_payment
-from chalicelib.services.terminal_events import handle_event, handle_status
+from chalicelib.payments.domain import DispatchState, Terminal
+from chalicelib.payments.schemas import parse_order_request
+from chalicelib.payments.service import Reply, order_status, reply_for, request_payment
+from chalicelib.payments.terminal_events import handle_event, handle_status
 from tests.conftest import MERCHANT, PASSPHRASE, TERMINAL_ID, World, example
 
 OTHER_TERMINAL = "PAX-77"
@@ -39,7 +39,7 @@ def state_of(world: World) -> Any:
 
 
 def events_topic(terminal_id: str = TERMINAL_ID) -> str:
-    return env.topic_for(terminal_id, "events")
+    return protocol.topic_for(terminal_id, "events")
 
 
 def signed_payload(
@@ -52,11 +52,11 @@ def signed_payload(
     sent_at: str = "",
     **overrides: Any,
 ) -> bytes:
-    envelope = env.make_envelope(kind, request_id, terminal_id, body, passphrase, sent_at=sent_at or None)
+    envelope = protocol.make_envelope(kind, request_id, terminal_id, body, passphrase, sent_at=sent_at or None)
     if overrides:
         envelope.update(overrides)
-        envelope["sig"] = env.signature(envelope, passphrase)
-    return env.encode(envelope)
+        envelope["sig"] = protocol.signature(envelope, passphrase)
+    return protocol.encode(envelope)
 
 
 def assert_refused_and_nothing_moved(world: World, reason: str, act: Callable[[], str]) -> None:
@@ -88,16 +88,16 @@ def test_malformed_payload_is_refused(world: World, request_id: str, payload: by
 
 
 def test_other_envelope_version_is_refused(world: World, request_id: str) -> None:
-    payload = signed_payload("ack", request_id, {}, v=2, sent_at=env.timestamp_from_ms(world.clock.now_ms()))
+    payload = signed_payload("ack", request_id, {}, v=2, sent_at=protocol.timestamp_from_ms(world.clock.now_ms()))
     assert_refused_and_nothing_moved(
         world, "bad_version", lambda: handle_event(world.event_deps, events_topic(), payload)
     )
 
 
 def test_float_anywhere_in_the_envelope_is_refused(world: World, request_id: str) -> None:
-    sent_at = env.timestamp_from_ms(world.clock.now_ms())
-    envelope = env.make_envelope("ack", request_id, TERMINAL_ID, {}, PASSPHRASE, sent_at=sent_at)
-    payload = env.encode(envelope).replace(b'"body":{}', b'"body":{"x":1.5}')
+    sent_at = protocol.timestamp_from_ms(world.clock.now_ms())
+    envelope = protocol.make_envelope("ack", request_id, TERMINAL_ID, {}, PASSPHRASE, sent_at=sent_at)
+    payload = protocol.encode(envelope).replace(b'"body":{}', b'"body":{"x":1.5}')
     assert_refused_and_nothing_moved(
         world, "float_in_envelope", lambda: handle_event(world.event_deps, events_topic(), payload)
     )
@@ -108,13 +108,13 @@ def test_float_anywhere_in_the_envelope_is_refused(world: World, request_id: str
     ["nepting/v1/terminals/PAX-1850320198/acks", "devices/PAX-1850320198/events", "nepting/v1/terminals/events"],
 )
 def test_message_on_a_topic_that_is_not_a_terminal_topic_is_refused(world: World, request_id: str, topic: str) -> None:
-    payload = signed_payload("ack", request_id, {}, sent_at=env.timestamp_from_ms(world.clock.now_ms()))
+    payload = signed_payload("ack", request_id, {}, sent_at=protocol.timestamp_from_ms(world.clock.now_ms()))
     assert_refused_and_nothing_moved(world, "bad_topic", lambda: handle_event(world.event_deps, topic, payload))
 
 
 def test_event_published_on_the_status_topic_is_refused_by_the_event_handler(world: World, request_id: str) -> None:
-    payload = signed_payload("ack", request_id, {}, sent_at=env.timestamp_from_ms(world.clock.now_ms()))
-    topic = env.topic_for(TERMINAL_ID, "status")
+    payload = signed_payload("ack", request_id, {}, sent_at=protocol.timestamp_from_ms(world.clock.now_ms()))
+    topic = protocol.topic_for(TERMINAL_ID, "status")
     assert_refused_and_nothing_moved(world, "wrong_topic", lambda: handle_event(world.event_deps, topic, payload))
 
 
@@ -147,11 +147,11 @@ def test_event_signed_with_another_passphrase_is_refused(world: World, request_i
 
 
 def test_event_whose_signature_was_copied_onto_another_body_is_refused(world: World, request_id: str) -> None:
-    sent_at = env.timestamp_from_ms(world.clock.now_ms())
-    genuine = env.make_envelope("ack", request_id, TERMINAL_ID, {}, PASSPHRASE, sent_at=sent_at)
+    sent_at = protocol.timestamp_from_ms(world.clock.now_ms())
+    genuine = protocol.make_envelope("ack", request_id, TERMINAL_ID, {}, PASSPHRASE, sent_at=sent_at)
     forged = {**genuine, "type": "result", "body": {"payment_status": "Success"}}
     assert_refused_and_nothing_moved(
-        world, "bad_signature", lambda: handle_event(world.event_deps, events_topic(), env.encode(forged))
+        world, "bad_signature", lambda: handle_event(world.event_deps, events_topic(), protocol.encode(forged))
     )
 
 
@@ -311,7 +311,7 @@ def test_result_keeps_only_contract_fields(world: World, request_id: str) -> Non
 def say_status(world: World, state: str, received_at_ms: int, **kwargs: Any) -> str:
     payload = signed_payload("status", "s-" + state, {"state": state}, **kwargs)
     return handle_status(
-        world.event_deps, env.topic_for(kwargs.get("terminal_id", TERMINAL_ID), "status"), payload, received_at_ms
+        world.event_deps, protocol.topic_for(kwargs.get("terminal_id", TERMINAL_ID), "status"), payload, received_at_ms
     )
 
 
@@ -319,7 +319,11 @@ def test_status_is_recorded_in_arrival_order(world: World) -> None:
     now = world.clock.now_ms()
     assert say_status(world, "offline", now) == "offline"
     terminal = world.terminals.items[TERMINAL_ID]
-    assert (terminal.online, terminal.status_at_ms, terminal.last_seen_at) == (False, now, env.timestamp_from_ms(now))
+    assert (terminal.online, terminal.status_at_ms, terminal.last_seen_at) == (
+        False,
+        now,
+        protocol.timestamp_from_ms(now),
+    )
     assert say_status(world, "online", now + 10) == "online"
     assert world.terminals.items[TERMINAL_ID].online is True
     ignored = METRIC_COUNTS["EventsIgnored.reason=older_status"]
@@ -331,7 +335,7 @@ def test_status_is_recorded_in_arrival_order(world: World) -> None:
 
 def test_last_will_signed_long_ago_still_takes_the_terminal_offline(world: World) -> None:
     # A last will is signed when the terminal connects: its sent_at is no measure of freshness.
-    long_ago = env.timestamp_from_ms(world.clock.now_ms() - 86_400_000)
+    long_ago = protocol.timestamp_from_ms(world.clock.now_ms() - 86_400_000)
     assert say_status(world, "offline", world.clock.now_ms(), sent_at=long_ago) == "offline"
     assert world.terminals.items[TERMINAL_ID].online is False
 
@@ -352,7 +356,7 @@ def test_status_refusals_are_counted_and_change_nothing(
 
 def test_event_types_other_than_status_are_refused_on_the_status_topic(world: World) -> None:
     payload = signed_payload("ack", "r-1", {"state": "offline"})
-    topic = env.topic_for(TERMINAL_ID, "status")
+    topic = protocol.topic_for(TERMINAL_ID, "status")
     assert_refused_and_nothing_moved(
         world, "unexpected_type", lambda: handle_status(world.event_deps, topic, payload, world.clock.now_ms())
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chalicelib.transactions import (
+from chalicelib.console.domain import (
     IpnFacts,
     OrderDetails,
     apply_details,

@@ -10,10 +10,13 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib import envelope as env
-from chalicelib import jsonutil
+from chalicelib import jsonutil, protocol
 from chalicelib.config import Settings
-from chalicelib.domain import (
+from chalicelib.errors import ApiError, order_not_found, terminal_not_found
+from chalicelib.exceptions import ChannelError, ConditionFailed, DispatchMissingError, TerminalBusyError
+from chalicelib.keys import order_key
+from chalicelib.observability import count, log_event
+from chalicelib.payments.domain import (
     FINAL,
     IN_FLIGHT,
     Dispatch,
@@ -22,19 +25,8 @@ from chalicelib.domain import (
     Reason,
     Terminal,
 )
-from chalicelib.errors import ApiError, order_not_found, terminal_not_found
-from chalicelib.models import OrderRequest
-from chalicelib.observability import count, log_event
-from chalicelib.ports import (
-    ChannelError,
-    Clock,
-    ConditionFailed,
-    PaymentRepository,
-    TerminalChannel,
-    TerminalRepository,
-    Waker,
-)
-from chalicelib.services.answers import (
+from chalicelib.payments.ports import PaymentRepository, TerminalChannel, TerminalRepository
+from chalicelib.payments.replies import (
     Reply,
     accepted_reply,
     busy_response,
@@ -43,6 +35,8 @@ from chalicelib.services.answers import (
     raw_echo,
     reply_for,
 )
+from chalicelib.payments.schemas import OrderRequest
+from chalicelib.ports import Clock, Waker
 
 # Two requests for the same new order may race; the loser re-reads and joins. Bounded, not a loop.
 _MAX_START_RACES = 3
@@ -78,7 +72,7 @@ def request_payment(
         if head is not None:
             previous = deps.payments.get_dispatch(head.request_id)
             if previous is None:
-                raise RuntimeError(f"order head {order_id} points at a missing dispatch")
+                raise DispatchMissingError(f"order head {order_id} points at a missing dispatch")
             joined = _existing_attempt(deps, head, previous, payload_hash, respond_async)
             if joined is not None:
                 return joined
@@ -87,7 +81,7 @@ def request_payment(
             raise ApiError(502, "terminal.offline", "The terminal is not connected")
         try:
             dispatch, head = _start_attempt(deps, terminal, request, raw, payload_hash, head, respond_async)
-        except _TerminalBusy:
+        except TerminalBusyError:
             # The claim may be this very order's, taken a moment ago by a duplicate whose attempt is
             # not written yet: wait for that attempt and join it rather than answer busy.
             holder = deps.terminals.get(terminal.terminal_id)
@@ -102,10 +96,6 @@ def request_payment(
             return accepted_reply(order_id)
         return reply_for(head, wait_for_final(deps, dispatch.request_id))
     raise ApiError(409, "order.contended", "The order is being started by another request; retry")
-
-
-def order_key(merchant_id: str, order_id: str) -> str:
-    return f"{merchant_id}#{order_id}"
 
 
 def _usable_terminal(deps: PaymentDeps, merchant_id: str, terminal_id: str) -> Terminal:
@@ -147,10 +137,6 @@ def _existing_attempt(
     return None
 
 
-class _TerminalBusy(Exception):
-    pass
-
-
 def _start_attempt(
     deps: PaymentDeps,
     terminal: Terminal,
@@ -162,7 +148,7 @@ def _start_attempt(
 ) -> tuple[Dispatch, OrderHead]:
     now = deps.clock.now_ms()
     settings = deps.settings
-    request_id = env.new_request_id()
+    request_id = protocol.new_request_id()
     deadline = now + (settings.async_payment_deadline_ms if respond_async else settings.payment_deadline_ms)
     terminal_id = request.terminal_id
     if not deps.terminals.claim(
@@ -170,7 +156,7 @@ def _start_attempt(
     ):
         count("PaymentsBusy", reason="claimed")
         log_event("terminal busy", order_id=request.order.order_id, terminal_id=terminal_id)
-        raise _TerminalBusy()
+        raise TerminalBusyError()
     attempt = (previous_head.attempt + 1) if previous_head else 1
     head = OrderHead(
         merchant_id=terminal.merchant_id,
@@ -213,7 +199,7 @@ def _start_attempt(
         "currency": request.order.price.currency,
         "force_authorization": request.pos_technical_info.terminal_transaction_display.force_authorization,
         "description": request.order.description,
-        "expires_at": env.timestamp_from_ms(deadline),
+        "expires_at": protocol.timestamp_from_ms(deadline),
     }
     _send(deps, dispatch, "payment_request", body, terminal)
     return dispatch, head
@@ -224,7 +210,8 @@ def _send(deps: PaymentDeps, dispatch: Dispatch, kind: str, body: dict[str, Any]
     passphrase = terminal.passphrase or ""
     try:
         deps.channel.publish(
-            dispatch.terminal_id, env.make_envelope(kind, dispatch.request_id, dispatch.terminal_id, body, passphrase)
+            dispatch.terminal_id,
+            protocol.make_envelope(kind, dispatch.request_id, dispatch.terminal_id, body, passphrase),
         )
     except ChannelError as exc:
         count("TerminalUnreachable", reason="publish_failed")
@@ -260,7 +247,7 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
     while True:
         dispatch = deps.payments.get_dispatch(request_id)
         if dispatch is None:
-            raise RuntimeError(f"dispatch {request_id} vanished")
+            raise DispatchMissingError(f"dispatch {request_id} vanished")
         if dispatch.state in FINAL:
             # Whoever wrote the final state (event handler, timeout, cancel) released the claim.
             return dispatch
@@ -308,7 +295,9 @@ def _send_cancel(deps: PaymentDeps, dispatch: Dispatch) -> bool:
     try:
         deps.channel.publish(
             dispatch.terminal_id,
-            env.make_envelope("cancel_request", env.new_request_id(), dispatch.terminal_id, body, terminal.passphrase),
+            protocol.make_envelope(
+                "cancel_request", protocol.new_request_id(), dispatch.terminal_id, body, terminal.passphrase
+            ),
         )
     except ChannelError as exc:
         log_event("cancel publish failed", level="warning", request_id=dispatch.request_id, error=str(exc))
@@ -367,11 +356,11 @@ def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> dict[str
         "state": state.value,
         "reason": overdue.value if overdue else dispatch.reason,
         "late_result": dispatch.late,
-        "created_at": env.timestamp_from_ms(dispatch.created_at_ms),
+        "created_at": protocol.timestamp_from_ms(dispatch.created_at_ms),
         "acknowledged_at": _ts(dispatch.acked_at_ms),
         "finished_at": _ts(dispatch.finished_at_ms),
-        "ack_deadline": env.timestamp_from_ms(dispatch.ack_deadline_ms),
-        "deadline": env.timestamp_from_ms(dispatch.deadline_ms),
+        "ack_deadline": protocol.timestamp_from_ms(dispatch.ack_deadline_ms),
+        "deadline": protocol.timestamp_from_ms(dispatch.deadline_ms),
         "payment": None,
     }
     if state in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED):
@@ -380,4 +369,4 @@ def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> dict[str
 
 
 def _ts(epoch_ms: int | None) -> str | None:
-    return env.timestamp_from_ms(epoch_ms) if epoch_ms is not None else None
+    return protocol.timestamp_from_ms(epoch_ms) if epoch_ms is not None else None

@@ -6,10 +6,7 @@ import threading
 
 from chalicelib.adapters.aws import client
 from chalicelib.config import Settings
-
-
-class IpnSecretMissing(RuntimeError):
-    """Neither IPN_SECRET nor IPN_SECRET_PARAMETER is set: every IPN would be refused."""
+from chalicelib.exceptions import ConfigurationError
 
 
 class IpnSecret:
@@ -28,9 +25,9 @@ class IpnSecret:
     def _fetch(self) -> str:
         name = self._settings.ipn_secret_parameter
         if not name:
-            raise IpnSecretMissing("set IPN_SECRET or IPN_SECRET_PARAMETER")
+            raise ConfigurationError("set IPN_SECRET or IPN_SECRET_PARAMETER")
         found = client("ssm").get_parameter(Name=name, WithDecryption=True)
         value = str(found["Parameter"]["Value"])
         if not value:
-            raise IpnSecretMissing(f"SSM parameter {name} is empty")
+            raise ConfigurationError(f"SSM parameter {name} is empty")
         return value

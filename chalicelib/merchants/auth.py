@@ -15,17 +15,13 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
 from chalicelib.errors import unauthorized
+from chalicelib.merchants.ports import LoginReader
 
 # scrypt cost: ~30-60 ms per check on a Lambda core, which is why verified credentials are cached.
 _N, _R, _P = 2**14, 8, 1
 _DUMMY_HASH: str | None = None
-
-
-class LoginRepository(Protocol):
-    def get_login(self, login: str) -> dict[str, Any] | None: ...
 
 
 def hash_password(password: str, salt: bytes | None = None) -> str:
@@ -70,7 +66,7 @@ class Authenticator:
     so the slow hash runs once per credential per warm process instead of on every request.
     """
 
-    def __init__(self, logins: LoginRepository, ttl_s: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, logins: LoginReader, ttl_s: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._logins = logins
         self._ttl_s = ttl_s
         self._clock = clock

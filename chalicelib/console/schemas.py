@@ -15,10 +15,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
-from chalicelib.domain import is_masked_pan
-from chalicelib.envelope import EnvelopeError, parse_timestamp_ms, timestamp_from_ms
-from chalicelib.errors import validation_error
-from chalicelib.models import MAX_AMOUNT, first_error
+from chalicelib.cards import is_masked_pan
+from chalicelib.errors import first_error, validation_error
+from chalicelib.exceptions import EnvelopeError
+from chalicelib.money import MAX_AMOUNT
+from chalicelib.protocol import parse_timestamp_ms, timestamp_from_ms
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -123,69 +124,3 @@ class TransactionView(BaseModel):
 class TransactionPage(BaseModel):
     transactions: list[TransactionView]
     next_cursor: str | None = Field(default=None, description="opaque; pass as cursor for the next page")
-
-
-def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "description": description, "schema": schema}
-
-
-def _json(name: str, description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}},
-    }
-
-
-_ERROR_400 = _json("ErrorBody", "invalid parameter")
-_ERROR_401 = _json("ErrorBody", "credentials missing or wrong")
-
-OPENAPI_PATHS: dict[str, Any] = {
-    "/v1/transactions": {
-        "get": {
-            "summary": "The merchant's Console transactions, newest first",
-            "parameters": [
-                _query("from", "RFC 3339, inclusive", {"type": "string", "format": "date-time"}),
-                _query("to", "RFC 3339, exclusive", {"type": "string", "format": "date-time"}),
-                _query("status", "status code (118) or label (Captured)", {"type": "string"}),
-                _query("terminal_id", "terminal id", {"type": "string"}),
-                _query("order_id", "order id", {"type": "string"}),
-                _query("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}),
-                _query("cursor", "next_cursor of the previous page", {"type": "string"}),
-            ],
-            "responses": {"200": _json("TransactionPage", "one page"), "400": _ERROR_400, "401": _ERROR_401},
-        }
-    },
-    "/v1/transactions/{transaction_reference}": {
-        "get": {
-            "summary": "One Console transaction",
-            "parameters": [
-                {"name": "transaction_reference", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "responses": {
-                "200": _json("TransactionView", "the transaction"),
-                "401": _ERROR_401,
-                "404": _json("ErrorBody", "no such transaction for this merchant"),
-            },
-        }
-    },
-    "/v1/ipn/nepting": {
-        "post": {
-            "summary": "IPN from the Nepting payment gateway (HMAC-signed, no Basic auth)",
-            "security": [],
-            "parameters": [
-                {"name": "X-Nepting-Timestamp", "in": "header", "required": True, "schema": {"type": "string"}},
-                {"name": "X-Nepting-Signature", "in": "header", "required": True, "schema": {"type": "string"}},
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IpnBody"}}},
-            },
-            "responses": {
-                "200": _json("IpnAccepted", "stored (or already stored)"),
-                "400": _json("ErrorBody", "malformed or invalid body"),
-                "401": _json("ErrorBody", "signature wrong or timestamp more than 5 minutes away"),
-                "422": _json("ErrorBody", "unknown merchant"),
-            },
-        }
-    },
-}

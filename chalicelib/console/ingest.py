@@ -1,7 +1,7 @@
 """The Console transaction's life: record the order's details (step 2'), merge the IPN, and put
 every new status in the merchant-notification outbox.
 
-Merging is read, apply (pure, see ``chalicelib.transactions``), conditional write on ``version``;
+Merging is read, apply (pure, see ``chalicelib.console.domain``), conditional write on ``version``;
 a lost race re-reads. A notification is announced without a dual-write gap: the write that creates
 or changes a status also marks it pending, the queue message follows, then the mark "enqueued";
 anything that crashes in between is redelivered and the redelivered merge sends what is still pending.
@@ -10,48 +10,23 @@ anything that crashes in between is redelivered and the redelivered merge sends 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
-from chalicelib import envelope as env
-from chalicelib import jsonutil
+from chalicelib import jsonutil, protocol
+from chalicelib.console.domain import IpnFacts, OrderDetails, Transaction, apply_details, apply_ipn, details_from_head
+from chalicelib.console.ports import IpnInbox, OrderDetailsRepository, TransactionRepository
+from chalicelib.console.schemas import IpnBody
+from chalicelib.exceptions import ConditionFailed, IpnMissingError, TransactionMissingError
 from chalicelib.observability import count, log_event
-from chalicelib.ports import Clock, ConditionFailed
-from chalicelib.transaction_models import IpnBody
-from chalicelib.transactions import IpnFacts, OrderDetails, Transaction, apply_details, apply_ipn
+from chalicelib.ports import Clock, MessageQueue
 
 # Conditional writes racing on one transaction: a handful of re-reads settle it, else the
 # message is retried by its queue or stream.
 _MAX_RACES = 5
 
 
-class TransactionRepository(Protocol):
-    def get(self, reference: str) -> Transaction | None: ...
-
-    def put(self, tx: Transaction, expected_version: int) -> None: ...
-
-    def mark_enqueued(self, reference: str, status_code: int) -> None: ...
-
-    def list_for_order(self, merchant_id: str, order_id: str) -> list[Transaction]: ...
-
-
-class OrderDetailsRepository(Protocol):
-    def get(self, merchant_id: str, order_id: str) -> OrderDetails | None: ...
-
-    def put_if_newer(self, details: OrderDetails) -> bool: ...
-
-
-class IpnInbox(Protocol):
-    def get(self, reference: str) -> dict[str, Any] | None: ...
-
-    def mark_merged(self, reference: str, merged_at_ms: int) -> None: ...
-
-
-class MessageQueue(Protocol):
-    def send(self, body: dict[str, Any], delay_s: int = 0) -> None: ...
-
-
 @dataclass
-class LedgerDeps:
+class IngestDeps:
     transactions: TransactionRepository
     order_details: OrderDetailsRepository
     inbox: IpnInbox
@@ -59,11 +34,7 @@ class LedgerDeps:
     clock: Clock
 
 
-class IpnMissing(LookupError):
-    """A queued reference has no stored IPN: the route stores before it enqueues, so this is a bug."""
-
-
-def record_order_details(deps: LedgerDeps, details: OrderDetails) -> list[str]:
+def record_order_details(deps: IngestDeps, details: OrderDetails) -> list[str]:
     """Keep the order's details (newest attempt wins) and merge them into the order's transactions.
 
     Returns the references merged. A redelivered record stores nothing new but still merges the
@@ -86,11 +57,18 @@ def record_order_details(deps: LedgerDeps, details: OrderDetails) -> list[str]:
     return merged
 
 
-def ingest_ipn(deps: LedgerDeps, reference: str) -> Transaction:
+def order_head_changed(deps: IngestDeps, image: dict[str, Any] | None) -> None:
+    """Step 2': a new attempt's order head (``pk`` = ``ORDER#…``) carries the order's details;
+    the payments table's other items (the correlation records) are not the Console's business."""
+    if image is not None and str(image.get("pk", "")).startswith("ORDER#"):
+        record_order_details(deps, details_from_head(image))
+
+
+def ingest_ipn(deps: IngestDeps, reference: str) -> Transaction:
     """Create or update the transaction of a stored IPN, with the order's details when known."""
     stored = deps.inbox.get(reference)
     if stored is None:
-        raise IpnMissing(f"no stored IPN for {reference}")
+        raise IpnMissingError(f"no stored IPN for {reference}")
     ipn = ipn_facts(IpnBody.model_validate(jsonutil.loads(stored["body_json"])))
     details = deps.order_details.get(ipn.merchant_id, ipn.order_id)
     tx = merge(deps, reference, ipn=ipn, details=details)
@@ -124,14 +102,14 @@ def ipn_facts(body: IpnBody) -> IpnFacts:
 
 
 def merge(
-    deps: LedgerDeps, reference: str, ipn: IpnFacts | None = None, details: OrderDetails | None = None
+    deps: IngestDeps, reference: str, ipn: IpnFacts | None = None, details: OrderDetails | None = None
 ) -> Transaction:
     """Apply the IPN and/or the details to the stored transaction; a repeat writes nothing."""
     for _ in range(_MAX_RACES):
         current = deps.transactions.get(reference)
         if current is None and ipn is None:
-            raise LookupError(f"transaction {reference} does not exist yet")
-        now = env.timestamp_from_ms(deps.clock.now_ms())
+            raise TransactionMissingError(f"transaction {reference} does not exist yet")
+        now = protocol.timestamp_from_ms(deps.clock.now_ms())
         updated = apply_ipn(current, ipn, now) if ipn is not None else current
         assert updated is not None
         if details is not None:
@@ -161,7 +139,7 @@ def merge(
     raise ConditionFailed(f"transaction {reference} kept changing; retry later")
 
 
-def flush_notification(deps: LedgerDeps, tx: Transaction) -> bool:
+def flush_notification(deps: IngestDeps, tx: Transaction) -> bool:
     """Queue the transaction's pending notification unless it is queued or acknowledged already."""
     status = tx.notify_pending_status
     if status is None or tx.notify_enqueued or status in tx.notified_statuses:

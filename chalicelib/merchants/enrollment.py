@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any, Protocol
 
-from chalicelib.domain import Terminal
-from chalicelib.envelope import terminal_id_for
-from chalicelib.services.auth import hash_password
+from chalicelib.exceptions import EnrollmentError
+from chalicelib.merchants.auth import hash_password
+from chalicelib.merchants.ports import MerchantRepository
+from chalicelib.payments.ports import Terminal, TerminalRepository
+from chalicelib.protocol import terminal_id_for
 
 _MANUFACTURER = re.compile(r"^[A-Za-z0-9]{1,32}$")
 _SERIAL = re.compile(r"^[A-Za-z0-9]{1,64}$")
@@ -21,31 +22,13 @@ _MERCHANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIN_PASSWORD_LENGTH = 12
 
 
-class EnrollmentError(ValueError):
-    pass
-
-
-class TerminalStore(Protocol):
-    def create(self, terminal: Terminal) -> None: ...
-
-    def set_passphrase(self, terminal_id: str, merchant_id: str, passphrase: str | None) -> None: ...
-
-
-class MerchantStore(Protocol):
-    def put_merchant(self, merchant_id: str, notify_url: str | None, notify_passphrase: str) -> None: ...
-
-    def put_login(self, login: str, merchant_id: str, password_hash: str) -> None: ...
-
-    def get_merchant(self, merchant_id: str) -> dict[str, Any] | None: ...
-
-
 def new_passphrase() -> str:
     return secrets.token_urlsafe(32)
 
 
 def enroll_terminal(
-    terminals: TerminalStore,
-    merchants: MerchantStore,
+    terminals: TerminalRepository,
+    merchants: MerchantRepository,
     merchant_id: str,
     manufacturer: str,
     serial_number: str,
@@ -63,14 +46,14 @@ def enroll_terminal(
     return terminal_id, secret
 
 
-def rotate_passphrase(terminals: TerminalStore, merchant_id: str, terminal_id: str) -> str:
+def rotate_passphrase(terminals: TerminalRepository, merchant_id: str, terminal_id: str) -> str:
     passphrase = new_passphrase()
     terminals.set_passphrase(terminal_id, merchant_id, passphrase)
     return passphrase
 
 
 def create_merchant(
-    merchants: MerchantStore,
+    merchants: MerchantRepository,
     merchant_id: str,
     login: str,
     password: str,

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chalicelib import jsonutil
-from chalicelib.domain import Dispatch, DispatchState, OrderHead, Reason
 from chalicelib.errors import ApiError
+from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, Reason
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.ports import TerminalRepository
+from chalicelib.payments.ports import TerminalRepository
 
 
 def list_terminals(repository: TerminalRepository, merchant_id: str, now_ms: int) -> list[dict[str, Any]]:

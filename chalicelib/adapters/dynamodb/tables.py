@@ -37,16 +37,6 @@ TABLES: dict[str, dict[str, Any]] = {
 }
 
 
-def register_table(
-    setting: str,
-    key: str,
-    indexes: list[tuple[str, str, str]] | None = None,
-    stream: bool = False,
-    ttl: str | None = None,
-) -> None:
-    TABLES[setting] = {"key": key, "indexes": indexes or [], "stream": stream, "ttl": ttl}
-
-
 def create_tables(settings: Settings) -> list[str]:
     """Create every table that does not exist yet; returns the names created."""
     dynamodb = client("dynamodb")

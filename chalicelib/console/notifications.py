@@ -5,58 +5,37 @@ transaction at send time (so details that arrived after the IPN are included). A
 the message back on the queue with a growing delay; after ``notify_give_up_after_s`` since the first
 try it goes to the dead-letter queue with its reason. Once a 2xx came back the (reference, status)
 is recorded on the transaction and never sent again.
-
-    >>> format_major(899), format_major(5)
-    ('8.99', '0.05')
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlencode
 
-from chalicelib import envelope as env
-from chalicelib import jsonutil
+from chalicelib import jsonutil, protocol
 from chalicelib.config import Settings
+from chalicelib.console.domain import STATUS_LABELS, Transaction
+from chalicelib.console.ports import FormPoster, TransactionRepository
+from chalicelib.exceptions import ConditionFailed
+from chalicelib.merchants.ports import MerchantReader
+from chalicelib.money import format_major
 from chalicelib.observability import count, log_event
-from chalicelib.ports import Clock, ConditionFailed
-from chalicelib.services.ipn import MerchantReader
-from chalicelib.services.transactions import MessageQueue
-from chalicelib.transactions import STATUS_LABELS, Transaction
+from chalicelib.ports import Clock, MessageQueue
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 
 
-class TransactionReader(Protocol):
-    def get(self, reference: str) -> Transaction | None: ...
-
-    def record_delivery(self, reference: str, status_code: int) -> None: ...
-
-
-class FormPoster(Protocol):
-    def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
-        """The HTTP status of the answer; 0 when none came."""
-        ...
-
-
 @dataclass
 class NotifierDeps:
-    transactions: TransactionReader
+    transactions: TransactionRepository
     merchants: MerchantReader
     queue: MessageQueue
     dead_letters: MessageQueue
     poster: FormPoster
     clock: Clock
     settings: Settings
-
-
-def format_major(amount_minor: int) -> str:
-    """Integer cents -> major units with 2 decimals, by integer arithmetic only."""
-    sign = "-" if amount_minor < 0 else ""
-    whole, cents = divmod(abs(amount_minor), 100)
-    return f"{sign}{whole}.{cents:02d}"
 
 
 def _state(status_code: int, ipn_status: str | None) -> str:
@@ -156,7 +135,7 @@ def _park(deps: NotifierDeps, message: dict[str, Any], first_try_ms: int, reason
         **message,
         "first_try_ms": first_try_ms,
         "parked_reason": reason,
-        "parked_at": env.timestamp_from_ms(deps.clock.now_ms()),
+        "parked_at": protocol.timestamp_from_ms(deps.clock.now_ms()),
     }
     deps.dead_letters.send(parked)
     count("NotificationsParked")

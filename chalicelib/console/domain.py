@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chalicelib import jsonutil
+from chalicelib.keys import order_key
 
 AMOUNT_MISMATCH = "amount_mismatch"
 
@@ -43,8 +44,17 @@ def status_code_from_filter(value: str) -> int | None:
     return _STATUS_BY_LABEL.get(text.lower())
 
 
-def merchant_order(merchant_id: str, order_id: str) -> str:
-    return f"{merchant_id}#{order_id}"
+@dataclass(frozen=True)
+class TransactionQuery:
+    """A Console listing: one merchant's transactions, optionally of one order, between two
+    ``created_at`` bounds (both inclusive), with equality filters."""
+
+    merchant_id: str
+    order_id: str | None = None
+    created_from: str | None = None
+    created_to: str | None = None
+    status_code: int | None = None
+    terminal_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,7 @@ class OrderDetails:
 
     @property
     def merchant_order(self) -> str:
-        return merchant_order(self.merchant_id, self.order_id)
+        return order_key(self.merchant_id, self.order_id)
 
 
 def details_from_head(image: dict[str, Any]) -> OrderDetails:
@@ -158,7 +168,7 @@ class Transaction:
 
     @property
     def merchant_order(self) -> str:
-        return merchant_order(self.merchant_id, self.order_id)
+        return order_key(self.merchant_id, self.order_id)
 
     @property
     def custom_data(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """IPN reception (CONTRACT §3): verify, validate, store durably, queue for the merge, answer 200.
 
 Every refusal is the contract's error format, counted as ``IpnRefused`` with its reason, and
-happens before anything is stored. The merge itself runs in ``ipn_ingest`` (services.transactions).
+happens before anything is stored. The merge itself runs in ``ipn_ingest`` (``console.ingest``).
 """
 
 from __future__ import annotations
@@ -10,31 +10,19 @@ import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from chalicelib import jsonutil
+from chalicelib.console.ports import IpnInbox
+from chalicelib.console.schemas import parse_ipn
 from chalicelib.errors import ApiError
+from chalicelib.merchants.ports import MerchantReader
 from chalicelib.observability import count, log_event
-from chalicelib.ports import Clock
-from chalicelib.services.transactions import MessageQueue
-from chalicelib.transaction_models import parse_ipn
-
-
-class IpnStore(Protocol):
-    def store(
-        self, reference: str, merchant_id: str, body_json: str, body_sha256: str, received_at_ms: int
-    ) -> bool: ...
-
-    def get(self, reference: str) -> dict[str, Any] | None: ...
-
-
-class MerchantReader(Protocol):
-    def get_merchant(self, merchant_id: str) -> dict[str, Any] | None: ...
+from chalicelib.ports import Clock, MessageQueue
 
 
 @dataclass
 class IpnDeps:
-    inbox: IpnStore
+    inbox: IpnInbox
     merchants: MerchantReader
     queue: MessageQueue
     secret: Callable[[], str]

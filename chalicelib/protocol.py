@@ -15,18 +15,12 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from chalicelib.exceptions import EnvelopeError
+
 ENVELOPE_VERSION = 1
 TOPIC_PREFIX = "nepting/v1/terminals"
 _TERMINAL_ID = re.compile(r"^[A-Z0-9]{1,32}-[A-Za-z0-9]{1,64}$")
 _TOPIC = re.compile(rf"^{TOPIC_PREFIX}/([^/]+)/(requests|events|status)$")
-
-
-class EnvelopeError(ValueError):
-    """The message is not an envelope of this protocol; ``reason`` is a stable metric label."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 def terminal_id_for(manufacturer: str, serial_number: str) -> str:

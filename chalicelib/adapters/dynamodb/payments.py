@@ -1,7 +1,8 @@
-"""DynamoDB repositories. Correctness lives in the conditions, never in process memory.
+"""DynamoDB repositories of the payment side: terminals and the payments table.
+
+Correctness lives in the conditions, never in process memory.
 
 Tables (see infra/ for their definitions):
-- merchants: ``pk`` = ``MERCHANT#{id}`` (settings) or ``LOGIN#{login}`` (credential hash).
 - terminals: ``terminal_id``; GSI ``by-merchant`` (merchant_id, terminal_id).
 - payments: ``pk`` = ``ORDER#{merchant}#{order_id}`` (head) or ``DISPATCH#{request_id}`` (correlation).
 """
@@ -11,17 +12,10 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from chalicelib.adapters.aws import client, from_item, to_item, to_value
-from chalicelib.domain import Dispatch, DispatchState, OrderHead, Terminal
-from chalicelib.ports import ConditionFailed
-
-_CONDITION_CODES = ("ConditionalCheckFailedException", "TransactionCanceledException")
-
-
-def _condition_failed(exc: ClientError) -> bool:
-    return exc.response.get("Error", {}).get("Code") in _CONDITION_CODES
+from chalicelib.adapters.dynamodb.conditions import conditional, holds
+from chalicelib.keys import order_key
+from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, Terminal
 
 
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -60,16 +54,12 @@ class DynamoTerminalRepository:
 
     def create(self, terminal: Terminal) -> None:
         """Enroll; ConditionFailed if the terminal id is taken (by this merchant or another)."""
-        try:
+        with conditional(f"terminal {terminal.terminal_id} is already enrolled"):
             client("dynamodb").put_item(
                 TableName=self.table,
                 Item=to_item(asdict(terminal)),
                 ConditionExpression="attribute_not_exists(terminal_id)",
             )
-        except ClientError as exc:
-            if _condition_failed(exc):
-                raise ConditionFailed(f"terminal {terminal.terminal_id} is already enrolled") from exc
-            raise
 
     def set_passphrase(self, terminal_id: str, merchant_id: str, passphrase: str | None) -> None:
         """Rotate (or remove, disabling the Cloud API service) the passphrase of the merchant's terminal."""
@@ -77,7 +67,7 @@ class DynamoTerminalRepository:
         values: dict[str, Any] = {":m": {"S": merchant_id}}
         if passphrase:
             values[":p"] = {"S": passphrase}
-        try:
+        with conditional(f"terminal {terminal_id} is not enrolled for {merchant_id}"):
             client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
@@ -85,14 +75,10 @@ class DynamoTerminalRepository:
                 ConditionExpression="merchant_id = :m",
                 ExpressionAttributeValues=values,
             )
-        except ClientError as exc:
-            if _condition_failed(exc):
-                raise ConditionFailed(f"terminal {terminal_id} is not enrolled for {merchant_id}") from exc
-            raise
 
     def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int, order_key: str = "") -> bool:
-        try:
-            client("dynamodb").update_item(
+        return holds(
+            lambda: client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
                 UpdateExpression="SET busy_request_id = :r, busy_until_ms = :u, busy_order = :o",  # not reserved
@@ -106,30 +92,22 @@ class DynamoTerminalRepository:
                     ":o": {"S": order_key},
                 },
             )
-        except ClientError as exc:
-            if _condition_failed(exc):
-                return False
-            raise
-        return True
+        )
 
     def release(self, terminal_id: str, request_id: str) -> bool:
-        try:
-            client("dynamodb").update_item(
+        return holds(
+            lambda: client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
                 UpdateExpression="REMOVE busy_request_id, busy_until_ms, busy_order",
                 ConditionExpression="busy_request_id = :r",
                 ExpressionAttributeValues={":r": {"S": request_id}},
             )
-        except ClientError as exc:
-            if _condition_failed(exc):
-                return False
-            raise
-        return True
+        )
 
     def record_status(self, terminal_id: str, online: bool, sent_at_ms: int, seen_at: str) -> bool:
-        try:
-            client("dynamodb").update_item(
+        return holds(
+            lambda: client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
                 UpdateExpression="SET #online = :o, status_at_ms = :s, last_seen_at = :seen",
@@ -143,15 +121,11 @@ class DynamoTerminalRepository:
                     ":seen": {"S": seen_at},
                 },
             )
-        except ClientError as exc:
-            if _condition_failed(exc):
-                return False
-            raise
-        return True
+        )
 
 
 def head_key(merchant_id: str, order_id: str) -> dict[str, Any]:
-    return {"pk": {"S": f"ORDER#{merchant_id}#{order_id}"}}
+    return {"pk": {"S": f"ORDER#{order_key(merchant_id, order_id)}"}}
 
 
 def dispatch_key(request_id: str) -> dict[str, Any]:
@@ -189,7 +163,7 @@ class DynamoPaymentRepository:
                 "ConditionExpression": "attempt = :prev",
                 "ExpressionAttributeValues": {":prev": {"N": str(previous_attempt)}},
             }
-        try:
+        with conditional(f"order {head.order_id} attempt {head.attempt} lost a race"):
             client("dynamodb").transact_write_items(
                 TransactItems=[
                     {"Put": {"TableName": self.table, "Item": head_item, **head_put}},
@@ -202,10 +176,6 @@ class DynamoPaymentRepository:
                     },
                 ]
             )
-        except ClientError as exc:
-            if _condition_failed(exc):
-                raise ConditionFailed(f"order {head.order_id} attempt {head.attempt} lost a race") from exc
-            raise
 
     def transition(
         self,
@@ -255,7 +225,7 @@ class DynamoPaymentRepository:
             condition += " AND #terminal_id = :terminal"
             names["#terminal_id"] = "terminal_id"
             values[":terminal"] = {"S": terminal_id}
-        try:
+        with conditional(f"dispatch {request_id} is not in {allowed}"):
             updated = client("dynamodb").update_item(
                 TableName=self.table,
                 Key=dispatch_key(request_id),
@@ -265,10 +235,6 @@ class DynamoPaymentRepository:
                 ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
             )
-        except ClientError as exc:
-            if _condition_failed(exc):
-                raise ConditionFailed(f"dispatch {request_id} is not in {allowed}") from exc
-            raise
         return _dispatch(from_item(updated["Attributes"]))
 
 
@@ -288,42 +254,3 @@ def _dispatch(values: dict[str, Any]) -> Dispatch:
     extra = {key: value for key, value in values.items() if key not in known}
     known["state"] = DispatchState(known["state"])
     return Dispatch(**known, extra=extra)
-
-
-class DynamoMerchantRepository:
-    """Merchant settings and login credentials (only a slow salted hash is stored)."""
-
-    def __init__(self, table: str) -> None:
-        self.table = table
-
-    def _get(self, pk: str) -> dict[str, Any] | None:
-        found = client("dynamodb").get_item(TableName=self.table, Key={"pk": {"S": pk}}, ConsistentRead=True)
-        item = found.get("Item")
-        return from_item(item) if item else None
-
-    def get_login(self, login: str) -> dict[str, Any] | None:
-        return self._get(f"LOGIN#{login}")
-
-    def get_merchant(self, merchant_id: str) -> dict[str, Any] | None:
-        return self._get(f"MERCHANT#{merchant_id}")
-
-    def put_merchant(self, merchant_id: str, notify_url: str | None, notify_passphrase: str) -> None:
-        client("dynamodb").put_item(
-            TableName=self.table,
-            Item=to_item(
-                {
-                    "pk": f"MERCHANT#{merchant_id}",
-                    "merchant_id": merchant_id,
-                    "notify_url": notify_url,
-                    "notify_passphrase": notify_passphrase,
-                }
-            ),
-        )
-
-    def put_login(self, login: str, merchant_id: str, password_hash: str) -> None:
-        client("dynamodb").put_item(
-            TableName=self.table,
-            Item=to_item(
-                {"pk": f"LOGIN#{login}", "login": login, "merchant_id": merchant_id, "password_hash": password_hash}
-            ),
-        )

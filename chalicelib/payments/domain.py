@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from chalicelib.cards import is_masked_pan
+
 
 class DispatchState(StrEnum):
     PENDING = "pending"
@@ -117,10 +119,6 @@ class Dispatch:
     version: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def in_flight(self) -> bool:
-        return self.state in IN_FLIGHT
-
     def overdue_reason(self, now_ms: int) -> Reason | None:
         """The timeout this dispatch has passed while still in flight, if any."""
         if self.state == DispatchState.PENDING and now_ms >= self.ack_deadline_ms:
@@ -143,14 +141,3 @@ def clean_result(body: dict[str, Any]) -> dict[str, Any]:
         result.pop("masked_pan")
         result["masked_pan_refused"] = True
     return result
-
-
-def is_masked_pan(value: Any) -> bool:
-    """Digits may show only in the first 6 and the last 4 places; everything between is masked."""
-    if not isinstance(value, str) or not 12 <= len(value) <= 19:
-        return False
-    head, middle, tail = value[:6], value[6:-4], value[-4:]
-    return all(ch.isdigit() or ch in _MASK for ch in head + tail) and all(ch in _MASK for ch in middle)
-
-
-_MASK = frozenset("*Xx#")

@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from chalicelib import envelope as env
+from chalicelib import protocol
 from chalicelib.config import Settings
-from chalicelib.domain import (
+from chalicelib.exceptions import ConditionFailed, EnvelopeError, EventRefused
+from chalicelib.observability import count, log_event
+from chalicelib.payments.domain import (
     ACCEPTS_RESULT,
     IN_FLIGHT,
     LATE_RESULT_AFTER_FAILURE,
@@ -21,8 +23,8 @@ from chalicelib.domain import (
     Terminal,
     clean_result,
 )
-from chalicelib.observability import count, log_event
-from chalicelib.ports import Clock, ConditionFailed, PaymentRepository, TerminalRepository, Waker
+from chalicelib.payments.ports import PaymentRepository, TerminalRepository
+from chalicelib.ports import Clock, Waker
 
 
 @dataclass
@@ -34,31 +36,25 @@ class EventDeps:
     waker: Waker
 
 
-class Refused(Exception):
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(detail or reason)
-        self.reason = reason
-
-
 def _verified(deps: EventDeps, topic: str, payload: bytes, expected_kind: str) -> tuple[dict[str, Any], Terminal]:
     try:
-        topic_terminal, kind = env.parse_topic(topic)
-        envelope = env.decode(payload)
-    except env.EnvelopeError as exc:
-        raise Refused(exc.reason, str(exc)) from None
+        topic_terminal, kind = protocol.parse_topic(topic)
+        envelope = protocol.decode(payload)
+    except EnvelopeError as exc:
+        raise EventRefused(exc.reason, str(exc)) from None
     if kind != expected_kind:
-        raise Refused("wrong_topic", f"{kind} message on the {expected_kind} handler")
+        raise EventRefused("wrong_topic", f"{kind} message on the {expected_kind} handler")
     if envelope["terminal_id"] != topic_terminal:
-        raise Refused("terminal_mismatch", "envelope terminal_id differs from its topic's")
+        raise EventRefused("terminal_mismatch", "envelope terminal_id differs from its topic's")
     terminal = deps.terminals.get(topic_terminal)
     if terminal is None or not terminal.passphrase:
-        raise Refused("unknown_terminal", "no enrolled terminal with a passphrase")
-    if not env.verify_signature(envelope, terminal.passphrase):
-        raise Refused("bad_signature", "signature does not match the terminal's passphrase")
+        raise EventRefused("unknown_terminal", "no enrolled terminal with a passphrase")
+    if not protocol.verify_signature(envelope, terminal.passphrase):
+        raise EventRefused("bad_signature", "signature does not match the terminal's passphrase")
     return envelope, terminal
 
 
-def _refuse(exc: Refused, topic: str) -> str:
+def _refuse(exc: EventRefused, topic: str) -> str:
     count("EventsRefused", reason=exc.reason)
     log_event("terminal message refused", level="warning", reason=exc.reason, detail=str(exc), topic=topic)
     return f"refused:{exc.reason}"
@@ -68,22 +64,22 @@ def handle_event(deps: EventDeps, topic: str, payload: bytes) -> str:
     """Apply one ``ack`` or ``result``; returns a short outcome label (also logged)."""
     try:
         envelope, terminal = _verified(deps, topic, payload, "events")
-        sent_at_ms = env.parse_timestamp_ms(envelope["sent_at"])
+        sent_at_ms = protocol.parse_timestamp_ms(envelope["sent_at"])
         if abs(deps.clock.now_ms() - sent_at_ms) > deps.settings.event_freshness_ms:
-            raise Refused("stale", "sent_at is outside the freshness window")
+            raise EventRefused("stale", "sent_at is outside the freshness window")
         request_id = envelope["request_id"]
         dispatch = deps.payments.get_dispatch(request_id)
         if dispatch is None or dispatch.terminal_id != terminal.terminal_id:
-            raise Refused("unknown_request", "request_id is not a dispatch to this terminal")
+            raise EventRefused("unknown_request", "request_id is not a dispatch to this terminal")
         if envelope["type"] == "ack":
             outcome = _apply_ack(deps, request_id, terminal.terminal_id, envelope["body"])
         elif envelope["type"] == "result":
             outcome = _apply_result(deps, request_id, terminal.terminal_id, envelope["body"])
         else:
-            raise Refused("unexpected_type", f"{envelope['type']!r} is not a terminal event")
-    except env.EnvelopeError as exc:
-        return _refuse(Refused(exc.reason, str(exc)), topic)
-    except Refused as exc:
+            raise EventRefused("unexpected_type", f"{envelope['type']!r} is not a terminal event")
+    except EnvelopeError as exc:
+        return _refuse(EventRefused(exc.reason, str(exc)), topic)
+    except EventRefused as exc:
         return _refuse(exc, topic)
     log_event(
         "terminal event",
@@ -101,7 +97,7 @@ def handle_event(deps: EventDeps, topic: str, payload: bytes) -> str:
 def _apply_ack(deps: EventDeps, request_id: str, terminal_id: str, body: dict[str, Any]) -> str:
     accepted = body.get("accepted", True)
     if not isinstance(accepted, bool):
-        raise Refused("bad_body", "ack.accepted must be a boolean")
+        raise EventRefused("bad_body", "ack.accepted must be a boolean")
     now = deps.clock.now_ms()
     pending = frozenset({DispatchState.PENDING})
     try:
@@ -123,13 +119,13 @@ def _apply_ack(deps: EventDeps, request_id: str, terminal_id: str, body: dict[st
 def _apply_result(deps: EventDeps, request_id: str, terminal_id: str, body: dict[str, Any]) -> str:
     status = body.get("payment_status")
     if status not in ("Success", "Failed"):
-        raise Refused("bad_body", "result.payment_status must be Success or Failed")
+        raise EventRefused("bad_body", "result.payment_status must be Success or Failed")
     for key, kind in (("error_data", dict), ("authorized_online", bool)):
         if key in body and body[key] is not None and not isinstance(body[key], kind):
-            raise Refused("bad_body", f"result.{key} has the wrong type")
+            raise EventRefused("bad_body", f"result.{key} has the wrong type")
     for key in ("error_code", "receipt", "transaction_reference", "authorization_code", "card_brand", "masked_pan"):
         if key in body and body[key] is not None and not isinstance(body[key], str):
-            raise Refused("bad_body", f"result.{key} must be a string")
+            raise EventRefused("bad_body", f"result.{key} must be a string")
     result = clean_result(body)
     if result.pop("masked_pan_refused", False):
         count("EventsRefused", reason="unmasked_pan")
@@ -175,16 +171,16 @@ def handle_status(deps: EventDeps, topic: str, payload: bytes, received_at_ms: i
     try:
         envelope, terminal = _verified(deps, topic, payload, "status")
         if envelope["type"] != "status":
-            raise Refused("unexpected_type", f"{envelope['type']!r} on a status topic")
+            raise EventRefused("unexpected_type", f"{envelope['type']!r} on a status topic")
         state = envelope["body"].get("state")
         if state not in ("online", "offline"):
-            raise Refused("bad_body", "status.state must be online or offline")
-    except Refused as exc:
+            raise EventRefused("bad_body", "status.state must be online or offline")
+    except EventRefused as exc:
         return _refuse(exc, topic)
     online = state == "online"
     # Ordered by arrival, not sent_at: a last will is signed when the terminal connects.
     recorded = deps.terminals.record_status(
-        terminal.terminal_id, online, received_at_ms, env.timestamp_from_ms(received_at_ms)
+        terminal.terminal_id, online, received_at_ms, protocol.timestamp_from_ms(received_at_ms)
     )
     if not recorded:
         count("EventsIgnored", reason="older_status")

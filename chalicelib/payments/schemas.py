@@ -32,13 +32,12 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from chalicelib import jsonutil
-from chalicelib.envelope import canonical_json, terminal_id_for
-from chalicelib.errors import ApiError, validation_error
+from chalicelib.errors import first_error, validation_error
+from chalicelib.money import CENT, MAX_AMOUNT
+from chalicelib.protocol import canonical_json, terminal_id_for
 
-MAX_AMOUNT = 99_999_999
 MAX_BASKET_LINES = 200
 MAX_CUSTOM_DATA_BYTES = 8 * 1024
-CENT = Decimal("0.01")
 _NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f-\x9f]+$")
 _EMAIL = re.compile(
     r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
@@ -222,18 +221,6 @@ def _decimals_as_text(value: Any) -> Any:
 _PATH_SUFFIX = {"basket_line_total": "total_amount", "basket_total": "basket"}
 
 
-def first_error(exc: ValidationError) -> ApiError:
-    """The contract's 400 for a failed validation: the first error, with its field's dotted path."""
-    first = exc.errors(include_url=False)[0]
-    loc = [str(part) for part in first["loc"]]
-    suffix = _PATH_SUFFIX.get(first["type"])
-    if suffix:
-        loc.append(suffix)
-    path = ".".join(loc) or None
-    message = first["msg"] if not path else f"{path}: {first['msg']}"
-    return validation_error(first["type"], message, path)
-
-
 def parse_order_request(body: Any) -> OrderRequest:
     """Validate a parsed body; raise the contract's 400 with the first bad field's dotted path."""
     if not isinstance(body, dict):
@@ -241,4 +228,4 @@ def parse_order_request(body: Any) -> OrderRequest:
     try:
         return OrderRequest.model_validate(body)
     except ValidationError as exc:
-        raise first_error(exc) from None
+        raise first_error(exc, _PATH_SUFFIX) from None

@@ -12,12 +12,14 @@ from __future__ import annotations
 from dataclasses import asdict, fields
 from typing import Any
 
-from botocore.exceptions import ClientError
-
 from chalicelib.adapters.aws import client, from_item, to_item
-from chalicelib.adapters.dynamo import _condition_failed as _is_condition_failure
-from chalicelib.ports import ConditionFailed
-from chalicelib.transactions import OrderDetails, Transaction, merchant_order
+from chalicelib.adapters.dynamodb.conditions import conditional, holds
+from chalicelib.console.domain import OrderDetails, Transaction, TransactionQuery
+from chalicelib.console.ports import Position
+from chalicelib.keys import order_key
+
+BY_CREATED = "by-merchant-created"
+BY_ORDER = "by-merchant-order"
 
 _TX_FIELDS = {f.name for f in fields(Transaction)}
 _DETAILS_FIELDS = {f.name for f in fields(OrderDetails)}
@@ -51,9 +53,8 @@ class DynamoTransactionRepository:
                 "ConditionExpression": "version = :v",
                 "ExpressionAttributeValues": {":v": {"N": str(expected_version)}},
             }
-        self._write(
-            tx.transaction_reference, lambda: client("dynamodb").put_item(TableName=self.table, Item=item, **condition)
-        )
+        with conditional(f"transaction {tx.transaction_reference} changed meanwhile"):
+            client("dynamodb").put_item(TableName=self.table, Item=item, **condition)
 
     def mark_enqueued(self, reference: str, status_code: int) -> None:
         """The pending notification of ``status_code`` is in the queue; ConditionFailed if it moved on."""
@@ -76,77 +77,79 @@ class DynamoTransactionRepository:
 
     def _update(self, reference: str, update: str, condition: str, values: dict[str, Any]) -> None:
         values = {**values, ":one": {"N": "1"}}
-        self._write(
-            reference,
-            lambda: client("dynamodb").update_item(
+        with conditional(f"transaction {reference} changed meanwhile"):
+            client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"transaction_reference": {"S": reference}},
                 UpdateExpression=update,
                 ConditionExpression=condition,
                 ExpressionAttributeValues=values,
-            ),
-        )
-
-    @staticmethod
-    def _write(reference: str, call: Any) -> None:
-        try:
-            call()
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                raise ConditionFailed(f"transaction {reference} changed meanwhile") from exc
-            raise
+            )
 
     def list_for_order(self, merchant_id: str, order_id: str) -> list[Transaction]:
+        query = TransactionQuery(merchant_id=merchant_id, order_id=order_id)
         found: list[Transaction] = []
-        start: dict[str, Any] | None = None
+        after: Position | None = None
         while True:
-            items, start = self.query(
-                "by-merchant-order", "merchant_order", merchant_order(merchant_id, order_id), None, None, {}, 100, start
-            )
+            items, after = self.page(query, 100, after)
             found.extend(items)
-            if start is None:
+            if after is None:
                 return found
 
-    def query(
-        self,
-        index: str,
-        partition: str,
-        value: str,
-        created_from: str | None,
-        created_to: str | None,
-        equals: dict[str, str | int],
-        limit: int,
-        start_key: dict[str, Any] | None,
-    ) -> tuple[list[Transaction], dict[str, Any] | None]:
-        """One Query page of an index, newest first; ``equals`` become a filter expression."""
+    def page(
+        self, query: TransactionQuery, limit: int, after: Position | None
+    ) -> tuple[list[Transaction], Position | None]:
+        """One Query page, newest first; never a Scan. The partition is always the query's own
+        merchant (or merchant and order), so a position can never page into another merchant's data."""
+        if query.order_id is not None:
+            index, partition, value = BY_ORDER, "merchant_order", order_key(query.merchant_id, query.order_id)
+        else:
+            index, partition, value = BY_CREATED, "merchant_id", query.merchant_id
         values: dict[str, Any] = {":p": {"S": value}}
         key_condition = f"{partition} = :p"
-        if created_from is not None or created_to is not None:
-            values[":from"] = {"S": created_from or ""}
+        if query.created_from is not None or query.created_to is not None:
+            # DynamoDB refuses an empty string in a key condition; "0" sorts before every RFC 3339 year.
+            values[":from"] = {"S": query.created_from or "0"}
             # "~" sorts after every digit: an open upper bound for RFC 3339 strings.
-            values[":to"] = {"S": created_to or "~"}
+            values[":to"] = {"S": query.created_to or "~"}
             key_condition += " AND created_at BETWEEN :from AND :to"
+        equals: dict[str, str | int] = {}
+        if query.status_code is not None:
+            equals["status_code"] = query.status_code
+        if query.terminal_id is not None:
+            equals["terminal_id"] = query.terminal_id
         names: dict[str, str] = {}
         filters = []
-        for index_no, (attribute, wanted) in enumerate(sorted(equals.items())):
-            names[f"#f{index_no}"] = attribute
-            values[f":f{index_no}"] = {"N": str(wanted)} if isinstance(wanted, int) else {"S": wanted}
-            filters.append(f"#f{index_no} = :f{index_no}")
+        for number, (attribute, wanted) in enumerate(sorted(equals.items())):
+            names[f"#f{number}"] = attribute
+            values[f":f{number}"] = {"N": str(wanted)} if isinstance(wanted, int) else {"S": wanted}
+            filters.append(f"#f{number} = :f{number}")
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "IndexName": index,
             "KeyConditionExpression": key_condition,
             "ExpressionAttributeValues": values,
             "ScanIndexForward": False,
+            # Filters apply after DynamoDB's Limit: a page may come back short and still continue.
             "Limit": limit,
         }
         if filters:
             kwargs["FilterExpression"] = " AND ".join(filters)
             kwargs["ExpressionAttributeNames"] = names
-        if start_key:
-            kwargs["ExclusiveStartKey"] = start_key
+        if after is not None:
+            kwargs["ExclusiveStartKey"] = {
+                partition: {"S": value},
+                "created_at": {"S": after["created_at"]},
+                "transaction_reference": {"S": after["transaction_reference"]},
+            }
         page = client("dynamodb").query(**kwargs)
-        return [transaction_from_item(from_item(item)) for item in page["Items"]], page.get("LastEvaluatedKey")
+        last = page.get("LastEvaluatedKey")
+        position = (
+            {"created_at": last["created_at"]["S"], "transaction_reference": last["transaction_reference"]["S"]}
+            if last
+            else None
+        )
+        return [transaction_from_item(from_item(item)) for item in page["Items"]], position
 
 
 class DynamoOrderDetailsRepository:
@@ -156,7 +159,7 @@ class DynamoOrderDetailsRepository:
     def get(self, merchant_id: str, order_id: str) -> OrderDetails | None:
         found = client("dynamodb").get_item(
             TableName=self.table,
-            Key={"merchant_order": {"S": merchant_order(merchant_id, order_id)}},
+            Key={"merchant_order": {"S": order_key(merchant_id, order_id)}},
             ConsistentRead=True,
         )
         item = found.get("Item")
@@ -169,18 +172,14 @@ class DynamoOrderDetailsRepository:
 
     def put_if_newer(self, details: OrderDetails) -> bool:
         """Store the details unless those of this attempt or a newer one are already there."""
-        try:
-            client("dynamodb").put_item(
+        return holds(
+            lambda: client("dynamodb").put_item(
                 TableName=self.table,
                 Item=to_item({**asdict(details), "merchant_order": details.merchant_order}),
                 ConditionExpression="attribute_not_exists(merchant_order) OR attempt < :a",
                 ExpressionAttributeValues={":a": {"N": str(details.attempt)}},
             )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
+        )
 
 
 class DynamoIpnInbox:
@@ -191,25 +190,20 @@ class DynamoIpnInbox:
 
     def store(self, reference: str, merchant_id: str, body_json: str, body_sha256: str, received_at_ms: int) -> bool:
         """False when this transaction_reference was already received."""
-        try:
-            client("dynamodb").put_item(
+        item = {
+            "transaction_reference": reference,
+            "merchant_id": merchant_id,
+            "body_json": body_json,
+            "body_sha256": body_sha256,
+            "received_at_ms": received_at_ms,
+        }
+        return holds(
+            lambda: client("dynamodb").put_item(
                 TableName=self.table,
-                Item=to_item(
-                    {
-                        "transaction_reference": reference,
-                        "merchant_id": merchant_id,
-                        "body_json": body_json,
-                        "body_sha256": body_sha256,
-                        "received_at_ms": received_at_ms,
-                    }
-                ),
+                Item=to_item(item),
                 ConditionExpression="attribute_not_exists(transaction_reference)",
             )
-        except ClientError as exc:
-            if _is_condition_failure(exc):
-                return False
-            raise
-        return True
+        )
 
     def get(self, reference: str) -> dict[str, Any] | None:
         found = client("dynamodb").get_item(
