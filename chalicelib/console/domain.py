@@ -239,7 +239,7 @@ def _with_flags(tx: Transaction) -> Transaction:
 
 
 def console_view(tx: Transaction) -> dict[str, Any]:
-    """The Console's JSON shape of a transaction (see ``transaction_models.TransactionView``)."""
+    """The Console's JSON shape of a transaction (see ``console.schemas.TransactionView``)."""
     return {
         "reference": tx.transaction_reference,
         "merchant_id": tx.merchant_id,
