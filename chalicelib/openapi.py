@@ -61,6 +61,30 @@ class OrderStatus(BaseModel):
     payment: PaymentResponse | None = None
 
 
+class OrderSummary(BaseModel):
+    order_id: str
+    attempt: int
+    terminal_id: str
+    transaction_type: str
+    amount: int = Field(description="minor units")
+    currency: str
+    state: str = Field(description="pending, acknowledged, succeeded, failed, timed_out, cancelled")
+    reason: str | None = None
+    late_result: bool
+    error_code: str | None = None
+    transaction_reference: str | None = None
+    received_at: str = Field(description="when the latest attempt was received")
+    dispatched_at: str = Field(description="when it was recorded and sent to the terminal")
+    acknowledged_at: str | None = None
+    finished_at: str | None = None
+    deadline: str
+
+
+class OrderPage(BaseModel):
+    orders: list[OrderSummary]
+    next_cursor: str | None = None
+
+
 class TerminalView(BaseModel):
     terminal_id: str
     online: bool
@@ -130,6 +154,48 @@ _PATHS: dict[str, Any] = {
             "summary": "The order's latest attempt",
             "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": _json("OrderStatus", "the latest attempt"), **_ERRORS},
+        }
+    },
+    "/v1/connector/orders": {
+        "get": {
+            "summary": "The merchant's orders, latest attempt first, each with its timeline",
+            "description": "The state filter applies after the store's page: a page may be short (even empty) "
+            "and still carry a next_cursor.",
+            "parameters": [
+                {
+                    "name": "state",
+                    "in": "query",
+                    "required": False,
+                    "description": "in_flight (pending or acknowledged), or one state",
+                    "schema": {
+                        "type": "string",
+                        "enum": [
+                            "in_flight",
+                            "pending",
+                            "acknowledged",
+                            "succeeded",
+                            "failed",
+                            "timed_out",
+                            "cancelled",
+                        ],
+                    },
+                },
+                {"name": "terminal_id", "in": "query", "required": False, "schema": {"type": "string"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "required": False,
+                    "description": "next_cursor of the previous page",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {"200": _json("OrderPage", "one page"), **_ERRORS},
         }
     },
     "/v1/terminals": {
@@ -202,7 +268,8 @@ _CONSOLE_PATHS: dict[str, Any] = {
 
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
-    models: list[type[BaseModel]] = [OrderRequest, PaymentResponse, ErrorBody, OrderStatus, TerminalList, Health]
+    models: list[type[BaseModel]] = [OrderRequest, PaymentResponse, ErrorBody, OrderStatus, OrderPage]
+    models += [TerminalList, Health]
     models += [IpnBody, IpnAccepted, TransactionView, TransactionPage]
     _, schemas = models_json_schema(
         [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"

@@ -8,7 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 from chalicelib.exceptions import ChannelError, ConditionFailed
-from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, Terminal
+from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal
 
 
 class FakeClock:
@@ -73,6 +73,22 @@ class FakePayments:
         self.reads += 1
         found = self.dispatches.get(request_id)
         return copy.deepcopy(found) if found else None
+
+    def list_heads(
+        self, merchant_id: str, limit: int, after: OrderPosition | None = None, terminal_id: str | None = None
+    ) -> tuple[list[OrderHead], OrderPosition | None]:
+        # Like a filtered query: ``limit`` heads are read, the filter then drops some of them.
+        ordered = sorted(
+            (h for h in self.heads.values() if h.merchant_id == merchant_id),
+            key=lambda h: (h.updated_at_ms, h.order_id),
+            reverse=True,
+        )
+        if after is not None:
+            ordered = [h for h in ordered if (h.updated_at_ms, h.order_id) < after]
+        read = ordered[:limit]
+        more = len(ordered) > limit
+        position = (read[-1].updated_at_ms, read[-1].order_id) if more else None
+        return [replace(h) for h in read if terminal_id is None or h.terminal_id == terminal_id], position
 
     def start_attempt(self, head: OrderHead, dispatch: Dispatch, previous_attempt: int | None) -> None:
         with self.lock:

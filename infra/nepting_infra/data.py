@@ -12,6 +12,7 @@ from constructs import Construct
 from .settings import DeploymentSettings
 
 S = dynamodb.AttributeType.STRING
+N = dynamodb.AttributeType.NUMBER
 
 # DynamoDB writes its exports under this prefix; finance_export may write nothing else.
 EXPORT_PREFIX = "exports/"
@@ -50,6 +51,14 @@ class Tables(Construct):
             "pk",
             stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
             time_to_live_attribute="expires_at",
+        )
+        # The Console's orders listing: order heads per merchant, latest attempt first. Sparse:
+        # correlation records carry no updated_at_ms, so only heads are indexed.
+        self.payments.add_global_secondary_index(
+            index_name="by-merchant-updated",
+            partition_key=dynamodb.Attribute(name="merchant_id", type=S),
+            sort_key=dynamodb.Attribute(name="updated_at_ms", type=N),
+            projection_type=dynamodb.ProjectionType.ALL,
         )
         self.transactions = self._table(
             "transactions",

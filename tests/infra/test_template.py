@@ -239,7 +239,29 @@ def test_payments_stream_both_images_and_expire_by_ttl(template):
     table = props(template, table_id(template, "payments"))
     assert table["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
     assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
-    assert "GlobalSecondaryIndexes" not in table
+
+
+def test_order_heads_are_listed_per_merchant_latest_first_by_a_numeric_sort_key(template):
+    table = props(template, table_id(template, "payments"))
+    by_updated = [
+        {"AttributeName": "merchant_id", "KeyType": "HASH"},
+        {"AttributeName": "updated_at_ms", "KeyType": "RANGE"},
+    ]
+    assert _indexes(table) == {"by-merchant-updated": (by_updated, "ALL")}
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    assert types == {"pk": "S", "merchant_id": "S", "updated_at_ms": "N"}
+
+
+def test_local_tables_declare_the_same_indexes_as_infra(template):
+    from chalicelib.adapters.dynamodb.tables import TABLES
+
+    for setting, spec in TABLES.items():
+        short = setting.removesuffix("_table").replace("_", "-")
+        declared = {
+            name: ([{"AttributeName": hash_key, "KeyType": "HASH"}, {"AttributeName": sort, "KeyType": "RANGE"}], "ALL")
+            for name, hash_key, sort in spec["indexes"]
+        }
+        assert _indexes(props(template, table_id(template, short))) == declared, short
 
 
 # --- queues and event sources -----------------------------------------------------------------
