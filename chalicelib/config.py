@@ -88,11 +88,17 @@ class Settings:
     def validate(self) -> None:
         if self.terminal_channel not in ("iot", "mqtt"):
             raise ConfigurationError("TERMINAL_CHANNEL must be 'iot' or 'mqtt'")
-        if (
-            self.ack_timeout_ms <= 0
-            or min(self.payment_deadline_ms, self.async_payment_deadline_ms) < self.ack_timeout_ms
+        if self.ack_timeout_ms <= 0:
+            raise ConfigurationError(f"ACK_TIMEOUT_MS must be positive, got {self.ack_timeout_ms}")
+        for name, deadline in (
+            ("PAYMENT_DEADLINE_MS", self.payment_deadline_ms),
+            ("ASYNC_PAYMENT_DEADLINE_MS", self.async_payment_deadline_ms),
         ):
-            raise ConfigurationError("need 0 < ACK_TIMEOUT_MS <= PAYMENT_DEADLINE_MS and ASYNC_PAYMENT_DEADLINE_MS")
+            if deadline < self.ack_timeout_ms:
+                raise ConfigurationError(
+                    f"{name} is {deadline}; it must be at least ACK_TIMEOUT_MS ({self.ack_timeout_ms}), "
+                    "the time a terminal has to acknowledge"
+                )
         if not 0 < self.poll_initial_ms <= self.poll_max_ms or self.poll_growth_pct < 100:
             raise ConfigurationError("need 0 < POLL_INITIAL_MS <= POLL_MAX_MS and POLL_GROWTH_PCT >= 100")
 

@@ -43,6 +43,8 @@ _MAX_START_RACES = 3
 # A duplicate that finds the terminal claimed by its own order waits this long for the attempt record.
 _JOIN_WINDOW_MS = 2_000
 _JOIN_POLL_S = 0.01
+# A payment waiting on its terminal says so this often in the logs, so a silent terminal shows.
+_PROGRESS_EVERY_MS = 10_000
 
 
 @dataclass
@@ -244,6 +246,8 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
     settings = deps.settings
     interval = settings.poll_initial_ms
     seen_state: DispatchState | None = None
+    started = deps.clock.now_ms()
+    next_progress = started + _PROGRESS_EVERY_MS
     while True:
         dispatch = deps.payments.get_dispatch(request_id)
         if dispatch is None:
@@ -260,6 +264,17 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
             if timed_out is not None:
                 return timed_out
             continue
+        if now >= next_progress:
+            next_progress = now + _PROGRESS_EVERY_MS
+            log_event(
+                "payment waiting",
+                order_id=dispatch.order_id,
+                terminal_id=dispatch.terminal_id,
+                request_id=request_id,
+                state=dispatch.state.value,
+                waited_s=(now - started) // 1000,
+                deadline_in_s=(dispatch.deadline_ms - now) // 1000,
+            )
         next_deadline = dispatch.ack_deadline_ms if dispatch.state == DispatchState.PENDING else dispatch.deadline_ms
         deps.waker.wait(request_id, max(0.001, min(interval, next_deadline - now)) / 1000)
         interval = min(settings.poll_max_ms, interval * settings.poll_growth_pct // 100)
