@@ -16,10 +16,19 @@ from chalicelib import openapi
 from chalicelib.adapters.exports import EXPORT_PREFIX, start_table_export
 from chalicelib.bootstrap import components
 from chalicelib.console import ingest, ipn, notifications, queries
+from chalicelib.console_ui import pages
 from chalicelib.event_sources import BatchResult, new_image, sqs_batch, stream_batch
-from chalicelib.http import ANY_CONTENT, ThreadSafeChalice, api_handler, json_response, raw_body, read_json_body
+from chalicelib.http import (
+    ANY_CONTENT,
+    ThreadSafeChalice,
+    api_handler,
+    json_response,
+    note_order_id,
+    raw_body,
+    read_json_body,
+)
+from chalicelib.payments import orders, terminal_events, terminals
 from chalicelib.payments import service as payments
-from chalicelib.payments import terminal_events, terminals
 from chalicelib.payments.schemas import parse_order_request
 
 app = ThreadSafeChalice(app_name="nepting-cloud-api")
@@ -48,6 +57,7 @@ def send_order() -> Response:
     merchant_id = _merchant()
     raw = read_json_body(_request())
     request = parse_order_request(raw)
+    note_order_id(request.order.order_id)
     prefer = (_request().headers.get("prefer") or "").lower()
     reply = payments.request_payment(
         components().payment_deps(), merchant_id, request, raw, respond_async="respond-async" in prefer
@@ -62,6 +72,16 @@ def get_order(order_id: str) -> Response:
     return json_response(200, payments.order_status(components().payment_deps(), merchant_id, order_id))
 
 
+@app.route("/v1/connector/orders", methods=["GET"])
+@api_handler
+def list_orders() -> Response:
+    merchant_id = _merchant()
+    params = {key: str(value) for key, value in (_request().query_params or {}).items()}
+    return json_response(
+        200, orders.list_orders(components().payments, merchant_id, params, components().clock.now_ms())
+    )
+
+
 @app.route("/v1/terminals", methods=["GET"])
 @api_handler
 def list_terminals() -> Response:
@@ -74,6 +94,39 @@ def list_terminals() -> Response:
 @api_handler
 def openapi_document() -> Response:
     return json_response(200, openapi.document())
+
+
+# --- Pages: the Console and the API reference, static files calling the JSON API above ---
+
+
+@app.route("/", methods=["GET"])
+@api_handler
+def home() -> Response:
+    return pages.redirect("console")
+
+
+@app.route("/console", methods=["GET"])
+@api_handler
+def console_page() -> Response:
+    return pages.page("console", _request().headers.get("if-none-match"))
+
+
+@app.route("/console/{name}", methods=["GET"])
+@api_handler
+def console_asset(name: str) -> Response:
+    return pages.asset("console", name, _request().headers.get("if-none-match"))
+
+
+@app.route("/docs", methods=["GET"])
+@api_handler
+def docs_page() -> Response:
+    return pages.page("docs", _request().headers.get("if-none-match"))
+
+
+@app.route("/docs/{name}", methods=["GET"])
+@api_handler
+def docs_asset(name: str) -> Response:
+    return pages.asset("docs", name, _request().headers.get("if-none-match"))
 
 
 def _iot_message(event: dict[str, Any]) -> tuple[str, bytes, int]:
