@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # The CDK libraries are large and only synthesis needs them: `make run` does without.
 INFRA_STAMP := $(VENV)/.installed-infra
 
-.PHONY: install install-infra run test lint typecheck synth deploy bench clean
+.PHONY: install install-infra run admin test lint typecheck synth deploy bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ install-infra: $(INFRA_STAMP)
 
 run: install
 	$(BIN)/python -m local.stack
+
+# Operator commands against the stack `make run` started, e.g. make admin ARGS='create-merchant --merchant-id M3 …'
+# (make run writes the environment they need to $(ADMIN_ENV) and removes it when it stops).
+ADMIN_ENV ?= build/local-stack.env
+admin: install
+	@test -f $(ADMIN_ENV) || { echo "error: $(ADMIN_ENV) not found: start the local stack with make run first" >&2; exit 2; }
+	@set -a && . ./$(ADMIN_ENV) && set +a && $(BIN)/python -m admin $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

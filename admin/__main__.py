@@ -1,4 +1,5 @@
 """Operator commands, against moto/local endpoints and real AWS alike (same settings, same code).
+Against the local stack: make admin ARGS='create-merchant …' (the environment make run printed).
 
 python -m admin create-merchant --merchant-id M1 --login shop --password '…' [--notify-url URL]
 python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198
@@ -13,13 +14,19 @@ import json
 import sys
 from pathlib import Path
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+)
 
 from admin import dlq, export
 from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
 from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
 from chalicelib.config import get_settings
-from chalicelib.exceptions import ConditionFailed
+from chalicelib.exceptions import ConditionFailed, ConfigurationError
 from chalicelib.merchants import enrollment
 
 
@@ -31,7 +38,7 @@ def _repositories() -> tuple[DynamoTerminalRepository, DynamoMerchantRepository]
 
 def create_merchant(args: argparse.Namespace) -> int:
     _, merchants = _repositories()
-    password = args.password or getpass.getpass("password: ")
+    password = args.password or _prompt_password()
     notify_passphrase = enrollment.create_merchant(
         merchants, args.merchant_id, args.login, password, args.notify_url, args.notify_passphrase
     )
@@ -45,6 +52,21 @@ def create_merchant(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _prompt_password() -> str:
+    try:
+        return getpass.getpass("password: ")
+    except EOFError:
+        raise UsageError("no password given: pass --password, or type one at the prompt") from None
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called: one line, no traceback."""
+
+
+# The local stack's environment: `make admin ARGS=…` sets it; `make run` prints it.
+_LOCAL_HINT = "against the local stack use make admin ARGS='…' (it reads the environment make run wrote)"
 
 
 def enroll_terminal(args: argparse.Namespace) -> int:
@@ -146,8 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except enrollment.EnrollmentError as exc:
+    except (enrollment.EnrollmentError, UsageError, ConfigurationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NoRegionError:
+        print(f"error: no AWS region: set AWS_DEFAULT_REGION; {_LOCAL_HINT}", file=sys.stderr)
+        return 2
+    except NoCredentialsError:
+        print(f"error: no AWS credentials: configure them (aws configure); {_LOCAL_HINT}", file=sys.stderr)
+        return 2
+    except EndpointConnectionError as exc:
+        print(f"error: cannot reach {exc.kwargs.get('endpoint_url')}: is make run still running?", file=sys.stderr)
         return 2
 
 

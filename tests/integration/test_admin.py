@@ -130,6 +130,49 @@ def test_password_is_prompted_for_when_omitted(
     assert Authenticator(merchants(admin_env), 60).merchant_for(header) == "M1"
 
 
+def test_a_password_prompt_with_no_input_is_a_one_line_hint(
+    admin_env: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_input(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr("getpass.getpass", no_input)
+    code, output, err = run(capsys, "create-merchant", "--merchant-id", "M1", "--login", "shop")
+    assert (code, output) == (2, None)
+    assert err.startswith("error: ") and "--password" in err and err.count("\n") == 1
+    assert merchants(admin_env).get_merchant("M1") is None
+
+
+def test_no_region_is_a_one_line_hint_naming_the_setting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chalicelib.adapters import aws as aws_adapter
+
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    aws_adapter.reset_clients()
+    get_settings.cache_clear()
+    try:
+        code, _, err = run(capsys, "create-merchant", "--merchant-id", "M1", "--login", "shop", "--password", PASSWORD)
+    finally:
+        aws_adapter.reset_clients()
+        get_settings.cache_clear()
+    assert code == 2
+    assert "AWS_DEFAULT_REGION" in err and "make admin" in err and err.count("\n") == 1
+
+
+def test_replay_without_queue_urls_names_the_settings_and_make_admin(
+    admin_env: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NOTIFICATIONS_DLQ_URL", "NOTIFICATIONS_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    code = main(["replay-dlq", "--queue", "merchant-notifications"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "NOTIFICATIONS_DLQ_URL" in err and "NOTIFICATIONS_QUEUE_URL" in err and "make admin" in err
+
+
 @pytest.mark.parametrize(
     "argv",
     [
