@@ -31,7 +31,7 @@ run: install
 ADMIN_ENV ?= build/local-stack.env
 admin: install
 	@test -f $(ADMIN_ENV) || { echo "error: $(ADMIN_ENV) not found: start the local stack with make run first" >&2; exit 2; }
-	@set -a && . ./$(ADMIN_ENV) && set +a && $(BIN)/python -m admin $(ARGS)
+	@set -a && . "$(abspath $(ADMIN_ENV))" && set +a && $(BIN)/python -m admin $(ARGS)
 
 lint: install
 	$(BIN)/ruff check .

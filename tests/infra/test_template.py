@@ -86,6 +86,12 @@ def test_api_is_regional_and_every_integration_times_out_at_the_configured_29_s(
     assert integrations and all(i["timeoutInMillis"] == 29_000 for i in integrations)
 
 
+def test_the_deployed_api_serves_the_console_and_the_api_reference(template):
+    paths = props(template, "RestAPI")["DefinitionBody"]["paths"]
+    for path in ("/", "/console", "/console/{name}", "/docs", "/docs/{name}", "/v1/connector/orders"):
+        assert "get" in paths[path], path
+
+
 def test_api_gateway_answers_unknown_routes_and_its_own_errors_in_the_contract_format(template):
     responses = props(template, "RestAPI")["DefinitionBody"]["x-amazon-apigateway-gateway-responses"]
     missing = responses["MISSING_AUTHENTICATION_TOKEN"]
