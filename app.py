@@ -77,9 +77,9 @@ def get_order(order_id: str) -> Response:
 def list_orders() -> Response:
     merchant_id = _merchant()
     params = {key: str(value) for key, value in (_request().query_params or {}).items()}
-    return json_response(
-        200, orders.list_orders(components().payments, merchant_id, params, components().clock.now_ms())
-    )
+    settings, now_ms = components().settings, components().clock.now_ms()
+    longest = max(settings.payment_deadline_ms, settings.async_payment_deadline_ms)
+    return json_response(200, orders.list_orders(components().payments, merchant_id, params, now_ms, longest))
 
 
 @app.route("/v1/terminals", methods=["GET"])

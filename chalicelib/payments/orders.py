@@ -31,8 +31,15 @@ _LIMIT = re.compile(r"^[0-9]{1,3}$")
 
 
 def list_orders(
-    payments: PaymentRepository, merchant_id: str, params: Mapping[str, str], now_ms: int
+    payments: PaymentRepository,
+    merchant_id: str,
+    params: Mapping[str, str],
+    now_ms: int,
+    longest_deadline_ms: int | None = None,
 ) -> dict[str, Any]:
+    """One page of the listing. With ``longest_deadline_ms`` (the longest payment deadline), the
+    in-flight listing stops at the first attempt older than that: none after it can be in flight,
+    so polling it costs a few reads, not the merchant's history."""
     limit = _limit(params.get("limit"))
     state = params.get("state") or None
     if state is not None and state not in STATE_FILTERS:
@@ -41,9 +48,12 @@ def list_orders(
     scope = f"{merchant_id}:{state or ''}:{terminal_id or ''}"
     after = _decode_cursor(params.get("cursor"), scope)
     found: list[dict[str, Any]] = []
+    oldest_in_flight = now_ms - longest_deadline_ms if longest_deadline_ms is not None else None
     for _ in range(MAX_STORE_PAGES):
         heads, after = payments.list_heads(merchant_id, limit - len(found), after, terminal_id)
         for head in heads:
+            if state == IN_FLIGHT_FILTER and oldest_in_flight is not None and head.updated_at_ms < oldest_in_flight:
+                return {"orders": found, "next_cursor": None}
             dispatch = payments.get_dispatch(head.request_id)
             if dispatch is not None and _matches(dispatch.effective_state(now_ms), state):
                 found.append(order_summary(head, dispatch, now_ms))

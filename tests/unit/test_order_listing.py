@@ -147,3 +147,18 @@ def test_a_rare_state_stops_after_a_bounded_read_with_a_cursor_to_go_on(payments
     assert page["orders"] == []
     assert page["next_cursor"] is not None
     assert payments.reads == 10  # five store pages of two heads, one dispatch read each
+
+
+def test_in_flight_stops_reading_at_the_first_attempt_older_than_the_longest_deadline(
+    payments: FakePayments,
+) -> None:
+    for index in range(30):
+        start(payments, f"OLD-{index:02}", NOW - 600_000 + index)
+    start(payments, "NEW", NOW - 1_000)
+    payments.reads = 0
+
+    page = list_orders(payments, "M1", {"state": "in_flight", "limit": "5"}, NOW, longest_deadline_ms=120_000)
+
+    assert [order["order_id"] for order in page["orders"]] == ["NEW"]
+    assert page["next_cursor"] is None
+    assert payments.reads == 1
