@@ -201,6 +201,13 @@
   }
 
   function renderOrders(inFlight, recent) {
+    // The two listings are read at slightly different moments: an order the later one shows final
+    // is not shown in flight any more.
+    var finished = {};
+    recent.forEach(function (o) {
+      if (o.state !== "pending" && o.state !== "acknowledged") finished[o.order_id + "#" + o.attempt] = true;
+    });
+    inFlight = inFlight.filter(function (o) { return !finished[o.order_id + "#" + o.attempt]; });
     replaceRows(byId("in-flight").tBodies[0], inFlight.map(function (o) { return orderRow(o, false); }));
     byId("in-flight-empty").hidden = inFlight.length > 0;
     replaceRows(byId("recent").tBodies[0], recent.map(function (o) { return orderRow(o, true); }));
