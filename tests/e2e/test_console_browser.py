@@ -86,11 +86,11 @@ SEED = {
 }
 
 
-def _require_browser() -> None:
+def _require_browser(chromium: Path = CHROMIUM) -> None:
     in_ci = os.environ.get("CI", "").lower() == "true"
     problem = None
-    if not CHROMIUM.exists():
-        problem = f"Chromium is not installed at {CHROMIUM} (apt-get install chromium)"
+    if not chromium.exists():
+        problem = f"Chromium is not installed at {chromium} (apt-get install chromium)"
     else:
         try:
             import playwright.sync_api  # noqa: F401
@@ -101,6 +101,18 @@ def _require_browser() -> None:
     if in_ci:
         pytest.fail(f"browser tests cannot run in CI: {problem}; .ci/run installs Chromium before make test")
     pytest.skip(f"browser tests not run: {problem}")
+
+
+def test_without_chromium_the_tests_skip_saying_why_but_fail_under_ci(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    missing = tmp_path / "chromium"
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install chromium"):
+        _require_browser(missing)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=r"\.ci/run installs Chromium"):
+        _require_browser(missing)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,11 @@
         defaultModelsExpandDepth: 0,
         docExpansion: "list",
         tryItOutEnabled: false,
+        // As the Console does: a refused request gets no Basic challenge, so no browser login pop-up.
+        requestInterceptor: function (request) {
+          request.headers["X-Requested-With"] = "XMLHttpRequest";
+          return request;
+        },
       });
     })
     .catch(function (error) {
