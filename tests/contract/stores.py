@@ -2,7 +2,7 @@
 
 A new store (another database, say) joins every contract test with one line in ``IMPLEMENTATIONS``:
 its name and a function that builds its repositories, empty, for one test (it may ask pytest for
-the fixtures it needs through ``request``).
+the fixtures it needs through ``request``). ``make typecheck`` holds each entry to the ports.
 """
 
 from __future__ import annotations
