@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -417,7 +416,10 @@ def fake_components(
     settings = settings or Settings(ipn_secret=ipn_secret)
     merchants = overrides.pop("merchants", None) or FakeMerchants()
     clock = overrides.pop("clock", None) or FakeClock()
-    secret: Callable[[], str] = overrides.pop("ipn_secret", None) or (lambda: ipn_secret)
+
+    def secret() -> str:
+        return ipn_secret
+
     parts = {
         "settings": settings,
         "clock": clock,
