@@ -276,6 +276,6 @@ def test_marking_merged_keeps_the_first_merge_time(ipn_inbox: IpnInbox) -> None:
 
 
 def test_marking_an_unknown_ipn_merged_is_refused_and_creates_nothing(ipn_inbox: IpnInbox) -> None:
-    with pytest.raises(Exception):  # noqa: B017
+    with pytest.raises(ConditionFailed):
         ipn_inbox.mark_merged("T-unknown", NOW)
     assert ipn_inbox.get("T-unknown") is None
