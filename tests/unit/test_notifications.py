@@ -205,27 +205,21 @@ def test_an_unreachable_receiver_counts_as_a_failure(world: Any) -> None:
 
 
 def test_without_any_notify_url_nothing_is_sent_and_it_is_counted(console_aws: Settings) -> None:
-    from chalicelib.console.domain import IpnFacts
     from chalicelib.console.ingest import merge
+    from chalicelib.console.schemas import IpnBody
 
     seed_merchant(console_aws, "M1", notify_url=None)
     retries = RecordingQueue()
     parts = install_ledger(console_aws, notifications=retries)
-    facts = IpnFacts(
-        "T9",
-        "M1",
-        "O9",
-        "PAX-1",
-        "Debit",
-        "approved",
-        1,
-        "EUR",
-        None,
-        None,
-        None,
-        None,
-        None,
-        "2026-11-28T03:12:00.000Z",
+    facts = IpnBody(
+        transaction_reference="T9",
+        merchant_id="M1",
+        order_id="O9",
+        terminal_id="PAX-1",
+        operation="Debit",
+        status="approved",
+        amount=1,
+        processed_at="2026-11-28T03:12:00.000Z",
     )
     merge(parts.ingest_deps(), "T9", ipn=facts)
     before = METRIC_COUNTS["NotificationsSkipped.reason=no_notify_url"]
