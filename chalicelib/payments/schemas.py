@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from chalicelib import jsonutil
 from chalicelib.errors import first_error, validation_error
+from chalicelib.exceptions import EventRefused
 from chalicelib.money import CENT, MAX_AMOUNT
 from chalicelib.payments.domain import DispatchState, Reason
 from chalicelib.protocol import canonical_json, terminal_id_for
@@ -233,6 +234,59 @@ def parse_order_request(body: Any) -> OrderRequest:
         return OrderRequest.model_validate(body)
     except ValidationError as exc:
         raise first_error(exc, _PATH_SUFFIX) from None
+
+
+# --- Terminal message bodies (CONTRACT §2): what the cloud sends, and what it accepts back -------
+
+
+class PaymentRequestBody(_Model):
+    order_id: StrictStr
+    transaction_type: Literal["Debit", "Credit"]
+    amount: StrictInt
+    currency: StrictStr
+    force_authorization: StrictBool
+    description: StrictStr
+    expires_at: Timestamp
+
+
+class CancelRequestBody(_Model):
+    order_id: StrictStr
+    target_request_id: StrictStr
+
+
+class AckBody(_Model):
+    # {} shows the payment screen; {"accepted": false, "reason": "busy"} cannot. The reason is
+    # informational and not read, so an odd one does not turn a busy terminal into a timeout.
+    accepted: StrictBool = True
+
+
+class ResultBody(_Model):
+    payment_status: Literal["Success", "Failed"]
+    error_code: StrictStr | None = None
+    error_data: dict[str, Any] | None = None
+    receipt: StrictStr | None = None
+    transaction_reference: StrictStr | None = None
+    authorization_code: StrictStr | None = None
+    card_brand: StrictStr | None = None
+    masked_pan: StrictStr | None = None
+    authorized_online: StrictBool | None = None
+
+
+class StatusBody(_Model):
+    state: Literal["online", "offline"]
+
+
+TerminalBody = TypeVar("TerminalBody", AckBody, ResultBody, StatusBody)
+
+
+def terminal_body(model: type[TerminalBody], body: dict[str, Any]) -> TerminalBody:
+    """A terminal message's body, validated; one of the wrong shape is refused as ``bad_body``."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise EventRefused("bad_body", f"{model.__name__} {where}: {first['msg']}") from None
 
 
 # --- What the payment API answers (CONTRACT §1) ----------------------------------------------------

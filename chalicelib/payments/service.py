@@ -35,7 +35,7 @@ from chalicelib.payments.replies import (
     raw_echo,
     reply_for,
 )
-from chalicelib.payments.schemas import OrderRequest, OrderStatus
+from chalicelib.payments.schemas import CancelRequestBody, OrderRequest, OrderStatus, PaymentRequestBody
 from chalicelib.ports import Clock, Waker
 
 # Two requests for the same new order may race; the loser re-reads and joins. Bounded, not a loop.
@@ -192,16 +192,16 @@ def _start_attempt(
     log_event(
         "payment dispatched", order_id=head.order_id, terminal_id=terminal_id, request_id=request_id, attempt=attempt
     )
-    body = {
-        "order_id": request.order.order_id,
-        "transaction_type": request.order.transaction_type,
-        "amount": request.order.price.amount,
-        "currency": request.order.price.currency,
-        "force_authorization": request.pos_technical_info.terminal_transaction_display.force_authorization,
-        "description": request.order.description,
-        "expires_at": protocol.timestamp_from_ms(deadline),
-    }
-    _send(deps, dispatch, "payment_request", body, terminal)
+    body = PaymentRequestBody(
+        order_id=request.order.order_id,
+        transaction_type=request.order.transaction_type,
+        amount=request.order.price.amount,
+        currency=request.order.price.currency,
+        force_authorization=request.pos_technical_info.terminal_transaction_display.force_authorization,
+        description=request.order.description,
+        expires_at=protocol.timestamp_from_ms(deadline),
+    )
+    _send(deps, dispatch, "payment_request", body.model_dump(), terminal)
     return dispatch, head
 
 
@@ -291,7 +291,7 @@ def _send_cancel(deps: PaymentDeps, dispatch: Dispatch) -> bool:
     terminal = deps.terminals.get(dispatch.terminal_id)
     if terminal is None or not terminal.passphrase:
         return False
-    body = {"order_id": dispatch.order_id, "target_request_id": dispatch.request_id}
+    body = CancelRequestBody(order_id=dispatch.order_id, target_request_id=dispatch.request_id).model_dump()
     try:
         deps.channel.publish(
             dispatch.terminal_id,
