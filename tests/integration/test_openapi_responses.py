@@ -325,3 +325,220 @@ def test_ipn_answers_and_transactions_match_their_schemas(checked: Checked) -> N
     checked.get("/v1/transactions/TX-1001", "/v1/transactions/{transaction_reference}", 401, headers={})
     covered(checked.seen, "/v1/transactions", "get", {200, 400, 401})
     covered(checked.seen, "/v1/transactions/{transaction_reference}", "get", {200, 401, 404})
+
+
+# -- the frozen contract: extend, never rename -------------------------------------------------------------
+
+
+def shape(document: dict[str, Any], schema: dict[str, Any]) -> tuple[dict[str, str], dict[str, set[Any]]]:
+    """A body schema as ``{dotted key: "[optional ]type[|null]"}`` and ``{dotted key: enumeration}``.
+
+    Parts echoed from the request (``allOf`` of a request model) are one opaque ``object``."""
+    kinds: dict[str, str] = {}
+    enums: dict[str, set[Any]] = {}
+
+    def walk(node: dict[str, Any], path: str, required: bool) -> None:
+        node = resolve(document, node["$ref"]) if "$ref" in node else node
+        variants = node.get("anyOf", [node])
+        nullable = any(variant.get("type") == "null" for variant in variants)
+        (main,) = [variant for variant in variants if variant.get("type") != "null"]
+        main = resolve(document, main["$ref"]) if "$ref" in main else main
+        kind = "object" if "allOf" in main else main["type"]
+        kinds[path] = ("" if required else "optional ") + kind + ("|null" if nullable else "")
+        if "enum" in main or "const" in main:
+            enums[path] = set(main.get("enum", [main.get("const")]))
+        for name, item in main.get("properties", {}).items() if "allOf" not in main else ():
+            walk(item, f"{path}.{name}" if path else name, name in main.get("required", []))
+        if kind == "array":
+            walk(main["items"], path + "[]", True)
+
+    walk(schema, "", True)
+    return kinds, enums
+
+
+def route_shapes(document: dict[str, Any]) -> dict[str, tuple[dict[str, str], dict[str, set[Any]]]]:
+    return {
+        f"{method.upper()} {route} {status}": shape(document, declared["content"]["application/json"]["schema"])
+        for route, operations in document["paths"].items()
+        for method, operation in operations.items()
+        for status, declared in operation["responses"].items()
+    }
+
+
+def nested(prefix: str, shape_of: dict[str, str]) -> dict[str, str]:
+    return {prefix + key: kind for key, kind in shape_of.items() if key}
+
+
+ERROR = {
+    "": "object",
+    "error": "object",
+    "error.status": "integer",
+    "error.code": "string",
+    "error.message": "string",
+    "error.description": "string",
+    "error.details": "optional object",
+    "error.details.path": "string",
+}
+PAYMENT_RESPONSE = {
+    "": "object",
+    "paymentStatus": "string",
+    "receipt": "string|null",
+    "errorCode": "string|null",
+    "errorData": "object|null",
+    "order": "object",
+    "customer": "object|null",
+    "technical_pos_info": "object",
+    "transaction": "optional object",
+    "transaction.reference": "optional string",
+    "transaction.authorization_code": "optional string",
+    "transaction.card_brand": "optional string",
+    "transaction.masked_pan": "optional string",
+    "transaction.authorized_online": "optional boolean",
+    "attempt": "optional integer",
+}
+ORDER_STATUS = {
+    "": "object",
+    "order_id": "string",
+    "attempt": "integer",
+    "request_id": "string",
+    "terminal_id": "string",
+    "state": "string",
+    "reason": "string|null",
+    "late_result": "boolean",
+    "created_at": "string",
+    "acknowledged_at": "string|null",
+    "finished_at": "string|null",
+    "ack_deadline": "string",
+    "deadline": "string",
+    "payment": "object|null",
+    **nested("payment.", PAYMENT_RESPONSE),
+}
+TRANSACTION = {
+    "": "object",
+    "reference": "string",
+    "merchant_id": "string",
+    "order_id": "string",
+    "terminal_id": "string",
+    "operation": "string",
+    "status_code": "integer",
+    "status": "string",
+    "amount_minor": "integer",
+    "currency": "string",
+    "authorization_code": "string|null",
+    "card": "object",
+    "card.brand": "string|null",
+    "card.masked_pan": "string|null",
+    "card.entry_mode": "string|null",
+    "description": "string|null",
+    "basket": "array|null",
+    "basket[]": "object",
+    "customer": "object|null",
+    "custom_data": "object|null",
+    "flags": "array",
+    "flags[]": "string",
+    "created_at": "string",
+    "updated_at": "string",
+}
+TRANSACTION_ENUMS = {
+    "operation": {"Debit", "Credit"},
+    "status_code": {118, 125, 113, 115},
+    "status": {"Captured", "Refunded", "Refused", "Cancelled"},
+}
+STATES = {"pending", "acknowledged", "succeeded", "failed", "timed_out", "cancelled"}
+REASONS = {
+    "terminal_busy",
+    "ack_timeout",
+    "result_timeout",
+    "terminal_unreachable",
+    "terminal_disconnected",
+    "cancelled",
+}
+
+# What clients were promised, as of this writing: each route and status, every key with its type and
+# presence, every enumeration's values. Keys and values may be added; none may go or change.
+FROZEN: dict[str, tuple[dict[str, str], dict[str, set[Any]]]] = {
+    "GET /v1/connector/healthcheck 200": ({"": "object", "status": "string"}, {"status": {"ok"}}),
+    "POST /v1/connector/order 200": (PAYMENT_RESPONSE, {"paymentStatus": {"Success", "Failed"}}),
+    "POST /v1/connector/order 202": (
+        {"": "object", "order_id": "string", "state": "string", "location": "string"},
+        {"state": {"pending"}},
+    ),
+    **{f"POST /v1/connector/order {s}": (ERROR, {}) for s in (400, 401, 403, 404, 409, 413, 415, 500, 502, 504)},
+    "GET /v1/connector/order/{order_id} 200": (
+        ORDER_STATUS,
+        {"state": STATES, "reason": REASONS, "payment.paymentStatus": {"Success", "Failed"}},
+    ),
+    **{f"GET /v1/connector/order/{{order_id}} {s}": (ERROR, {}) for s in (400, 401, 404, 500)},
+    "GET /v1/terminals 200": (
+        {
+            "": "object",
+            "terminals": "array",
+            "terminals[]": "object",
+            "terminals[].terminal_id": "string",
+            "terminals[].online": "boolean",
+            "terminals[].last_seen_at": "string|null",
+            "terminals[].busy": "boolean",
+            "terminals[].cloud_api_enabled": "boolean",
+        },
+        {},
+    ),
+    **{f"GET /v1/terminals {s}": (ERROR, {}) for s in (400, 401, 404, 500)},
+    "GET /v1/transactions 200": (
+        {
+            "": "object",
+            "transactions": "array",
+            "transactions[]": "object",
+            **nested("transactions[].", TRANSACTION),
+            "next_cursor": "string|null",
+        },
+        {f"transactions[].{key}": values for key, values in TRANSACTION_ENUMS.items()},
+    ),
+    **{f"GET /v1/transactions {s}": (ERROR, {}) for s in (400, 401)},
+    "GET /v1/transactions/{transaction_reference} 200": (TRANSACTION, TRANSACTION_ENUMS),
+    **{f"GET /v1/transactions/{{transaction_reference}} {s}": (ERROR, {}) for s in (401, 404)},
+    "POST /v1/ipn/nepting 200": (
+        {"": "object", "status": "string", "transaction_reference": "string"},
+        {"status": {"stored", "duplicate"}},
+    ),
+    **{f"POST /v1/ipn/nepting {s}": (ERROR, {}) for s in (400, 401, 422)},
+}
+
+
+def broken_promises(document: dict[str, Any]) -> list[str]:
+    current = route_shapes(document)
+    broken = []
+    for answer, (kinds, enums) in FROZEN.items():
+        if answer not in current:
+            broken.append(f"{answer}: no longer declared")
+            continue
+        now_kinds, now_enums = current[answer]
+        broken += [
+            f"{answer}: {key} was {kind}, is {now_kinds.get(key)}"
+            for key, kind in kinds.items()
+            if now_kinds.get(key) != kind
+        ]
+        broken += [
+            f"{answer}: {key} lost {sorted(values - now_enums.get(key, set()), key=str)}"
+            for key, values in enums.items()
+            if not values <= now_enums.get(key, set())
+        ]
+    return broken
+
+
+def test_the_document_keeps_every_key_type_and_value_clients_were_promised(checked: Checked) -> None:
+    assert broken_promises(checked.document) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "broken"),
+    [
+        (lambda p: p.__setitem__("errorcode", p.pop("errorCode")), "errorCode was string|null, is None"),
+        (lambda p: p.__setitem__("attempt", {"type": "string"}), "attempt was optional integer, is optional string"),
+        (lambda p: p["paymentStatus"].__setitem__("enum", ["Success"]), "paymentStatus lost ['Failed']"),
+    ],
+    ids=["renamed", "retyped", "value-dropped"],
+)
+def test_a_rename_a_type_change_or_a_dropped_value_breaks_a_promise(checked: Checked, change: Any, broken: str) -> None:
+    document = json.loads(json.dumps(checked.document))
+    change(document["components"]["schemas"]["PaymentResponse"]["properties"])
+    assert f"POST /v1/connector/order 200: {broken}" in broken_promises(document)
