@@ -17,10 +17,18 @@ from chalicelib.adapters.exports import EXPORT_PREFIX, start_table_export
 from chalicelib.bootstrap import components
 from chalicelib.console import ingest, ipn, notifications, queries
 from chalicelib.event_sources import BatchResult, new_image, sqs_batch, stream_batch
-from chalicelib.http import ANY_CONTENT, ThreadSafeChalice, api_handler, json_response, raw_body, read_json_body
+from chalicelib.http import (
+    ANY_CONTENT,
+    ThreadSafeChalice,
+    api_handler,
+    document_response,
+    json_response,
+    raw_body,
+    read_json_body,
+)
 from chalicelib.payments import service as payments
 from chalicelib.payments import terminal_events, terminals
-from chalicelib.payments.schemas import parse_order_request
+from chalicelib.payments.schemas import Health, parse_order_request
 
 app = ThreadSafeChalice(app_name="nepting-cloud-api")
 
@@ -39,7 +47,7 @@ def _merchant() -> str:
 @app.route("/v1/connector/healthcheck", methods=["GET"])
 @api_handler
 def healthcheck() -> Response:
-    return json_response(200, {"status": "ok"})
+    return json_response(200, Health(status="ok"))
 
 
 @app.route("/v1/connector/order", methods=["POST"], content_types=ANY_CONTENT)
@@ -52,7 +60,7 @@ def send_order() -> Response:
     reply = payments.request_payment(
         components().payment_deps(), merchant_id, request, raw, respond_async="respond-async" in prefer
     )
-    return json_response(reply.status, reply.body, reply.headers)
+    return json_response(reply.status, reply.response, reply.headers)
 
 
 @app.route("/v1/connector/order/{order_id}", methods=["GET"])
@@ -67,13 +75,13 @@ def get_order(order_id: str) -> Response:
 def list_terminals() -> Response:
     merchant_id = _merchant()
     found = terminals.list_terminals(components().terminals, merchant_id, components().clock.now_ms())
-    return json_response(200, {"terminals": found})
+    return json_response(200, found)
 
 
 @app.route("/openapi.json", methods=["GET"])
 @api_handler
 def openapi_document() -> Response:
-    return json_response(200, openapi.document())
+    return document_response(200, openapi.document())
 
 
 def _iot_message(event: dict[str, Any]) -> tuple[str, bytes, int]:

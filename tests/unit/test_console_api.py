@@ -13,8 +13,8 @@ from chalice.test import Client
 from app import app
 from chalicelib.bootstrap import Components
 from chalicelib.bootstrap import components as ledger
-from chalicelib.console.domain import IpnFacts
 from chalicelib.console.ingest import merge
+from chalicelib.console.schemas import IpnBody
 from tests.console_helpers import add_merchant
 
 DAY = "2026-11-28T"
@@ -37,13 +37,11 @@ def add(reference: str, merchant: str = "M1", at: str = "10:00:00.000Z", **field
         "currency": "EUR",
         "authorization_code": "A1",
         "authorized_online": True,
-        "card_brand": "VISA",
-        "masked_pan": "497010******0001",
-        "entry_mode": "chip",
+        "card": {"brand": "VISA", "masked_pan": "497010******0001", "entry_mode": "chip"},
         "processed_at": DAY + at,
     }
     values.update(fields)
-    merge(ledger().ingest_deps(), reference, ipn=IpnFacts(**values))
+    merge(ledger().ingest_deps(), reference, ipn=IpnBody.model_validate(values))
 
 
 def get(path: str, headers: dict[str, str]) -> tuple[int, Any]:

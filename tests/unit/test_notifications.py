@@ -184,26 +184,20 @@ def test_a_receiver_that_never_answers_counts_as_a_failure(world: Any) -> None:
 
 
 def test_without_any_notify_url_nothing_is_sent_and_it_is_counted(console: Components) -> None:
-    from chalicelib.console.domain import IpnFacts
     from chalicelib.console.ingest import merge
+    from chalicelib.console.schemas import IpnBody
 
     add_merchant(console.merchants, "M1", notify_url=None)
     retries, parts = console.notifications, console
-    facts = IpnFacts(
-        "T9",
-        "M1",
-        "O9",
-        "PAX-1",
-        "Debit",
-        "approved",
-        1,
-        "EUR",
-        None,
-        None,
-        None,
-        None,
-        None,
-        "2026-11-28T03:12:00.000Z",
+    facts = IpnBody(
+        transaction_reference="T9",
+        merchant_id="M1",
+        order_id="O9",
+        terminal_id="PAX-1",
+        operation="Debit",
+        status="approved",
+        amount=1,
+        processed_at="2026-11-28T03:12:00.000Z",
     )
     merge(parts.ingest_deps(), "T9", ipn=facts)
     before = METRIC_COUNTS["NotificationsSkipped.reason=no_notify_url"]
