@@ -22,6 +22,7 @@ from chalicelib.http import (
     ANY_CONTENT,
     ThreadSafeChalice,
     api_handler,
+    document_response,
     json_response,
     note_order_id,
     raw_body,
@@ -29,7 +30,7 @@ from chalicelib.http import (
 )
 from chalicelib.payments import orders, terminal_events, terminals
 from chalicelib.payments import service as payments
-from chalicelib.payments.schemas import parse_order_request
+from chalicelib.payments.schemas import Health, parse_order_request
 
 app = ThreadSafeChalice(app_name="nepting-cloud-api")
 
@@ -48,7 +49,7 @@ def _merchant() -> str:
 @app.route("/v1/connector/healthcheck", methods=["GET"])
 @api_handler
 def healthcheck() -> Response:
-    return json_response(200, {"status": "ok"})
+    return json_response(200, Health(status="ok"))
 
 
 @app.route("/v1/connector/order", methods=["POST"], content_types=ANY_CONTENT)
@@ -62,7 +63,7 @@ def send_order() -> Response:
     reply = payments.request_payment(
         components().payment_deps(), merchant_id, request, raw, respond_async="respond-async" in prefer
     )
-    return json_response(reply.status, reply.body, reply.headers)
+    return json_response(reply.status, reply.response, reply.headers)
 
 
 @app.route("/v1/connector/order/{order_id}", methods=["GET"])
@@ -87,13 +88,13 @@ def list_orders() -> Response:
 def list_terminals() -> Response:
     merchant_id = _merchant()
     found = terminals.list_terminals(components().terminals, merchant_id, components().clock.now_ms())
-    return json_response(200, {"terminals": found})
+    return json_response(200, found)
 
 
 @app.route("/openapi.json", methods=["GET"])
 @api_handler
 def openapi_document() -> Response:
-    return json_response(200, openapi.document())
+    return document_response(200, openapi.document())
 
 
 # --- Pages: the Console and the API reference, static files calling the JSON API above ---

@@ -21,6 +21,7 @@ from chalice.app import Request
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError, internal_error
 from chalicelib.observability import count, log_event, logger
+from chalicelib.wire import WireModel
 
 MAX_BODY_BYTES = 64 * 1024
 # Chalice would answer unknown media types itself, in its own format; we answer them in ours.
@@ -48,16 +49,22 @@ class ThreadSafeChalice(Chalice):
         self._per_thread.request = value
 
 
-def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+def json_response(status: int, body: WireModel, headers: dict[str, str] | None = None) -> Response:
+    """Every answer of the API is a response model; its dump is what the OpenAPI document describes."""
+    return document_response(status, body.wire(), headers)
+
+
+def document_response(status: int, document: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    """A JSON document that is not a response model (the OpenAPI description itself)."""
     return Response(
-        body=jsonutil.dumps(body),
+        body=jsonutil.dumps(document),
         status_code=status,
         headers={"Content-Type": "application/json", **(headers or {})},
     )
 
 
 def error_response(error: ApiError) -> Response:
-    return json_response(error.status, error.body(), error.headers)
+    return json_response(error.status, error.response(), error.headers)
 
 
 def api_handler(view: Callable[..., Response]) -> Callable[..., Response]:

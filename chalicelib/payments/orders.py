@@ -13,12 +13,12 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from chalicelib import protocol
 from chalicelib.errors import validation_error
 from chalicelib.payments.domain import IN_FLIGHT, Dispatch, DispatchState, OrderHead, OrderPosition
 from chalicelib.payments.ports import PaymentRepository
+from chalicelib.payments.schemas import OrderPage, OrderSummary
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -36,7 +36,7 @@ def list_orders(
     params: Mapping[str, str],
     now_ms: int,
     longest_deadline_ms: int | None = None,
-) -> dict[str, Any]:
+) -> OrderPage:
     """One page of the listing. With ``longest_deadline_ms`` (the longest payment deadline), the
     in-flight listing stops at the first attempt older than that: none after it can be in flight,
     so polling it costs a few reads, not the merchant's history."""
@@ -47,43 +47,43 @@ def list_orders(
     terminal_id = params.get("terminal_id") or None
     scope = f"{merchant_id}:{state or ''}:{terminal_id or ''}"
     after = _decode_cursor(params.get("cursor"), scope)
-    found: list[dict[str, Any]] = []
+    found: list[OrderSummary] = []
     oldest_in_flight = now_ms - longest_deadline_ms if longest_deadline_ms is not None else None
     for _ in range(MAX_STORE_PAGES):
         heads, after = payments.list_heads(merchant_id, limit - len(found), after, terminal_id)
         for head in heads:
             if state == IN_FLIGHT_FILTER and oldest_in_flight is not None and head.updated_at_ms < oldest_in_flight:
-                return {"orders": found, "next_cursor": None}
+                return OrderPage(orders=found, next_cursor=None)
             dispatch = payments.get_dispatch(head.request_id)
             if dispatch is not None and _matches(dispatch.effective_state(now_ms), state):
                 found.append(order_summary(head, dispatch, now_ms))
         if after is None or len(found) >= limit:
             break
-    return {"orders": found, "next_cursor": _encode_cursor(scope, after) if after else None}
+    return OrderPage(orders=found, next_cursor=_encode_cursor(scope, after) if after else None)
 
 
-def order_summary(head: OrderHead, dispatch: Dispatch, now_ms: int) -> dict[str, Any]:
-    """One order's latest attempt and its timeline; never the card data beyond the masked PAN."""
+def order_summary(head: OrderHead, dispatch: Dispatch, now_ms: int) -> OrderSummary:
+    """One order's latest attempt and its timeline; no card data."""
     overdue = dispatch.overdue_reason(now_ms)
     result = dispatch.result or {}
-    return {
-        "order_id": head.order_id,
-        "attempt": dispatch.attempt,
-        "terminal_id": dispatch.terminal_id,
-        "transaction_type": dispatch.transaction_type,
-        "amount": dispatch.amount,
-        "currency": dispatch.currency,
-        "state": dispatch.effective_state(now_ms).value,
-        "reason": overdue.value if overdue else dispatch.reason,
-        "late_result": dispatch.late,
-        "error_code": result.get("error_code"),
-        "transaction_reference": result.get("transaction_reference"),
-        "received_at": protocol.timestamp_from_ms(head.updated_at_ms),
-        "dispatched_at": protocol.timestamp_from_ms(dispatch.created_at_ms),
-        "acknowledged_at": _ts(dispatch.acked_at_ms),
-        "finished_at": _ts(dispatch.finished_at_ms),
-        "deadline": protocol.timestamp_from_ms(dispatch.deadline_ms),
-    }
+    return OrderSummary(
+        order_id=head.order_id,
+        attempt=dispatch.attempt,
+        terminal_id=dispatch.terminal_id,
+        transaction_type=dispatch.transaction_type,
+        amount=dispatch.amount,
+        currency=dispatch.currency,
+        state=dispatch.effective_state(now_ms),
+        reason=overdue or dispatch.reason,
+        late_result=dispatch.late,
+        error_code=result.get("error_code"),
+        transaction_reference=result.get("transaction_reference"),
+        received_at=protocol.timestamp_from_ms(head.updated_at_ms),
+        dispatched_at=protocol.timestamp_from_ms(dispatch.created_at_ms),
+        acknowledged_at=_ts(dispatch.acked_at_ms),
+        finished_at=_ts(dispatch.finished_at_ms),
+        deadline=protocol.timestamp_from_ms(dispatch.deadline_ms),
+    )
 
 
 def _matches(state: DispatchState, wanted: str | None) -> bool:

@@ -35,7 +35,7 @@ from chalicelib.payments.replies import (
     raw_echo,
     reply_for,
 )
-from chalicelib.payments.schemas import OrderRequest
+from chalicelib.payments.schemas import CancelRequestBody, OrderRequest, OrderStatus, PaymentRequestBody
 from chalicelib.ports import Clock, Waker
 
 # Two requests for the same new order may race; the loser re-reads and joins. Bounded, not a loop.
@@ -194,16 +194,16 @@ def _start_attempt(
     log_event(
         "payment dispatched", order_id=head.order_id, terminal_id=terminal_id, request_id=request_id, attempt=attempt
     )
-    body = {
-        "order_id": request.order.order_id,
-        "transaction_type": request.order.transaction_type,
-        "amount": request.order.price.amount,
-        "currency": request.order.price.currency,
-        "force_authorization": request.pos_technical_info.terminal_transaction_display.force_authorization,
-        "description": request.order.description,
-        "expires_at": protocol.timestamp_from_ms(deadline),
-    }
-    _send(deps, dispatch, "payment_request", body, terminal)
+    body = PaymentRequestBody(
+        order_id=request.order.order_id,
+        transaction_type=request.order.transaction_type,
+        amount=request.order.price.amount,
+        currency=request.order.price.currency,
+        force_authorization=request.pos_technical_info.terminal_transaction_display.force_authorization,
+        description=request.order.description,
+        expires_at=protocol.timestamp_from_ms(deadline),
+    )
+    _send(deps, dispatch, "payment_request", body.model_dump(), terminal)
     return dispatch, head
 
 
@@ -306,7 +306,7 @@ def _send_cancel(deps: PaymentDeps, dispatch: Dispatch) -> bool:
     terminal = deps.terminals.get(dispatch.terminal_id)
     if terminal is None or not terminal.passphrase:
         return False
-    body = {"order_id": dispatch.order_id, "target_request_id": dispatch.request_id}
+    body = CancelRequestBody(order_id=dispatch.order_id, target_request_id=dispatch.request_id).model_dump()
     try:
         deps.channel.publish(
             dispatch.terminal_id,
@@ -350,12 +350,10 @@ def cancel_payment(
     log_event(
         "payment cancelled", order_id=order_id, terminal_id=cancelled.terminal_id, request_id=cancelled.request_id
     )
-    response = payment_body(raw, "Success")
-    response["attempt"] = cancelled.attempt
-    return Reply(200, response)
+    return Reply(200, payment_body(raw, "Success", attempt=cancelled.attempt))
 
 
-def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> dict[str, Any]:
+def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> OrderStatus:
     """The order's latest attempt: how an ECR recovers after a lost or timed-out response."""
     head = deps.payments.get_head(merchant_id, order_id)
     dispatch = deps.payments.get_dispatch(head.request_id) if head else None
@@ -363,24 +361,24 @@ def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> dict[str
         raise order_not_found()
     overdue = dispatch.overdue_reason(deps.clock.now_ms())
     state = DispatchState.TIMED_OUT if overdue else dispatch.state
-    status: dict[str, Any] = {
-        "order_id": order_id,
-        "attempt": dispatch.attempt,
-        "request_id": dispatch.request_id,
-        "terminal_id": dispatch.terminal_id,
-        "state": state.value,
-        "reason": overdue.value if overdue else dispatch.reason,
-        "late_result": dispatch.late,
-        "created_at": protocol.timestamp_from_ms(dispatch.created_at_ms),
-        "acknowledged_at": _ts(dispatch.acked_at_ms),
-        "finished_at": _ts(dispatch.finished_at_ms),
-        "ack_deadline": protocol.timestamp_from_ms(dispatch.ack_deadline_ms),
-        "deadline": protocol.timestamp_from_ms(dispatch.deadline_ms),
-        "payment": None,
-    }
+    payment = None
     if state in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED):
-        status["payment"] = payment_response(jsonutil.loads(head.request_json), dispatch)
-    return status
+        payment = payment_response(jsonutil.loads(head.request_json), dispatch)
+    return OrderStatus(
+        order_id=order_id,
+        attempt=dispatch.attempt,
+        request_id=dispatch.request_id,
+        terminal_id=dispatch.terminal_id,
+        state=state,
+        reason=overdue or dispatch.reason,
+        late_result=dispatch.late,
+        created_at=protocol.timestamp_from_ms(dispatch.created_at_ms),
+        acknowledged_at=_ts(dispatch.acked_at_ms),
+        finished_at=_ts(dispatch.finished_at_ms),
+        ack_deadline=protocol.timestamp_from_ms(dispatch.ack_deadline_ms),
+        deadline=protocol.timestamp_from_ms(dispatch.deadline_ms),
+        payment=payment,
+    )
 
 
 def _ts(epoch_ms: int | None) -> str | None:

@@ -3,15 +3,22 @@ timeline, filtered by state or terminal, paged by a cursor bound to its listing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from chalicelib import protocol
 from chalicelib.errors import ApiError
+from chalicelib.payments import orders
 from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead
-from chalicelib.payments.orders import list_orders
 from tests.fakes import FakePayments
 
 NOW = 1_795_000_000_000
+
+
+def list_orders(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """The listing as its JSON body."""
+    return orders.list_orders(*args, **kwargs).wire()
 
 
 def start(payments: FakePayments, order_id: str, at_ms: int, merchant_id: str = "M1", terminal: str = "PAX-1") -> str:
@@ -68,7 +75,9 @@ def test_in_flight_lists_pending_and_acknowledged_but_not_what_passed_its_deadli
     payments.transition(acked, frozenset({DispatchState.PENDING}), DispatchState.ACKNOWLEDGED, NOW - 4_000)
     start(payments, "NEW", NOW)
     done = start(payments, "DONE", NOW - 1_000)
-    payments.transition(done, frozenset({DispatchState.PENDING}), DispatchState.FAILED, NOW - 500, reason="x")
+    payments.transition(
+        done, frozenset({DispatchState.PENDING}), DispatchState.FAILED, NOW - 500, reason="terminal_busy"
+    )
 
     page = list_orders(payments, "M1", {"state": "in_flight"}, NOW)
 

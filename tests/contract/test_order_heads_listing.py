@@ -1,31 +1,17 @@
-"""``PaymentRepository.list_heads`` against moto and against the in-memory fake, with the same
-expectations: the merchant's heads only, latest attempt first, paged without gaps or repeats,
-and a terminal filter that may leave a page short but never loses a head."""
+"""PaymentRepository.list_heads, for every store: the merchant's heads only, latest attempt first,
+paged without gaps or repeats, and a terminal filter that may leave a page short but never loses a head."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
-
-from chalicelib.adapters.dynamodb.payments import DynamoPaymentRepository
-from chalicelib.config import Settings
 from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, OrderPosition
-from tests.fakes import FakePayments
-from tests.integration.moto_per_module import aws_with_fresh_tables, moto_for_module  # noqa: F401
+from chalicelib.payments.ports import PaymentRepository
 
 NOW = 1_795_000_000_000
 
 
-@pytest.fixture(params=["dynamodb", "fake"])
-def payments(request: pytest.FixtureRequest) -> Any:
-    if request.param == "fake":
-        return FakePayments()
-    settings: Settings = request.getfixturevalue("aws")
-    return DynamoPaymentRepository(settings.payments_table, 86_400)
-
-
-def start(payments: Any, order_id: str, at_ms: int, merchant_id: str = "M1", terminal_id: str = "PAX-1") -> None:
+def start(
+    payments: PaymentRepository, order_id: str, at_ms: int, merchant_id: str = "M1", terminal_id: str = "PAX-1"
+) -> None:
     request_id = f"r-{merchant_id}-{order_id}"
     head = OrderHead(merchant_id, order_id, 1, request_id, terminal_id, "h" * 64, "{}", at_ms, at_ms)
     dispatch = Dispatch(
@@ -34,7 +20,7 @@ def start(payments: Any, order_id: str, at_ms: int, merchant_id: str = "M1", ter
     payments.start_attempt(head, dispatch, None)
 
 
-def all_pages(payments: Any, limit: int, terminal_id: str | None = None) -> list[list[str]]:
+def all_pages(payments: PaymentRepository, limit: int, terminal_id: str | None = None) -> list[list[str]]:
     pages: list[list[str]] = []
     after: OrderPosition | None = None
     while True:
@@ -44,7 +30,7 @@ def all_pages(payments: Any, limit: int, terminal_id: str | None = None) -> list
             return pages
 
 
-def test_heads_come_latest_attempt_first_and_only_the_merchants(payments: Any) -> None:
+def test_heads_come_latest_attempt_first_and_only_the_merchants(payments: PaymentRepository) -> None:
     for index in range(5):
         start(payments, f"O-{index}", NOW + index * 1000)
     start(payments, "THEIRS", NOW + 9000, merchant_id="M2")
@@ -56,7 +42,7 @@ def test_heads_come_latest_attempt_first_and_only_the_merchants(payments: Any) -
     assert {head.merchant_id for head in heads} == {"M1"}
 
 
-def test_pages_cover_every_head_once_in_order(payments: Any) -> None:
+def test_pages_cover_every_head_once_in_order(payments: PaymentRepository) -> None:
     for index in range(7):
         start(payments, f"O-{index}", NOW + index)
 
@@ -66,7 +52,7 @@ def test_pages_cover_every_head_once_in_order(payments: Any) -> None:
     assert [len(page) for page in pages[:2]] == [3, 3]
 
 
-def test_a_retried_order_moves_to_the_top_and_is_listed_once(payments: Any) -> None:
+def test_a_retried_order_moves_to_the_top_and_is_listed_once(payments: PaymentRepository) -> None:
     start(payments, "OLD", NOW)
     start(payments, "NEW", NOW + 10)
     head = payments.get_head("M1", "OLD")
@@ -79,7 +65,7 @@ def test_a_retried_order_moves_to_the_top_and_is_listed_once(payments: Any) -> N
     assert [(h.order_id, h.attempt) for h in heads] == [("OLD", 2), ("NEW", 1)]
 
 
-def test_the_terminal_filter_keeps_only_that_terminal_across_short_pages(payments: Any) -> None:
+def test_the_terminal_filter_keeps_only_that_terminal_across_short_pages(payments: PaymentRepository) -> None:
     for index in range(8):
         start(payments, f"O-{index}", NOW + index, terminal_id="PAX-A" if index % 3 == 0 else "PAX-B")
 
@@ -89,5 +75,5 @@ def test_the_terminal_filter_keeps_only_that_terminal_across_short_pages(payment
     assert any(len(page) < 2 for page in pages[:-1])
 
 
-def test_a_merchant_without_orders_gets_an_empty_last_page(payments: Any) -> None:
+def test_a_merchant_without_orders_gets_an_empty_last_page(payments: PaymentRepository) -> None:
     assert payments.list_heads("M1", 5) == ([], None)
