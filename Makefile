@@ -37,7 +37,7 @@ test: install-infra lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 synth: install-infra
-	cd infra && ../$(BIN)/python app.py
+	cd infra && ../$(BIN)/python app.py $(CDK_ARGS)
 
 deploy: install-infra
 	cd infra && npx --yes aws-cdk@2 deploy --app "../$(BIN)/python app.py" --require-approval broadening $(CDK_ARGS)
