@@ -127,6 +127,11 @@ class ChaliceApp(Construct):
     def function_name(self, spec: FunctionSpec) -> str:
         return self._settings.resource_name(spec.slug)
 
+    def memory_of(self, spec: FunctionSpec) -> int:
+        if spec.name == API_HANDLER and self._settings.api_memory_mb is not None:
+            return self._settings.api_memory_mb
+        return spec.memory_mb
+
     def concurrency_of(self, spec: FunctionSpec) -> int | None:
         return None if spec.concurrency is None else int(getattr(self._settings, spec.concurrency))
 
@@ -163,7 +168,7 @@ class ChaliceApp(Construct):
         cfn.add_property_override("FunctionName", name)
         cfn.add_property_override("Role", role.role_arn)
         cfn.add_property_override("Timeout", self.timeout_of(spec))
-        cfn.add_property_override("MemorySize", spec.memory_mb)
+        cfn.add_property_override("MemorySize", self.memory_of(spec))
         cfn.add_property_override("LoggingConfig", {"LogGroup": log_group.log_group_name})
         cfn.add_property_override("Tracing", "Active")
         if spec.concurrency is not None:

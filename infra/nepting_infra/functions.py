@@ -68,7 +68,8 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         logical_id="APIHandler",
         timeout_s=API_TIMEOUT_FROM_SETTINGS,
         # It waits for the customer most of its life, billed by memory x time: the smallest size
-        # its measured peak memory fits keeps a 30-s payment within budget (bench/lambda_sizing.py).
+        # whose memory holds its measured peak with 25 % headroom (bench/lambda_sizing.py);
+        # -c api_memory_mb trades cost for a faster first request per container.
         memory_mb=128,
         concurrency="api_concurrency",
         reads=("merchants", "transactions"),
@@ -81,7 +82,8 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         name="terminal_events",
         logical_id="TerminalEvents",
         timeout_s=10,
-        # Acks and results: their handling time is added latency, their cost is a few ms each.
+        # Acks and results: their handling time is added latency, their cost is a few ms each; the
+        # smallest size that stretches a warm ack's CPU by at most 20 ms (bench/lambda_sizing.py).
         memory_mb=512,
         concurrency="terminal_events_concurrency",
         read_writes=("terminals", "payments"),

@@ -89,6 +89,9 @@ class DeploymentSettings:
     # API Gateway's account-wide logging role: off when another stack of the account manages it.
     manage_api_gateway_account: bool
     table_deletion_protection: bool
+    # None: the measured size in functions.py. More buys a faster first request per container and
+    # cold start, at a price proportional to every payment's wait (infra/README.md, Cost).
+    api_memory_mb: int | None
 
     @property
     def api_lambda_timeout_s(self) -> int:
@@ -207,6 +210,7 @@ class DeploymentSettings:
             hosted_zone_id=get("hosted_zone_id") or None,
             manage_api_gateway_account=_bool(get, "manage_api_gateway_account", True),
             table_deletion_protection=_bool(get, "table_deletion_protection", False),
+            api_memory_mb=_int(get, "api_memory_mb", 0) or None,
         )
         settings._check_capacity()
         return settings
@@ -228,6 +232,8 @@ class DeploymentSettings:
                 f"second for {self.integration_timeout_ms // 1000} s: raise the Lambda concurrency quota "
                 "(lambda_concurrency_quota) or lower api_integration_timeout_s (infra/README.md, Scale)"
             )
+        if self.api_memory_mb is not None and not 128 <= self.api_memory_mb <= 10_240:
+            raise DeploymentSettingsError("api_memory_mb must be within 128..10240 (Lambda)")
         if not 100 <= self.waf_rate_limit <= 2_000_000_000:
             raise DeploymentSettingsError("waf_rate_limit must be within 100..2e9 requests per 5 minutes (WAF)")
 
