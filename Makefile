@@ -46,4 +46,4 @@ bench: install
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) chalice.out infra/cdk.out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) chalice.out infra/cdk.out build/lambda-deps .mypy_cache .ruff_cache .pytest_cache
