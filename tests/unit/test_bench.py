@@ -3,6 +3,7 @@ the per-payment drivers and the report. No load is run here."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from typing import Any
 
@@ -88,7 +89,7 @@ def test_the_bench_model_follows_the_service_schedule_read_by_read() -> None:
 
     plan = Settings()
     times = cost.read_times(8_000, plan, ack_after_ms=0)
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     interval = plan.poll_initial_ms
     for at, gap in zip(times, gaps, strict=False):
         assert gap == interval
