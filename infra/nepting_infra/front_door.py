@@ -75,7 +75,6 @@ class FrontDoor(Construct):
         *,
         settings: DeploymentSettings,
         rest_api: CfnResource,
-        stage_name: str,
     ) -> None:
         super().__init__(scope, construct_id)
         self._settings = settings

@@ -12,9 +12,9 @@ fresh account can deploy as is. Values are derived together:
     >>> t = DeploymentSettings.from_context({"alarm_email": "none"}.get)
     >>> (t.integration_timeout_ms, t.payment_deadline_ms, t.api_lambda_timeout_s)
     (29000, 27000, 30)
-    >>> t = DeploymentSettings.from_context({"alarm_email": "none", "api_integration_timeout_s": "125"}.get)
+    >>> t = DeploymentSettings.from_context({"alarm_email": "none", "api_integration_timeout_s": "122"}.get)
     >>> (t.integration_timeout_ms, t.payment_deadline_ms, t.api_lambda_timeout_s)
-    (125000, 120000, 126)
+    (122000, 120000, 123)
     >>> (t.api_concurrency, t.order_burst_limit, t.order_rate_limit)
     (740, 74, 4)
 """
@@ -168,8 +168,10 @@ class DeploymentSettings:
         integration_s = _int(get, "api_integration_timeout_s", DEFAULT_INTEGRATION_TIMEOUT_S)
         if not 1 <= integration_s <= 900:
             raise DeploymentSettingsError("api_integration_timeout_s must be within 1..900 (Lambda's limit)")
-        integration_ms = integration_s * 1000
         wanted_deadline_ms = _int(get, "payment_deadline_ms", DEFAULT_PAYMENT_DEADLINE_MS)
+        # No wait outlasts the deadline: a longer timeout would only hold functions (and throttle the
+        # payment route) for nothing.
+        integration_ms = min(integration_s, cls.integration_timeout_for(wanted_deadline_ms)) * 1000
         deadline_ms = min(wanted_deadline_ms, integration_ms - RESPONSE_MARGIN_MS)
         if deadline_ms < ACK_TIMEOUT_MS:
             raise DeploymentSettingsError(

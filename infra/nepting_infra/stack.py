@@ -68,7 +68,6 @@ class NeptingCloudApiStack(Stack):
             "FrontDoor",
             settings=settings,
             rest_api=self.app.chalice.get_resource(REST_API_ID),
-            stage_name=API_STAGE,
         )
 
         for name in self.app.functions:

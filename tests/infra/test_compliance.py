@@ -101,9 +101,14 @@ def test_default_integration_timeout_shortens_the_payment_deadline(settings_modu
 
 
 def test_raised_integration_timeout_restores_the_contract_deadline(settings_module):
-    s = _settings(settings_module, api_integration_timeout_s="125")
-    assert (s.integration_timeout_ms, s.payment_deadline_ms, s.api_lambda_timeout_s) == (125_000, 120_000, 126)
+    s = _settings(settings_module, api_integration_timeout_s="122")
+    assert (s.integration_timeout_ms, s.payment_deadline_ms, s.api_lambda_timeout_s) == (122_000, 120_000, 123)
     assert not s.deadline_was_capped and s.max_customer_time_s == 120
+
+
+def test_an_integration_timeout_beyond_the_deadline_and_its_margin_is_not_used(settings_module):
+    s = _settings(settings_module, api_integration_timeout_s="300")
+    assert (s.integration_timeout_ms, s.payment_deadline_ms, s.api_lambda_timeout_s) == (122_000, 120_000, 123)
 
 
 def test_the_timeout_the_summary_asks_for_gives_the_whole_deadline(settings_module):
@@ -125,7 +130,7 @@ def test_api_concurrency_is_the_quota_minus_everyone_elses_share(settings_module
     assert s.api_concurrency == 3000 - 80 - 10 - 200
 
 
-@pytest.mark.parametrize("timeout_s", ["29", "60", "125", "300"])
+@pytest.mark.parametrize("timeout_s", ["29", "60", "90", "122"])
 def test_payment_route_admits_no_more_than_the_api_function_can_hold_for_the_longest_wait(settings_module, timeout_s):
     s = _settings(settings_module, api_integration_timeout_s=timeout_s)
     # Every admitted payment held for the whole integration timeout, plus a full burst, still fits in
@@ -142,8 +147,8 @@ def test_payment_route_admits_no_more_than_the_api_function_can_hold_for_the_lon
         {"api_integration_timeout_s": "soon"},
         {"stage": "Prod_1"},
         {"lambda_concurrency_quota": "10"},
-        # 740 concurrent executions cannot hold one payment a second for 15 minutes.
-        {"api_integration_timeout_s": "900"},
+        # 140 concurrent executions cannot hold one payment a second for two minutes.
+        {"api_integration_timeout_s": "122", "lambda_concurrency_quota": "400"},
         {"unreserved_concurrency": "50"},
         {"terminal_events_concurrency": "0"},
         {"domain_name": "pay.example.com"},

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.infra
 CERTIFICATE = "arn:aws:acm:eu-west-3:123456789012:certificate/0f2f2c9e-1111-2222-3333-444455556666"
 PRODUCTION = {
     "alarm_email": "oncall@example.com",
-    "api_integration_timeout_s": "125",
+    "api_integration_timeout_s": "122",
     "waf": "true",
     "waf_rate_limit": "600",
     "domain_name": "pay.example.com",
@@ -60,7 +60,7 @@ def production(infra: Any) -> dict[str, Any]:
     api = CfnResource(
         stack, "RestAPI", type="AWS::Serverless::Api", properties={"StageName": "api", "DefinitionBody": {}}
     )
-    front_door.FrontDoor(stack, "FrontDoor", settings=settings, rest_api=api, stage_name="api")
+    front_door.FrontDoor(stack, "FrontDoor", settings=settings, rest_api=api)
     return Template.from_stack(stack).to_json()
 
 
@@ -115,7 +115,7 @@ def test_raised_integration_timeout_throttles_the_payment_route_harder(productio
         if m["ResourcePath"] == "/~1v1~1connector~1order"
     ]
     assert order["ThrottlingRateLimit"] == settings.order_rate_limit
-    assert order["ThrottlingRateLimit"] * 125 + order["ThrottlingBurstLimit"] <= settings.api_concurrency * 0.9
+    assert order["ThrottlingRateLimit"] * 122 + order["ThrottlingBurstLimit"] <= settings.api_concurrency * 0.9
 
 
 def test_the_dashboards_dimensioned_metrics_are_those_the_code_emits_with_a_dimension(infra):
