@@ -47,7 +47,7 @@ test: install-infra lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 synth: install-infra
-	cd infra && ../$(BIN)/python app.py
+	cd infra && ../$(BIN)/python app.py $(CDK_ARGS)
 
 deploy: install-infra
 	cd infra && npx --yes aws-cdk@2 deploy --app "../$(BIN)/python app.py" --require-approval broadening $(CDK_ARGS)
@@ -56,4 +56,4 @@ bench: install
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) chalice.out infra/cdk.out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) chalice.out infra/cdk.out build/lambda-deps .mypy_cache .ruff_cache .pytest_cache

@@ -2,7 +2,7 @@
 Against the local stack: make admin ARGS='create-merchant …' (the environment make run printed).
 
 python -m admin create-merchant --merchant-id M1 --login shop --password '…' [--notify-url URL]
-python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198
+python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198 [--csr terminal.csr]
 python -m admin rotate-passphrase --merchant-id M1 --terminal PAX-1850320198
 """
 
@@ -71,6 +71,15 @@ _LOCAL_HINT = "against the local stack use make admin ARGS='…' (it reads the e
 
 def enroll_terminal(args: argparse.Namespace) -> int:
     terminals, merchants = _repositories()
+    csr_pem = None
+    if args.csr:
+        from admin.iot import read_csr
+
+        try:
+            csr_pem = read_csr(Path(args.csr))
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         terminal_id, passphrase = enrollment.enroll_terminal(
             terminals,
@@ -90,11 +99,14 @@ def enroll_terminal(args: argparse.Namespace) -> int:
     settings = get_settings()
     exit_code = 0
     if settings.terminal_channel == "iot" and not args.no_iot:
-        from admin.iot import provision_thing
+        from admin.iot import provision_thing, terminal_resource_name
 
         try:
-            policy = args.iot_policy or f"nepting-cloud-api-{settings.stage}-terminal"
-            output["iot"] = provision_thing(terminal_id, args.merchant_id, policy, Path(args.cert_dir))
+            policy = args.iot_policy or terminal_resource_name(settings.stage)
+            thing_type = args.thing_type or terminal_resource_name(settings.stage)
+            output["iot"] = provision_thing(
+                terminal_id, args.merchant_id, policy, thing_type, Path(args.cert_dir), csr_pem
+            )
         except (BotoCoreError, ClientError) as exc:
             # The terminal is enrolled either way: its passphrase must still be shown, once.
             output["iot_error"] = str(exc)
@@ -151,7 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     terminal.add_argument(
         "--iot-policy", help="IoT policy to attach (default: the one infra/ deploys, nepting-cloud-api-STAGE-terminal)"
     )
-    terminal.add_argument("--cert-dir", default="certs", help="where the certificate and key are written")
+    terminal.add_argument(
+        "--thing-type", help="IoT thing type (default: the one infra/ deploys, nepting-cloud-api-STAGE-terminal)"
+    )
+    terminal.add_argument(
+        "--csr",
+        help="PEM certificate signing request made on the terminal: IoT Core signs it and the private key "
+        "never leaves the terminal (production). Without it a key pair is made here (development).",
+    )
+    terminal.add_argument("--cert-dir", default="certs", help="where the certificate (and key) are written")
     terminal.set_defaults(func=enroll_terminal)
 
     rotate = commands.add_parser("rotate-passphrase", help="give a terminal a new passphrase (shown once)")

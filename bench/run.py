@@ -224,6 +224,8 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
                 for key in ("poll_initial_ms", "poll_growth_pct", "ack_timeout_ms", "payment_deadline_ms")
             },
             "poll_max_ms": Settings().poll_max_ms,
+            "poll_typing_after_ms": Settings().poll_typing_after_ms,
+            "poll_typing_max_ms": Settings().poll_typing_max_ms,
             "local_poll_max_ms": config.local_poll_max_ms or stack.settings.poll_max_ms,
         },
         "console_side": {

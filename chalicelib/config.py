@@ -47,10 +47,14 @@ class Settings:
     # The deadline of a payment started with ``Prefer: respond-async``: nobody holds an HTTP request
     # open, so the customer gets the contract's full default.
     async_payment_deadline_ms: int = 120_000
-    # Poll schedule of the synchronous wait: start fast, grow geometrically, cap.
+    # Poll schedule of the synchronous wait (chalicelib/payments/poll_schedule.py): start fast, grow
+    # geometrically, cap at poll_max_ms while an answer is likely (the ack, then the first
+    # poll_typing_after_ms after it), at poll_typing_max_ms while the customer is still typing.
     poll_initial_ms: int = 5
     poll_growth_pct: int = 150
     poll_max_ms: int = 40
+    poll_typing_after_ms: int = 6_000
+    poll_typing_max_ms: int = 500
     # Events whose ``sent_at`` is further than this from now are refused.
     event_freshness_ms: int = 300_000
     # How long a verified Basic credential stays in the per-process cache.
@@ -101,6 +105,8 @@ class Settings:
                 )
         if not 0 < self.poll_initial_ms <= self.poll_max_ms or self.poll_growth_pct < 100:
             raise ConfigurationError("need 0 < POLL_INITIAL_MS <= POLL_MAX_MS and POLL_GROWTH_PCT >= 100")
+        if self.poll_typing_after_ms < 0 or self.poll_typing_max_ms <= 0:
+            raise ConfigurationError("need POLL_TYPING_AFTER_MS >= 0 and POLL_TYPING_MAX_MS > 0")
 
 
 @lru_cache(maxsize=1)

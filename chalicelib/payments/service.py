@@ -15,7 +15,7 @@ from chalicelib.config import Settings
 from chalicelib.errors import ApiError, order_not_found, terminal_not_found
 from chalicelib.exceptions import ChannelError, ConditionFailed, DispatchMissingError, TerminalBusyError
 from chalicelib.keys import order_key
-from chalicelib.observability import count, log_event
+from chalicelib.observability import count, log_event, traced
 from chalicelib.payments.domain import (
     FINAL,
     IN_FLIGHT,
@@ -25,6 +25,7 @@ from chalicelib.payments.domain import (
     Reason,
     Terminal,
 )
+from chalicelib.payments.poll_schedule import next_interval_ms
 from chalicelib.payments.ports import PaymentRepository, TerminalChannel, TerminalRepository
 from chalicelib.payments.replies import (
     Reply,
@@ -96,7 +97,9 @@ def request_payment(
             continue
         if respond_async:
             return accepted_reply(order_id)
-        return reply_for(head, wait_for_final(deps, dispatch.request_id))
+        with traced("payment wait", order_id=order_id, request_id=dispatch.request_id):
+            final = wait_for_final(deps, dispatch.request_id)
+        return reply_for(head, final)
     raise ApiError(409, "order.contended", "The order is being started by another request; retry")
 
 
@@ -238,16 +241,16 @@ def _send(deps: PaymentDeps, dispatch: Dispatch, kind: str, body: dict[str, Any]
 def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
     """Poll the correlation record until it is final, writing the timeout when a deadline passes.
 
-    The schedule starts at ``poll_initial_ms`` and grows by ``poll_growth_pct`` up to ``poll_max_ms``,
-    restarting fast whenever the state moves: an instant terminal answers within a few short polls,
-    a customer taking 30 s costs about 30 s / poll_max_ms reads, and the delay between the result
-    landing and the answer never exceeds the cap (plus one read).
+    The schedule (chalicelib/payments/poll_schedule.py) restarts fast whenever the state moves and caps the
+    interval by phase: an instant terminal answers within a few short polls, a tap payment's result
+    is read within ``poll_max_ms``, and a customer typing for 30 s costs a few reads a second.
     """
     settings = deps.settings
     interval = settings.poll_initial_ms
     seen_state: DispatchState | None = None
     started = deps.clock.now_ms()
     next_progress = started + _PROGRESS_EVERY_MS
+    state_since_ms = 0
     while True:
         dispatch = deps.payments.get_dispatch(request_id)
         if dispatch is None:
@@ -255,9 +258,9 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
         if dispatch.state in FINAL:
             # Whoever wrote the final state (event handler, timeout, cancel) released the claim.
             return dispatch
-        if dispatch.state != seen_state:
-            seen_state, interval = dispatch.state, settings.poll_initial_ms
         now = deps.clock.now_ms()
+        if dispatch.state != seen_state:
+            seen_state, interval, state_since_ms = dispatch.state, settings.poll_initial_ms, now
         overdue = dispatch.overdue_reason(now)
         if overdue is not None:
             timed_out = _time_out(deps, dispatch, overdue, now)
@@ -277,7 +280,8 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
             )
         next_deadline = dispatch.ack_deadline_ms if dispatch.state == DispatchState.PENDING else dispatch.deadline_ms
         deps.waker.wait(request_id, max(0.001, min(interval, next_deadline - now)) / 1000)
-        interval = min(settings.poll_max_ms, interval * settings.poll_growth_pct // 100)
+        acknowledged_for = now - state_since_ms if dispatch.state == DispatchState.ACKNOWLEDGED else None
+        interval = next_interval_ms(settings, interval, acknowledged_for)
 
 
 def _time_out(deps: PaymentDeps, dispatch: Dispatch, reason: Reason, now: int) -> Dispatch | None:

@@ -21,7 +21,7 @@ from chalicelib.merchants.auth import Authenticator
 
 PASSWORD = "a-long-enough-password"
 POLICY = "nepting-cloud-api-dev-terminal"  # what infra/ deploys for the dev stage
-THING_TYPE = "NeptingTerminal"
+THING_TYPE = "nepting-cloud-api-dev-terminal"
 
 
 @pytest.fixture
@@ -345,3 +345,47 @@ def test_failed_iot_provisioning_still_hands_over_the_passphrase(
     assert code == 1 and "IoT provisioning of PAX-1850320198 failed" in err
     assert output is not None and output["passphrase"] == stored.passphrase
     assert "AttachPolicy" in output["iot_error"] and "iot" not in output
+
+
+def _csr(path: Path) -> Path:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "PAX-1850320198")]))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(request.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_enrollment_from_a_csr_signs_the_terminals_request_and_writes_no_private_key(
+    iot: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    create_merchant(capsys)
+    csr = _csr(tmp_path / "terminal.csr")
+    code, output, _ = enroll(capsys, "--csr", str(csr), "--cert-dir", str(tmp_path / "certs"))
+    assert code == 0
+    terminal_id = "PAX-1850320198"
+    certificate_arn = output["iot"]["certificate_arn"]
+    assert iot.list_thing_principals(thingName=terminal_id)["principals"] == [certificate_arn]
+    assert [p["policyName"] for p in iot.list_attached_policies(target=certificate_arn)["policies"]] == [POLICY]
+    described = iot.describe_certificate(certificateId=certificate_arn.rsplit("/", 1)[1])["certificateDescription"]
+    assert described["status"] == "ACTIVE"
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == [f"{terminal_id}.cert.pem"]
+    assert "stays on the terminal" in output["iot"]["private_key"]
+
+
+def test_an_unreadable_csr_is_refused_before_anything_is_enrolled(
+    iot: Any, admin_env: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    create_merchant(capsys)
+    not_a_csr = tmp_path / "key.pem"
+    not_a_csr.write_text("-----BEGIN PRIVATE KEY-----\n")
+    code, _, err = enroll(capsys, "--csr", str(not_a_csr), "--cert-dir", str(tmp_path / "certs"))
+    assert code == 2 and "not a PEM certificate signing request" in err
+    assert terminals(admin_env).get("PAX-1850320198") is None
+    assert iot.list_things()["things"] == []

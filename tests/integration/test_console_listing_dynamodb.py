@@ -12,8 +12,8 @@ from app import app
 from chalicelib.adapters.dynamodb import console as ledger_adapter
 from chalicelib.bootstrap import components as ledger
 from chalicelib.config import Settings
-from chalicelib.console.domain import IpnFacts
 from chalicelib.console.ingest import merge
+from chalicelib.console.schemas import IpnBody
 from tests.console_helpers import seed_merchant
 
 
@@ -40,7 +40,7 @@ def add(reference: str, merchant: str = "M1", at: str = "10:00:00.000Z", **field
         "processed_at": "2026-11-28T" + at,
     }
     values.update(fields)
-    merge(ledger().ingest_deps(), reference, ipn=IpnFacts(**values))
+    merge(ledger().ingest_deps(), reference, ipn=IpnBody.model_validate(values))
 
 
 def get(path: str, headers: dict[str, str]) -> tuple[int, Any]:

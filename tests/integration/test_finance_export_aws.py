@@ -18,9 +18,10 @@ from admin import export
 from chalicelib.adapters.aws import client
 from chalicelib.bootstrap import components as ledger
 from chalicelib.config import Settings
-from chalicelib.console.domain import IpnFacts, details_from_head
+from chalicelib.console.domain import details_from_head
 from chalicelib.console.ingest import merge, record_order_details
-from tests.console_helpers import head_image, order_request
+from chalicelib.console.schemas import IpnBody
+from tests.console_helpers import head_image, ipn_body, order_request
 
 COLUMNS = [
     "transaction_reference",
@@ -44,11 +45,13 @@ TRICKY = {"note": 'comma, "quote"\nand a new line', "ville": "Besançon €"}
 
 
 def add(ref: str, merchant: str, terminal: str, status: str, amount: int, day: str, operation: str = "Debit") -> None:
-    facts = IpnFacts(
-        ref, merchant, f"O-{ref}", terminal, operation, status, amount, "EUR", "A1", True, "VISA",
-        "497010******0001", "chip", f"2026-11-{day}T10:00:00.000Z",
+    facts = ipn_body(
+        transaction_reference=ref, merchant_id=merchant, order_id=f"O-{ref}", terminal_id=terminal,
+        operation=operation, status=status, amount=amount, authorization_code="A1",
+        card={"brand": "VISA", "masked_pan": "497010******0001", "entry_mode": "chip"},
+        processed_at=f"2026-11-{day}T10:00:00.000Z",
     )  # fmt: skip
-    merge(ledger().ingest_deps(), ref, ipn=facts)
+    merge(ledger().ingest_deps(), ref, ipn=IpnBody.model_validate(facts))
 
 
 @pytest.fixture
