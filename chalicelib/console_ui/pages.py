@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 from chalice import Response
@@ -53,31 +54,31 @@ class StaticFile:
     etag: str
 
 
-def _load(section: str) -> dict[str, StaticFile]:
-    files = {}
-    for path in sorted((STATIC / section).iterdir()):
-        content_type = _TYPES.get(path.suffix)
-        if content_type is None or not path.is_file():
-            continue
-        body = path.read_text(encoding="utf-8")
-        etag = '"' + hashlib.sha256(body.encode("utf-8")).hexdigest()[:32] + '"'
-        files[path.name] = StaticFile(body, content_type, etag)
-    return files
+def _listing(section: str) -> frozenset[str]:
+    return frozenset(p.name for p in (STATIC / section).iterdir() if p.is_file() and p.suffix in _TYPES)
 
 
-_FILES = {section: _load(section) for section in SECTIONS}
+# Names only: every function of the app imports this module, and only the API's reads a file,
+# once per process, when it is first asked for.
+_NAMES = {section: _listing(section) for section in SECTIONS}
+
+
+@lru_cache(maxsize=32)
+def _file(section: str, name: str) -> StaticFile:
+    body = (STATIC / section / name).read_text(encoding="utf-8")
+    etag = '"' + hashlib.sha256(body.encode("utf-8")).hexdigest()[:32] + '"'
+    return StaticFile(body, _TYPES[Path(name).suffix], etag)
 
 
 def page(section: str, if_none_match: str | None = None) -> Response:
     """The section's ``index.html``."""
-    return _answer(_FILES[section]["index.html"], _PAGE_CACHE, if_none_match)
+    return _answer(_file(section, "index.html"), _PAGE_CACHE, if_none_match)
 
 
 def asset(section: str, name: str, if_none_match: str | None = None) -> Response:
-    found = _FILES[section].get(name)
-    if found is None or name == "index.html":
+    if name not in _NAMES[section] or name == "index.html":
         raise ApiError(404, "route.not_found", f"No file {name} in /{section}")
-    return _answer(found, _ASSET_CACHE, if_none_match)
+    return _answer(_file(section, name), _ASSET_CACHE, if_none_match)
 
 
 def redirect(location: str) -> Response:
