@@ -13,7 +13,7 @@ from chalice import Response
 from chalice.app import Request
 
 from chalicelib import openapi
-from chalicelib.adapters.exports import EXPORT_PREFIX, start_table_export
+from chalicelib.adapters.exports import start_table_export
 from chalicelib.bootstrap import components
 from chalicelib.console import ingest, ipn, notifications, queries
 from chalicelib.console_ui import pages
@@ -199,5 +199,7 @@ def merchant_notifier_handler(event: dict[str, Any], context: Any) -> BatchResul
 def finance_export_handler(event: dict[str, Any], context: Any) -> dict[str, str]:
     settings = components().settings
     # The scheduled event's id makes a redelivered schedule start the same export, not a second one.
-    arn = start_table_export(settings.transactions_table, settings.export_bucket, EXPORT_PREFIX, event.get("id"))
+    arn = start_table_export(
+        settings.transactions_table, settings.export_bucket, settings.export_prefix, event.get("id")
+    )
     return {"export_arn": arn}

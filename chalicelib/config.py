@@ -31,6 +31,8 @@ class Settings:
     notifications_queue_url: str = ""
     notifications_dlq_url: str = ""
     export_bucket: str = "nepting-exports"
+    # Where in the bucket exports go; infra/ sets it with the bucket, its lifecycle rule and the policy.
+    export_prefix: str = "exports/"
     # IPN secret: given directly (local stack, tests) or by an SSM SecureString parameter name (AWS).
     ipn_secret: str = ""
     ipn_secret_parameter: str = ""

@@ -202,6 +202,7 @@ class NeptingCloudApiStack(Stack):
         )
         self.app.add_environment(spec, "TRANSACTIONS_TABLE", table.table_name)
         self.app.add_environment(spec, "EXPORT_BUCKET", bucket.bucket_name)
+        self.app.add_environment(spec, "EXPORT_PREFIX", EXPORT_PREFIX)
 
     # --- event sources ------------------------------------------------------------------------
 

@@ -580,6 +580,8 @@ def test_export_bucket_is_private_tls_only_versioned_logged_and_ages_its_objects
     assert bucket["LoggingConfiguration"]["DestinationBucketName"]["Ref"] in buckets
     lifecycle = {r["Id"]: r for r in bucket["LifecycleConfiguration"]["Rules"]}
     assert lifecycle["age-exports"]["Prefix"] == "exports/"
+    # The export function writes where the lifecycle rule ages: it is told the same prefix.
+    assert _env(template, "FinanceExport")["EXPORT_PREFIX"] == lifecycle["age-exports"]["Prefix"]
     assert lifecycle["age-exports"]["Transitions"]
     assert lifecycle["abort-incomplete-uploads"]["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] == 7
     (policy,) = [
