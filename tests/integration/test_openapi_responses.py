@@ -205,6 +205,9 @@ def test_payment_failures_of_the_terminal_match_their_schemas(checked: Checked) 
     terminal.behaviour = "ack_only"
     checked.pay(504, example(order_id="NO-RESULT"))
     terminal.join()
+    # The terminal acks then drops: a long ack window, so that a loaded machine cannot turn it into a 504.
+    live = checked.api.components
+    live.settings = replace(live.settings, ack_timeout_ms=60_000, payment_deadline_ms=120_000)
     terminal.behaviour = "drop"
     checked.pay(502, example(order_id="DROPPED"))
     terminal.join()
