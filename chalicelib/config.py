@@ -41,6 +41,8 @@ class Settings:
     mqtt_port: int = 1883
     # The terminal must acknowledge within this window (CONTRACT §1 "Timing").
     ack_timeout_ms: int = 10_000
+    # A Cancel waits this long for the terminal to answer its cancel_request (CONTRACT §1 "Cancel").
+    cancel_timeout_ms: int = 10_000
     # Overall payment deadline; the terminal gets it as ``expires_at``. On AWS a synchronous wait must
     # also end inside API Gateway's integration timeout (infra/ sets this below it).
     payment_deadline_ms: int = 120_000
@@ -90,9 +92,12 @@ class Settings:
             raise ConfigurationError("TERMINAL_CHANNEL must be 'iot' or 'mqtt'")
         if (
             self.ack_timeout_ms <= 0
+            or self.cancel_timeout_ms <= 0
             or min(self.payment_deadline_ms, self.async_payment_deadline_ms) < self.ack_timeout_ms
         ):
-            raise ConfigurationError("need 0 < ACK_TIMEOUT_MS <= PAYMENT_DEADLINE_MS and ASYNC_PAYMENT_DEADLINE_MS")
+            raise ConfigurationError(
+                "need 0 < CANCEL_TIMEOUT_MS, 0 < ACK_TIMEOUT_MS <= PAYMENT_DEADLINE_MS and ASYNC_PAYMENT_DEADLINE_MS"
+            )
         if not 0 < self.poll_initial_ms <= self.poll_max_ms or self.poll_growth_pct < 100:
             raise ConfigurationError("need 0 < POLL_INITIAL_MS <= POLL_MAX_MS and POLL_GROWTH_PCT >= 100")
 

@@ -25,7 +25,8 @@ from chalicelib.config import Settings
 from chalicelib.exceptions import ChannelError, ConditionFailed
 from chalicelib.merchants import enrollment
 from chalicelib.merchants.auth import Authenticator
-from chalicelib.payments.domain import IN_FLIGHT, Dispatch, DispatchState, OrderHead, Terminal
+from chalicelib.payments import domain
+from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, Terminal, Transition
 from tests.conftest import PASSPHRASE, TERMINAL_ID
 from tests.integration.moto_per_module import (  # noqa: F401
     aws_with_fresh_tables,
@@ -35,7 +36,6 @@ from tests.integration.moto_per_module import (  # noqa: F401
 
 NOW = 1_795_000_000_000
 RETENTION_S = 90 * 86_400
-PENDING = frozenset({DispatchState.PENDING})
 
 
 @pytest.fixture
@@ -207,7 +207,7 @@ def test_status_newer_wins_and_older_is_ignored(terminals: DynamoTerminalReposit
         NOW,
         "t1",
     )
-    assert terminals.record_status(TERMINAL_ID, True, NOW, "t1-again"), "same instant: the later arrival wins"
+    assert not terminals.record_status(TERMINAL_ID, True, NOW, "t1-again"), "only a strictly newer status counts"
     assert terminals.record_status(TERMINAL_ID, False, NOW + 5, "t2")
     terminal = terminals.get(TERMINAL_ID)
     assert terminal is not None and (terminal.online, terminal.last_seen_at) == (False, "t2")
@@ -295,9 +295,12 @@ def test_retry_against_a_stale_attempt_number_fails(payments: DynamoPaymentRepos
         payments.start_attempt(*head_and_dispatch("r-2", attempt=3), 2)
 
 
+SUCCESS = {"payment_status": "Success"}
+
+
 def test_transition_moves_forward_and_counts_versions(payments: DynamoPaymentRepository) -> None:
     started(payments)
-    acked = payments.transition("r-1", PENDING, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
+    acked = payments.apply(Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID))
     assert (acked.state, acked.acked_at_ms, acked.finished_at_ms, acked.version) == (
         DispatchState.ACKNOWLEDGED,
         NOW + 50,
@@ -305,9 +308,10 @@ def test_transition_moves_forward_and_counts_versions(payments: DynamoPaymentRep
         1,
     )
     result = {"payment_status": "Success", "error_data": {"code": "00", "n": 3}, "authorized_online": True}
-    done = payments.transition("r-1", IN_FLIGHT, DispatchState.SUCCEEDED, NOW + 900, result=result)
-    assert (done.state, done.finished_at_ms, done.version, done.result) == (
+    done = payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 900, result=result))
+    assert (done.state, done.finished_at_ms, done.result_at_ms, done.version, done.result) == (
         DispatchState.SUCCEEDED,
+        NOW + 900,
         NOW + 900,
         2,
         result,
@@ -319,12 +323,14 @@ def test_transition_from_a_wrong_state_fails_and_changes_nothing(
     aws: Settings, payments: DynamoPaymentRepository
 ) -> None:
     started(payments)
-    payments.transition("r-1", IN_FLIGHT, DispatchState.FAILED, NOW + 1, reason="terminal_busy")
+    payments.apply(Transition("r-1", domain.BUSY_ACK, DispatchState.FAILED, NOW + 1, reason="terminal_busy"))
     before = raw_item(aws.payments_table, dispatch_key("r-1"))
     with pytest.raises(ConditionFailed):
-        payments.transition("r-1", IN_FLIGHT, DispatchState.SUCCEEDED, NOW + 2, result={"payment_status": "Success"})
+        payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 2, result=SUCCESS))
     with pytest.raises(ConditionFailed):
-        payments.transition("r-1", PENDING, DispatchState.ACKNOWLEDGED, NOW + 3)
+        payments.apply(Transition("r-1", domain.LATE_RESULT, DispatchState.SUCCEEDED, NOW + 2, result=SUCCESS))
+    with pytest.raises(ConditionFailed):
+        payments.apply(Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 3))
     assert raw_item(aws.payments_table, dispatch_key("r-1")) == before
 
 
@@ -334,28 +340,26 @@ def test_transition_for_another_terminal_fails_and_changes_nothing(
     started(payments)
     before = raw_item(aws.payments_table, dispatch_key("r-1"))
     with pytest.raises(ConditionFailed):
-        payments.transition("r-1", PENDING, DispatchState.ACKNOWLEDGED, NOW, terminal_id="PAX-77")
+        payments.apply(Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW, terminal_id="PAX-77"))
     assert raw_item(aws.payments_table, dispatch_key("r-1")) == before
 
 
 def test_transition_of_an_unknown_dispatch_fails_without_creating_it(payments: DynamoPaymentRepository) -> None:
     with pytest.raises(ConditionFailed):
-        payments.transition("r-ghost", IN_FLIGHT, DispatchState.FAILED, NOW)
+        payments.apply(Transition("r-ghost", domain.UNREACHABLE, DispatchState.FAILED, NOW))
     assert payments.get_dispatch("r-ghost") is None
 
 
 def test_late_result_is_flagged_and_keeps_the_timeout_reason(payments: DynamoPaymentRepository) -> None:
     started(payments)
-    timed_out = payments.transition("r-1", IN_FLIGHT, DispatchState.TIMED_OUT, NOW + 1, reason="result_timeout")
+    timed_out = payments.apply(
+        Transition("r-1", domain.RESULT_TIMEOUT, DispatchState.TIMED_OUT, NOW + 1, reason="result_timeout")
+    )
     assert timed_out.late is False
-    late = payments.transition(
-        "r-1",
-        frozenset({DispatchState.TIMED_OUT}),
-        DispatchState.SUCCEEDED,
-        NOW + 2,
-        terminal_id=TERMINAL_ID,
-        result={"payment_status": "Success"},
-        late=True,
+    with pytest.raises(ConditionFailed):
+        payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 2, result=SUCCESS))
+    late = payments.apply(
+        Transition("r-1", domain.LATE_RESULT, DispatchState.SUCCEEDED, NOW + 2, terminal_id=TERMINAL_ID, result=SUCCESS)
     )
     assert (late.state, late.late, late.reason) == (DispatchState.SUCCEEDED, True, "result_timeout")
     assert payments.get_dispatch("r-1").late is True  # type: ignore[union-attr]
@@ -366,41 +370,58 @@ def test_a_failure_may_be_left_for_a_late_result_only_when_its_reason_allows(
 ) -> None:
     started(payments, "r-1")
     started(payments, "r-2", order_id="O-2")
-    payments.transition("r-1", IN_FLIGHT, DispatchState.FAILED, NOW + 1, reason="terminal_disconnected")
-    payments.transition("r-2", IN_FLIGHT, DispatchState.FAILED, NOW + 1, reason="terminal_busy")
-    allowed = frozenset({"terminal_disconnected", "terminal_unreachable"})
-    late = payments.transition(
-        "r-1",
-        frozenset({DispatchState.TIMED_OUT}),
-        DispatchState.SUCCEEDED,
-        NOW + 2,
-        terminal_id=TERMINAL_ID,
-        late=True,
-        failed_for=allowed,
+    payments.apply(
+        Transition("r-1", domain.DISCONNECTED, DispatchState.FAILED, NOW + 1, reason="terminal_disconnected")
+    )
+    payments.apply(Transition("r-2", domain.BUSY_ACK, DispatchState.FAILED, NOW + 1, reason="terminal_busy"))
+    late = payments.apply(
+        Transition("r-1", domain.LATE_RESULT, DispatchState.SUCCEEDED, NOW + 2, terminal_id=TERMINAL_ID, result=SUCCESS)
     )
     assert (late.state, late.late) == (DispatchState.SUCCEEDED, True)
     with pytest.raises(ConditionFailed):
-        payments.transition(
-            "r-2",
-            frozenset({DispatchState.TIMED_OUT}),
-            DispatchState.SUCCEEDED,
-            NOW + 2,
-            terminal_id=TERMINAL_ID,
-            late=True,
-            failed_for=allowed,
+        payments.apply(
+            Transition(
+                "r-2", domain.LATE_RESULT, DispatchState.SUCCEEDED, NOW + 2, terminal_id=TERMINAL_ID, result=SUCCESS
+            )
         )
     assert payments.get_dispatch("r-2").state == DispatchState.FAILED  # type: ignore[union-attr]
+
+
+def test_the_first_late_result_is_final(aws: Settings, payments: DynamoPaymentRepository) -> None:
+    """A repeated result, or a different one after it, changes nothing, even on a failed dispatch."""
+    started(payments)
+    payments.apply(
+        Transition("r-1", domain.DISCONNECTED, DispatchState.FAILED, NOW + 1, reason="terminal_disconnected")
+    )
+    failed = {"payment_status": "Failed", "error_code": "declined"}
+    payments.apply(Transition("r-1", domain.LATE_RESULT, DispatchState.FAILED, NOW + 2, result=failed))
+    before = raw_item(aws.payments_table, dispatch_key("r-1"))
+    for to, result in ((DispatchState.FAILED, failed), (DispatchState.SUCCEEDED, SUCCESS)):
+        for rule in (domain.RESULT, domain.LATE_RESULT):
+            with pytest.raises(ConditionFailed):
+                payments.apply(Transition("r-1", rule, to, NOW + 3, result=result))
+    assert raw_item(aws.payments_table, dispatch_key("r-1")) == before
+
+
+def test_a_cancelling_dispatch_takes_the_terminals_result(payments: DynamoPaymentRepository) -> None:
+    started(payments)
+    cancelling = payments.apply(Transition("r-1", domain.CANCEL, DispatchState.CANCELLING, NOW + 1))
+    assert (cancelling.state, cancelling.cancel_requested_at_ms) == (DispatchState.CANCELLING, NOW + 1)
+    with pytest.raises(ConditionFailed):
+        payments.apply(Transition("r-1", domain.RESULT_TIMEOUT, DispatchState.TIMED_OUT, NOW + 2))
+    aborted = {"payment_status": "Failed", "error_code": "cancelled"}
+    done = payments.apply(Transition("r-1", domain.RESULT, DispatchState.CANCELLED, NOW + 3, result=aborted))
+    assert (done.state, done.result) == (DispatchState.CANCELLED, aborted)
 
 
 @pytest.mark.usefixtures("linearizable_dynamodb")
 def test_of_concurrent_results_exactly_one_lands(payments: DynamoPaymentRepository) -> None:
     started(payments)
-    outcomes = race(
-        *[
-            lambda to=to: payments.transition("r-1", IN_FLIGHT, to, NOW, result={"payment_status": to.value})
-            for to in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED, DispatchState.TIMED_OUT)
-        ]
-    )
+    moves = [
+        Transition("r-1", domain.RESULT, to, NOW, result={"payment_status": to.value})
+        for to in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED)
+    ] + [Transition("r-1", domain.RESULT_TIMEOUT, DispatchState.TIMED_OUT, NOW, reason="result_timeout")]
+    outcomes = race(*[lambda move=move: payments.apply(move) for move in moves])
     landed = [o for o in outcomes if isinstance(o, Dispatch)]
     assert len(landed) == 1 and sum(isinstance(o, ConditionFailed) for o in outcomes) == 3
     assert payments.get_dispatch("r-1") == landed[0]
