@@ -61,8 +61,9 @@ class FakeTerminals:
         terminal = self.items.get(terminal_id)
         if terminal is None:
             return False
-        tie = terminal.status_at_ms == at_ms and (online or terminal.presence_session == session)
-        if not (terminal.status_at_ms < at_ms or tie):
+        if terminal.status_at_ms > at_ms:
+            return False
+        if not online and terminal.presence_session not in (None, session):
             return False
         terminal.online, terminal.status_at_ms, terminal.last_seen_at = online, at_ms, seen_at
         terminal.presence_session = session

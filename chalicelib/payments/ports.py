@@ -52,8 +52,8 @@ class TerminalRepository(Protocol):
     def record_presence(self, terminal_id: str, online: bool, at_ms: int, session: str, seen_at: str) -> bool:
         """Record a broker lifecycle event unless a newer fact is recorded.
 
-        A disconnect at the same instant as the recorded fact counts only for the same session: an
-        old session's disconnect must not undo a newer connect.
+        A disconnect counts only for the session recorded as current: an old session's disconnect
+        (a taken-over connection's, even with a later timestamp) must not undo a newer connect.
         """
         ...
 

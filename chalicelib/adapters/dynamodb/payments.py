@@ -124,17 +124,18 @@ class DynamoTerminalRepository:
         )
 
     def record_presence(self, terminal_id: str, online: bool, at_ms: int, session: str, seen_at: str) -> bool:
-        # A connect wins ties (a reconnect in the same millisecond); a disconnect wins a tie only
-        # over its own session's connect.
-        tie = "presence_session = :session" if not online else "status_at_ms = :t"
+        # Not older than the last fact; and a disconnect ends only the session recorded as current
+        # (a taken-over connection's disconnect may carry a later timestamp than the new connect).
+        condition = "attribute_exists(terminal_id) AND (attribute_not_exists(status_at_ms) OR status_at_ms <= :t)"
+        if not online:
+            condition += " AND (attribute_not_exists(presence_session) OR presence_session = :session)"
         return holds(
             lambda: client("dynamodb").update_item(
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
                 UpdateExpression="SET #online = :o, status_at_ms = :t, last_seen_at = :seen, "
                 "presence_session = :session",
-                ConditionExpression="attribute_exists(terminal_id) AND (attribute_not_exists(status_at_ms) "
-                f"OR status_at_ms < :t OR (status_at_ms = :t AND {tie}))",
+                ConditionExpression=condition,
                 ExpressionAttributeNames={"#online": "online"},
                 ExpressionAttributeValues={
                     ":o": {"BOOL": online},
