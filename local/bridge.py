@@ -50,6 +50,8 @@ class TopicRuleBridge:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_args: self._subscribed.set()
+        # A broker restart drops every client: come back quickly (paho retries with this backoff).
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.connect(host, port, keepalive=30)
         self._client.loop_start()
 

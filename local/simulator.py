@@ -174,6 +174,8 @@ class SimulatedTerminal:
         )
         if tls is not None:
             client.tls_set(ca_certs=tls.ca_certs, certfile=tls.certfile, keyfile=tls.keyfile)
+        # A broker outage drops every terminal: reconnect quickly, as a real terminal app would.
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.on_pre_connect = self._sign_last_will
         client.on_socket_open = disable_nagle
         client.on_connect = self._on_connect

@@ -16,6 +16,7 @@ from chalicelib.exceptions import ConditionFailed, EnvelopeError, EventRefused
 from chalicelib.observability import count, log_event
 from chalicelib.payments import domain
 from chalicelib.payments.domain import (
+    FINAL,
     Dispatch,
     DispatchState,
     Reason,
@@ -259,7 +260,9 @@ def _fail_disconnected(deps: EventDeps, terminal: Terminal) -> None:
     request_id = terminal.busy_request_id
     if request_id is None:
         return
-    deps.terminals.release(terminal.terminal_id, request_id)  # before the final state, as for a result
+    # The final state first, then the claim: a dispatch that may not be failed (a cancel awaiting the
+    # terminal's word) keeps the terminal claimed until its result or its expiry. (The terminal is
+    # offline: nobody can start the next payment on it meanwhile.)
     try:
         deps.payments.apply(
             Transition(
@@ -272,6 +275,11 @@ def _fail_disconnected(deps: EventDeps, terminal: Terminal) -> None:
             )
         )
     except ConditionFailed:
+        # Already final (a result landed, or this is a redelivery whose release failed): free it.
+        dispatch = deps.payments.get_dispatch(request_id)
+        if dispatch is None or dispatch.state in FINAL:
+            deps.terminals.release(terminal.terminal_id, request_id)
         return
+    deps.terminals.release(terminal.terminal_id, request_id)
     count("TerminalUnreachable", reason="disconnected")
     deps.waker.wake(request_id)

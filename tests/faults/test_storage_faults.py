@@ -188,15 +188,17 @@ def test_result_writes_failing_converge_on_redelivery_and_count_once(
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_presence_write_failing_converges_and_fails_the_payment_as_disconnected(
-    dynamo_world: DynamoWorld, faults: DynamoFaults, kind: str
+@pytest.mark.parametrize("skip", [0, 1], ids=["presence-write", "claim-release"])
+def test_presence_writes_failing_converge_and_fail_the_payment_as_disconnected(
+    dynamo_world: DynamoWorld, faults: DynamoFaults, kind: str, skip: int
 ) -> None:
     lifecycle(dynamo_world, "connected", "s-1", dynamo_world.clock.now_ms() - 1_000)
     outcomes: list[tuple[list[str], str]] = []
 
     def drop(request_id: str) -> None:
         dynamo_world.terminal_says("ack", request_id, {})
-        faults.fail("UpdateItem", terminals_table(dynamo_world), kind)
+        # skip=1: the presence is recorded and the payment failed, then freeing the terminal fails
+        faults.fail("UpdateItem", terminals_table(dynamo_world), kind, skip=skip)
         outcomes.append(redelivered(lambda: lifecycle(dynamo_world, "disconnected", "s-1")))
 
     dynamo_world.script(drop)
