@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from chalicelib import protocol
 from chalicelib.config import Settings
 from chalicelib.errors import ApiError
 from chalicelib.payments import domain
@@ -300,3 +301,20 @@ def test_another_orders_claim_is_busy_at_once(world: World) -> None:
     reply = pay(world)
     assert reply.body["errorCode"] == "terminal_busy"
     assert world.waker.waits == []
+
+
+def test_ack_window_and_deadline_count_from_the_front_door(world: World) -> None:
+    arrived = world.clock.now_ms() - 3_000  # a cold start took 3 s before this code ran
+    pay(world, respond_async=True, arrived_at_ms=arrived)
+    request = world.last_request()
+    dispatch = world.payments.get_dispatch(request["request_id"])
+    assert dispatch is not None
+    assert dispatch.ack_deadline_ms == arrived + world.settings.ack_timeout_ms
+    assert dispatch.deadline_ms == arrived + world.settings.async_payment_deadline_ms
+    assert request["body"]["expires_at"] == protocol.timestamp_from_ms(dispatch.deadline_ms)
+
+
+def test_an_arrival_time_in_the_future_is_not_trusted(world: World) -> None:
+    pay(world, respond_async=True, arrived_at_ms=world.clock.now_ms() + 60_000)
+    dispatch = world.payments.get_dispatch(world.last_request()["request_id"])
+    assert dispatch is not None and dispatch.ack_deadline_ms == world.clock.now_ms() + world.settings.ack_timeout_ms
