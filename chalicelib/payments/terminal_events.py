@@ -13,9 +13,11 @@ from typing import Any
 from chalicelib import protocol
 from chalicelib.config import Settings
 from chalicelib.exceptions import ConditionFailed, EnvelopeError, EventRefused
+from chalicelib.keys import order_key
 from chalicelib.observability import count, log_event
 from chalicelib.payments import domain
 from chalicelib.payments.domain import (
+    AWAITING_RESULT,
     FINAL,
     Dispatch,
     DispatchState,
@@ -125,18 +127,29 @@ def _apply_ack(deps: EventDeps, dispatch: Dispatch, terminal_id: str, body: dict
                 Transition(request_id, domain.ACK, DispatchState.ACKNOWLEDGED, now, terminal_id=terminal_id)
             )
             return "acknowledged"
+        # A busy answer to a payment already under way (reordered, repeated) must not free its terminal.
+        if dispatch.state != DispatchState.PENDING:
+            raise ConditionFailed(f"dispatch {request_id} is {dispatch.state}")
         # The claim goes first: once the ECR sees the final state, its next payment finds the terminal free.
         deps.terminals.release(terminal_id, request_id)
-        deps.payments.apply(
-            Transition(
-                request_id,
-                domain.BUSY_ACK,
-                DispatchState.FAILED,
-                now,
-                terminal_id=terminal_id,
-                reason=Reason.TERMINAL_BUSY,
+        try:
+            deps.payments.apply(
+                Transition(
+                    request_id,
+                    domain.BUSY_ACK,
+                    DispatchState.FAILED,
+                    now,
+                    terminal_id=terminal_id,
+                    reason=Reason.TERMINAL_BUSY,
+                )
             )
-        )
+        except ConditionFailed:
+            # It moved meanwhile (the terminal acknowledged after all): take the claim back for it.
+            current = deps.payments.get_dispatch(request_id)
+            if current is not None and current.state in AWAITING_RESULT:
+                key = order_key(dispatch.merchant_id, dispatch.order_id)
+                deps.terminals.claim(terminal_id, request_id, now, dispatch.deadline_ms, key)
+            raise
     except ConditionFailed:
         count("EventsIgnored", reason="ack_not_pending")
         return "ignored:ack_not_pending"

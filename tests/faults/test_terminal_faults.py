@@ -118,6 +118,24 @@ def test_duplicate_ack_and_result_change_nothing(world: World) -> None:
     assert order_state(world) == "succeeded" and claim_of(world) is None
 
 
+def test_a_busy_ack_after_the_ack_does_not_free_the_terminal(world: World) -> None:
+    """Before: the busy answer released the claim first, so a repeated or reordered one freed the
+    terminal of a payment under way and another order could start on it."""
+
+    def contradicts(request_id: str) -> None:
+        assert world.terminal_says("ack", request_id, {}) == "acknowledged"
+        assert world.terminal_says("ack", request_id, {"accepted": False, "reason": "busy"}) == (
+            "ignored:ack_not_pending"
+        )
+        assert claim_of(world) == request_id
+        assert pay(world, example(order_id="ORDER-OTHER")).body["errorCode"] == "terminal_busy"
+        world.terminal_says("result", request_id, SUCCESS)
+
+    world.script(contradicts)
+    assert pay(world).body["paymentStatus"] == "Success"
+    assert claim_of(world) is None
+
+
 def test_result_before_its_ack_is_taken_and_the_late_ack_ignored(world: World) -> None:
     def reordered(request_id: str) -> None:
         assert world.terminal_says("result", request_id, SUCCESS) == "succeeded"
