@@ -114,6 +114,38 @@ def test_a_claim_left_by_a_dead_process_is_bounded_by_its_expiry(
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_broker_refusing_and_storage_failing_the_unreachable_mark_still_frees_the_terminal(
+    dynamo_world: DynamoWorld, faults: DynamoFaults, kind: str
+) -> None:
+    dynamo_world.channel.fail = True
+    faults.fail("UpdateItem", payments_table(dynamo_world), kind)
+    with pytest.raises(Exception) as caught:
+        pay(dynamo_world)
+    assert not isinstance(caught.value, ApiError)
+    status = order_status(dynamo_world.payment_deps, MERCHANT, ORDER_ID)
+    assert (status["state"], status["reason"]) == ("failed", "dispatch_error")
+    assert claim_of(dynamo_world) is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cancel_write_failing_sends_nothing_and_a_retried_cancel_works(
+    dynamo_world: DynamoWorld, faults: DynamoFaults, kind: str
+) -> None:
+    pay(dynamo_world, respond_async=True)
+    request_id = dynamo_world.last_request()["request_id"]
+    dynamo_world.ack()(request_id)
+    faults.fail("UpdateItem", payments_table(dynamo_world), kind)
+    with pytest.raises(Exception) as caught:
+        pay(dynamo_world, example(transaction_type="Cancel"))
+    assert not isinstance(caught.value, ApiError)
+    assert order_state(dynamo_world) == "acknowledged" and claim_of(dynamo_world) == request_id
+    assert not [e for _, e in dynamo_world.channel.published if e["type"] == "cancel_request"]
+    dynamo_world.on_cancel({"payment_status": "Failed", "error_code": "cancelled"})
+    assert pay(dynamo_world, example(transaction_type="Cancel")).body["paymentStatus"] == "Success"
+    assert order_state(dynamo_world) == "cancelled" and claim_of(dynamo_world) is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_poll_reads_failing_for_a_while_do_not_fail_the_payment(
     dynamo_world: DynamoWorld, faults: DynamoFaults, kind: str
 ) -> None:
