@@ -1,11 +1,12 @@
-"""The MQTT broker restarting (local stack, real MQTT): terminals and the cloud reconnect, presence
-follows the broker's lifecycle facts, a payment caught mid-way ends truthfully and the next one
-works."""
+"""The local stack over real MQTT with the simulator: the broker restarting (terminals and the cloud
+reconnect, presence follows the broker's lifecycle facts, a payment caught mid-way ends truthfully
+and the next one works), and a cancel confirmed by the terminal."""
 
 from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -119,3 +120,26 @@ def test_broker_restart_mid_payment_ends_it_truthfully_and_payments_resume(stack
     status, body = call(stack, "POST", "/v1/connector/order", order(f"AFTER-{time.time_ns()}"))
     assert status == 200 and body["paymentStatus"] == "Success", body
     assert stack.crash_report() is None
+
+
+def test_cancel_through_real_mqtt_is_confirmed_by_the_terminal(stack: RunningStack) -> None:
+    order_id = f"CANCEL-{time.time_ns()}"
+    replies: list[tuple[int, dict[str, Any]]] = []
+    waiting = threading.Thread(
+        target=lambda: replies.append(call(stack, "POST", "/v1/connector/order", order(order_id)))
+    )
+    waiting.start()
+    eventually(lambda: state_of(stack, order_id).get("state") == "acknowledged")
+    cancel = order(order_id)
+    cancel["order"]["transaction_type"] = "Cancel"
+    status, body = call(stack, "POST", "/v1/connector/order", cancel)
+    waiting.join(timeout=20)
+    assert status == 200 and body["paymentStatus"] == "Success", body
+    # the waiting request answers from the terminal's result, not from the cancel
+    ((paid_status, paid),) = replies
+    assert paid_status == 200 and (paid["paymentStatus"], paid["errorCode"]) == ("Failed", "cancelled")
+    assert state_of(stack, order_id)["state"] == "cancelled"
+    # once it is over, a cancel has nothing to cancel
+    status, again = call(stack, "POST", "/v1/connector/order", cancel)
+    assert (again["errorCode"], again["errorData"]) == ("not_cancellable", {"state": "cancelled"})
+    eventually(lambda: not terminal(stack)["busy"])
