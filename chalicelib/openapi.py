@@ -50,7 +50,7 @@ class OrderStatus(BaseModel):
     attempt: int
     request_id: str
     terminal_id: str
-    state: str = Field(description="pending, acknowledged, succeeded, failed, timed_out, cancelled")
+    state: str = Field(description="pending, acknowledged, cancelling, succeeded, failed, timed_out, cancelled")
     reason: str | None = None
     late_result: bool
     created_at: str
@@ -120,7 +120,9 @@ _PATHS: dict[str, Any] = {
                 "413": _json("ErrorBody", "body too large"),
                 "415": _json("ErrorBody", "body not JSON"),
                 "502": _json("ErrorBody", "terminal not connected, or dropped"),
-                "504": _json("ErrorBody", "terminal.ack_timeout or terminal.result_timeout"),
+                "504": _json(
+                    "ErrorBody", "terminal.ack_timeout, terminal.result_timeout, or (Cancel) terminal.cancel_timeout"
+                ),
                 **_ERRORS,
             },
         }
