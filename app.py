@@ -61,9 +61,20 @@ def send_order() -> Response:
     note_order_id(request.order.order_id)
     prefer = (_request().headers.get("prefer") or "").lower()
     reply = payments.request_payment(
-        components().payment_deps(), merchant_id, request, raw, respond_async="respond-async" in prefer
+        components().payment_deps(),
+        merchant_id,
+        request,
+        raw,
+        respond_async="respond-async" in prefer,
+        arrived_at_ms=_arrived_at_ms(),
     )
     return json_response(reply.status, reply.response, reply.headers)
+
+
+def _arrived_at_ms() -> int | None:
+    """API Gateway's ``requestTimeEpoch`` (the local server sets it too): deadlines count from there."""
+    epoch = (_request().context or {}).get("requestTimeEpoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) and epoch > 0 else None
 
 
 @app.route("/v1/connector/order/{order_id}", methods=["GET"])
@@ -148,6 +159,10 @@ def terminal_events_handler(event: dict[str, Any], context: Any) -> dict[str, st
 
 @app.lambda_function(name="terminal_status")
 def terminal_status_handler(event: dict[str, Any], context: Any) -> dict[str, str]:
+    # Two topic rules feed presence: the broker's lifecycle events (the authority) and the terminals'
+    # own status messages.
+    if isinstance(event, dict) and "eventType" in event:
+        return {"outcome": terminal_events.handle_presence(components().event_deps(), event)}
     topic, payload, received_at = _iot_message(event)
     return {"outcome": terminal_events.handle_status(components().event_deps(), topic, payload, received_at)}
 

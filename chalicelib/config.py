@@ -43,6 +43,8 @@ class Settings:
     mqtt_port: int = 1883
     # The terminal must acknowledge within this window (CONTRACT §1 "Timing").
     ack_timeout_ms: int = 10_000
+    # A Cancel waits this long for the terminal to answer its cancel_request (CONTRACT §1 "Cancel").
+    cancel_timeout_ms: int = 10_000
     # Overall payment deadline; the terminal gets it as ``expires_at``. On AWS a synchronous wait must
     # also end inside API Gateway's integration timeout (infra/ sets this below it).
     payment_deadline_ms: int = 120_000
@@ -105,6 +107,8 @@ class Settings:
                     f"{name} is {deadline}; it must be at least ACK_TIMEOUT_MS ({self.ack_timeout_ms}), "
                     "the time a terminal has to acknowledge"
                 )
+        if self.cancel_timeout_ms <= 0:
+            raise ConfigurationError(f"CANCEL_TIMEOUT_MS must be positive, got {self.cancel_timeout_ms}")
         if not 0 < self.poll_initial_ms <= self.poll_max_ms or self.poll_growth_pct < 100:
             raise ConfigurationError("need 0 < POLL_INITIAL_MS <= POLL_MAX_MS and POLL_GROWTH_PCT >= 100")
         if self.poll_typing_after_ms < 0 or self.poll_typing_max_ms <= 0:

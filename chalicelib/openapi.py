@@ -89,7 +89,9 @@ _PATHS: dict[str, Any] = {
                 "413": _json("ErrorBody", "body too large"),
                 "415": _json("ErrorBody", "body not JSON"),
                 "502": _json("ErrorBody", "terminal not connected, or dropped"),
-                "504": _json("ErrorBody", "terminal.ack_timeout or terminal.result_timeout"),
+                "504": _json(
+                    "ErrorBody", "terminal.ack_timeout, terminal.result_timeout, or (Cancel) terminal.cancel_timeout"
+                ),
                 **_ERRORS,
             },
         }

@@ -26,6 +26,21 @@ class ApiPortInUseError(OSError):
     pass
 
 
+class _FrontDoorGateway(LocalGateway):
+    """Chalice's gateway plus API Gateway's ``requestTimeEpoch``: when the request reached the socket,
+    which is what the payment deadlines count from (not when a handler thread got to it)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.arrival = threading.local()
+
+    def _generate_lambda_event(self, method: str, path: str, headers: Any, body: bytes | None) -> Any:
+        event = super()._generate_lambda_event(method, path, headers, body)
+        arrived = getattr(self.arrival, "ms", None)
+        event["requestContext"]["requestTimeEpoch"] = arrived if arrived is not None else time.time_ns() // 1_000_000
+        return event
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: ApiServer
@@ -38,6 +53,7 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _handle(self) -> None:
+        self.server.gateway.arrival.ms = time.time_ns() // 1_000_000
         started = time.perf_counter()
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length > 0 else None
@@ -78,7 +94,7 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(self, app: Any, host: str, port: int) -> None:
-        self.gateway = LocalGateway(app, Config.create(chalice_stage="local", lambda_timeout=900))
+        self.gateway = _FrontDoorGateway(app, Config.create(chalice_stage="local", lambda_timeout=900))
         try:
             super().__init__((host, port), _Handler)
         except OSError as exc:

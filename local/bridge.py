@@ -1,6 +1,7 @@
 """Stands in for the IoT topic rules: terminal messages from the broker go to the very same
 Lambda handlers, with the very same event shape (``SELECT encode(*, 'base64') AS payload,
-topic() AS topic, timestamp() AS received_at``).
+topic() AS topic, timestamp() AS received_at``), and the broker's lifecycle events go to the status
+handler as the presence rule (``SELECT * FROM '$aws/events/presence/+/+'``) hands them over.
 
 A handler that raises is a bug, not a refused message (those are answered and counted inside the
 handler): the bridge records the crash and the stack stops with its traceback.
@@ -49,6 +50,8 @@ class TopicRuleBridge:
         self._client.on_connect = self._on_connect
         self._client.on_message = self._on_message
         self._client.on_subscribe = lambda *_args: self._subscribed.set()
+        # A broker restart drops every client: come back quickly (paho retries with this backoff).
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
         self._client.connect(host, port, keepalive=30)
         self._client.loop_start()
 
@@ -70,7 +73,14 @@ class TopicRuleBridge:
             "received_at": time.time_ns() // 1_000_000,
         }
         terminal = message.topic.rsplit("/", 2)[-2]
-        self._lanes[zlib.crc32(terminal.encode()) % len(self._lanes)].submit(self._invoke, handler, event)
+        self._lane(terminal).submit(self._invoke, handler, event)
+
+    def presence(self, event: dict[str, Any]) -> None:
+        """A lifecycle event from the broker: handled in its terminal's lane, in order with its messages."""
+        self._lane(str(event.get("clientId"))).submit(self._invoke, self._handlers["status"], event)
+
+    def _lane(self, terminal: str) -> ThreadPoolExecutor:
+        return self._lanes[zlib.crc32(terminal.encode()) % len(self._lanes)]
 
     def _invoke(self, handler: Handler, event: dict[str, Any]) -> None:
         try:

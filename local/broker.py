@@ -9,6 +9,14 @@ pytest, the stack's launcher) can start one, talk to it and stop it:
 amqtt is wrapped, not patched in place: ``IsolatingBroker`` fixes the one routing bug that matters
 to the terminal protocol (see ``_publish_retained_messages_for_subscription``), turns Nagle off on
 every connection, and reports a failed broadcast instead of letting amqtt drop it.
+
+Presence: like IoT Core's lifecycle events (``$aws/events/presence/…``), the broker reports each
+client's connect and disconnect from its own connection tracking, with a session id and its own
+timestamp, to ``on_presence`` (the local stack hands them to the same presence handler). Only the
+broker produces them, so a terminal cannot forge or replay them.
+
+``RunningBroker.restart()`` stops and starts the broker on the same port, as a broker outage
+would: clients (terminals, the cloud) reconnect on their own.
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import errno
 import logging
 import socket
 import threading
+import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from types import TracebackType
@@ -25,6 +35,7 @@ from typing import Any
 
 from amqtt.broker import Broker
 from amqtt.errors import BrokerError
+from amqtt.events import BrokerEvents
 from amqtt.session import OutgoingApplicationMessage, Session
 
 log = logging.getLogger(__name__)
@@ -33,6 +44,9 @@ _STARTUP_TIMEOUT_S = 10.0
 _SHUTDOWN_TIMEOUT_S = 10.0
 # amqtt logs every connection and packet at INFO and expected client drops at WARNING.
 _CHATTY_LOGGERS = ("amqtt", "transitions")
+
+
+PresenceHook = Callable[[dict[str, Any]], None]
 
 
 class BrokerStartError(RuntimeError):
@@ -59,10 +73,61 @@ class IsolatingBroker(Broker):
         config: dict[str, Any],
         on_fatal: Callable[[BaseException], None],
         tcp_nodelay: bool = True,
+        on_presence: PresenceHook | None = None,
     ) -> None:
         super().__init__(config)
         self._on_fatal = on_fatal
         self._tcp_nodelay = tcp_nodelay
+        self._on_presence = on_presence
+        # Connection tracking: session object id → lifecycle session id, and client id → live session.
+        self._session_ids: dict[int, str] = {}
+        self._live: dict[str, str] = {}
+        if on_presence is not None:
+            fire_event = self.plugins_manager.fire_event
+
+            async def observed(event_name: Any, *, wait: bool = False, **kwargs: Any) -> None:
+                if event_name in (BrokerEvents.CLIENT_CONNECTED, BrokerEvents.CLIENT_DISCONNECTED):
+                    self._track(event_name == BrokerEvents.CLIENT_CONNECTED, kwargs.get("client_session"))
+                await fire_event(event_name, wait=wait, **kwargs)
+
+            self.plugins_manager.fire_event = observed
+
+    def _track(self, connected: bool, session: Session | None) -> None:
+        if session is None or session.client_id is None:
+            return
+        if connected:
+            session_id = self._session_ids[id(session)] = uuid.uuid4().hex
+            self._live[session.client_id] = session_id
+        else:
+            found = self._session_ids.pop(id(session), None)
+            if found is None:
+                return
+            session_id = found
+            if self._live.get(session.client_id) == session_id:
+                del self._live[session.client_id]
+        self._report(session.client_id, connected, session_id)
+
+    def _report(self, client_id: str, connected: bool, session_id: str) -> None:
+        if self._on_presence is None:
+            return
+        event = {
+            "clientId": client_id,
+            "timestamp": time.time_ns() // 1_000_000,
+            "eventType": "connected" if connected else "disconnected",
+            "sessionIdentifier": session_id,
+            "versionNumber": 0,
+        }
+        try:
+            self._on_presence(event)
+        except Exception:  # the hook's failure must not take the broker down; it is logged loudly
+            log.exception("presence_hook_failed", extra={"client_id": client_id})
+
+    def report_all_disconnected(self) -> None:
+        """At shutdown every live connection ends, whether amqtt reported it or not."""
+        for client_id, session_id in list(self._live.items()):
+            self._report(client_id, False, session_id)
+        self._live.clear()
+        self._session_ids.clear()
 
     async def stream_connected(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, listener_name: str
@@ -113,16 +178,28 @@ class IsolatingBroker(Broker):
 class RunningBroker:
     """A started broker: ``host``, ``port``, ``url``; ``stop()`` or use it as a context manager."""
 
-    def __init__(self, host: str, requested_port: int, tcp_nodelay: bool) -> None:
+    def __init__(
+        self, host: str, requested_port: int, tcp_nodelay: bool, on_presence: PresenceHook | None = None
+    ) -> None:
         self.host = host
         self.port = requested_port
         self._tcp_nodelay = tcp_nodelay
+        self._on_presence = on_presence
+        self._reset()
+
+    def _reset(self) -> None:
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._start_error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"mqtt-broker-{requested_port}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"mqtt-broker-{self.port}", daemon=True)
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port: every client is disconnected and must reconnect."""
+        self.stop()
+        self._reset()
+        self._start()
 
     @property
     def url(self) -> str:
@@ -195,7 +272,7 @@ class RunningBroker:
             on_fatal(exc)
 
         loop.set_exception_handler(on_loop_error)
-        broker = IsolatingBroker(self._config(), on_fatal, self._tcp_nodelay)
+        broker = IsolatingBroker(self._config(), on_fatal, self._tcp_nodelay, self._on_presence)
         try:
             await broker.start()
         except BrokerError as exc:
@@ -209,6 +286,7 @@ class RunningBroker:
         await asyncio.wait([stop_waiter, fatal], return_when=asyncio.FIRST_COMPLETED)
         stop_waiter.cancel()
         await broker.shutdown()
+        broker.report_all_disconnected()
         log.info("mqtt_broker_stopped", extra={"port": self.port})
         if fatal.done():
             fatal.result()
@@ -244,13 +322,16 @@ def quiet_amqtt_logging(level: int = logging.ERROR) -> None:
         logging.getLogger(name).setLevel(level)
 
 
-def start_broker(host: str = "127.0.0.1", port: int = 0, *, tcp_nodelay: bool = True) -> RunningBroker:
+def start_broker(
+    host: str = "127.0.0.1", port: int = 0, *, tcp_nodelay: bool = True, on_presence: PresenceHook | None = None
+) -> RunningBroker:
     """Start a broker in a background thread and return once it accepts connections.
 
     ``port=0`` binds a free port (read it from ``.port``). A port already in use raises
-    ``BrokerPortInUseError``. ``tcp_nodelay=False`` exists only to measure what Nagle costs.
+    ``BrokerPortInUseError``. ``on_presence`` gets each lifecycle event (called on the broker's loop:
+    it must not block). ``tcp_nodelay=False`` exists only to measure what Nagle costs.
     """
     quiet_amqtt_logging()
-    running = RunningBroker(host, port, tcp_nodelay)
+    running = RunningBroker(host, port, tcp_nodelay, on_presence)
     running._start()
     return running

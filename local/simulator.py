@@ -82,8 +82,10 @@ class SimulatedTerminal:
     """One terminal: connects as its terminal id, answers payment and cancel requests per ``behavior``.
 
     ``counters`` tells what it did (``received``, ``rejected``, ``rejected.<reason>``, ``acks_sent``,
-    ``busy_acks_sent``, ``results_sent``, ``cancels_honoured``, ``cancels_ignored``, ``duplicates``,
-    ``payments_expired``). A payment still open at its ``expires_at`` ends: result ``timeout``
+    ``busy_acks_sent``, ``results_sent``, ``cancels_honoured``, ``cancels_ignored``, ``results_resent``,
+    ``duplicates``, ``payments_expired``). A cancel_request aborts the payment while the customer has
+    not paid (result ``Failed``, ``cancelled``); after the payment's result, it is answered with that
+    result again. A payment still open at its ``expires_at`` ends: result ``timeout``
     (``ack_then_silent``: silently), so the terminal takes payments again.
     ``on_result(terminal_id, request_envelope, result_body)`` is called after each result is sent.
     """
@@ -111,6 +113,8 @@ class SimulatedTerminal:
         self._counters: Counter[str] = Counter()
         self._current: _Payment | None = None
         self._seen_request_ids: dict[str, None] = {}  # insertion-ordered, bounded below
+        # The result sent for each recent request: a cancel_request after it gets it again (CONTRACT §2).
+        self._results: dict[str, dict[str, Any]] = {}
         self._connected = threading.Event()
         self._client = self._make_client(tls)
 
@@ -170,6 +174,8 @@ class SimulatedTerminal:
         )
         if tls is not None:
             client.tls_set(ca_certs=tls.ca_certs, certfile=tls.certfile, keyfile=tls.keyfile)
+        # A broker outage drops every terminal: reconnect quickly, as a real terminal app would.
+        client.reconnect_delay_set(min_delay=1, max_delay=2)
         client.on_pre_connect = self._sign_last_will
         client.on_socket_open = disable_nagle
         client.on_connect = self._on_connect
@@ -320,6 +326,14 @@ class SimulatedTerminal:
             and self.behavior != "ack_then_silent"  # silent means silent, cancel included
         )
         if not honoured or payment is None:
+            with self._lock:
+                sent = self._results.get(target)
+            if sent is not None and self.behavior != "ack_then_silent":
+                # Too late to abort: the customer has paid (or the payment ended). Say so again.
+                self._send_event("result", target, dict(sent))
+                self._count("results_resent")
+                log.info("cancel_answered_with_result", extra=_log_fields(self.terminal_id, cancel))
+                return
             self._count("cancels_ignored")
             log.info("cancel_ignored", extra=_log_fields(self.terminal_id, cancel))
             return
@@ -334,6 +348,9 @@ class SimulatedTerminal:
             if self._current is not payment:
                 return False
             self._current = None
+            self._results[payment.request_id] = dict(body)
+            if len(self._results) > 1000:
+                del self._results[next(iter(self._results))]
         self._send_event("result", payment.request_id, dict(body))
         self._count("results_sent")
         log.info(

@@ -63,6 +63,29 @@ class StackError(RuntimeError):
     pass
 
 
+class PresenceRelay:
+    """The broker's lifecycle events, held until the topic-rule bridge is there to take them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[dict[str, Any]] = []
+        self._target: Any = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            if self._target is None:
+                self._pending.append(event)
+                return
+            target = self._target
+        target(event)
+
+    def attach(self, target: Any) -> None:
+        with self._lock:
+            self._target, pending, self._pending = target, self._pending, []
+        for event in pending:
+            target(event)
+
+
 @dataclass
 class StackConfig:
     api_port: int = 8000
@@ -104,6 +127,7 @@ class RunningStack:
     bridge: Any = None
     broker: Any = None
     pollers: list[Any] = field(default_factory=list)
+    presence: PresenceRelay = field(default_factory=PresenceRelay)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def crash_report(self) -> str | None:
@@ -158,8 +182,9 @@ def start_stack(config: StackConfig) -> RunningStack:
     moto = LocalAws(HOST, config.moto_port).start()
     saved: dict[str, str | None] = {}
     parts: list[Any] = [moto.stop]
+    presence = PresenceRelay()
     try:
-        broker = start_broker(HOST, config.mqtt_port)
+        broker = start_broker(HOST, config.mqtt_port, on_presence=presence)
         parts.append(broker.stop)
         env: dict[str, str | None] = {
             # In-process clients reach moto directly; outside tools use the printed moto URL.
@@ -183,7 +208,9 @@ def start_stack(config: StackConfig) -> RunningStack:
         get_settings.cache_clear()
         aws.reset_clients()
         settings = get_settings()
-        stack = RunningStack(config, seed, settings, "", broker.port, moto.url, parts, saved, broker=broker)
+        stack = RunningStack(
+            config, seed, settings, "", broker.port, moto.url, parts, saved, broker=broker, presence=presence
+        )
         _create_resources(settings)
         _apply_seed(settings, seed)
         _start_handlers(stack)
@@ -269,6 +296,7 @@ def _start_handlers(stack: RunningStack) -> None:
     stack._parts.append(bridge.stop)
     bridge.wait_ready()
     stack.bridge = bridge
+    stack.presence.attach(bridge.presence)
     from local.pollers import start_pollers
 
     stack.pollers = list(start_pollers(stack.settings, stack.stop_event))

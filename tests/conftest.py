@@ -83,6 +83,15 @@ class World:
         topic = protocol.topic_for(topic_terminal or terminal_id, "events")
         return handle_event(self.event_deps, topic, protocol.encode(envelope))
 
+    def on_cancel(self, result: dict[str, Any] | None) -> None:
+        """The terminal's answer to every cancel_request: this result for the target (None: silence)."""
+
+        def answer(_terminal_id: str, envelope: dict[str, Any]) -> None:
+            if envelope["type"] == "cancel_request" and result is not None:
+                self.terminal_says("result", envelope["body"]["target_request_id"], result)
+
+        self.channel.on_publish = answer
+
     def script(self, *steps: Any) -> None:
         """Each step runs at one poll of the waiting request, with that request's id."""
         self.waker.steps.extend(steps)

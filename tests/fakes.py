@@ -19,7 +19,7 @@ from chalicelib.console.domain import OrderDetails, Transaction, TransactionQuer
 from chalicelib.console.ports import Position
 from chalicelib.exceptions import ChannelError, ConditionFailed
 from chalicelib.merchants.auth import Authenticator
-from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal
+from chalicelib.payments.domain import Dispatch, OrderHead, OrderPosition, Terminal, Transition
 
 
 class FakeClock:
@@ -82,9 +82,20 @@ class FakeTerminals:
     def record_status(self, terminal_id: str, online: bool, sent_at_ms: int, seen_at: str) -> bool:
         with self.lock:
             terminal = self.items.get(terminal_id)
-            if terminal is None or terminal.status_at_ms > sent_at_ms:
+            if terminal is None or terminal.status_at_ms >= sent_at_ms:
                 return False
             terminal.online, terminal.status_at_ms, terminal.last_seen_at = online, sent_at_ms, seen_at
+            return True
+
+    def record_presence(self, terminal_id: str, online: bool, at_ms: int, session: str, seen_at: str) -> bool:
+        with self.lock:
+            terminal = self.items.get(terminal_id)
+            if terminal is None or terminal.status_at_ms > at_ms:
+                return False
+            if not online and terminal.presence_session not in (None, session):
+                return False
+            terminal.online, terminal.status_at_ms, terminal.last_seen_at = online, at_ms, seen_at
+            terminal.presence_session = session
             return True
 
 
@@ -132,39 +143,22 @@ class FakePayments:
             self.heads[(head.merchant_id, head.order_id)] = replace(head)
             self.dispatches[dispatch.request_id] = copy.deepcopy(dispatch)
 
-    def transition(
-        self,
-        request_id: str,
-        allowed_from: frozenset[DispatchState],
-        to: DispatchState,
-        now_ms: int,
-        terminal_id: str | None = None,
-        reason: str | None = None,
-        result: dict[str, Any] | None = None,
-        late: bool = False,
-        failed_for: frozenset[str] = frozenset(),
-    ) -> Dispatch:
+    def apply(self, transition: Transition) -> Dispatch:
         with self.lock:
-            dispatch = self.dispatches.get(request_id)
-            allowed = dispatch is not None and (
-                dispatch.state in allowed_from
-                or (dispatch.state == DispatchState.FAILED and dispatch.reason in failed_for)
-            )
-            if dispatch is None or not allowed:
-                raise ConditionFailed(request_id)
-            if terminal_id is not None and dispatch.terminal_id != terminal_id:
-                raise ConditionFailed(request_id)
-            dispatch.state = to
+            dispatch = self.dispatches.get(transition.request_id)
+            if dispatch is None or not transition.rule.allows(dispatch):
+                raise ConditionFailed(f"{transition.request_id}: {transition.rule.name} refused")
+            if transition.terminal_id is not None and dispatch.terminal_id != transition.terminal_id:
+                raise ConditionFailed(f"{transition.request_id}: other terminal")
+            dispatch.state = transition.to
             dispatch.version += 1
-            if to == DispatchState.ACKNOWLEDGED:
-                dispatch.acked_at_ms = now_ms
-            else:
-                dispatch.finished_at_ms = now_ms
-            if reason is not None:
-                dispatch.reason = reason
-            if result is not None:
-                dispatch.result = copy.deepcopy(result)
-            if late:
+            setattr(dispatch, transition.rule.stamp, transition.at_ms)
+            if transition.reason is not None:
+                dispatch.reason = transition.reason
+            if transition.result is not None:
+                dispatch.result = copy.deepcopy(transition.result)
+                dispatch.result_at_ms = transition.at_ms
+            if transition.rule.late:
                 dispatch.late = True
             return copy.deepcopy(dispatch)
 
@@ -198,7 +192,8 @@ class ScriptedWaker:
         self.waits.append(timeout_s)
         self.clock.advance(max(1, int(timeout_s * 1000)))
         if self.steps:
-            self.steps.pop(0)(request_id)
+            # A Cancel waits on "{request_id}#cancel": the step acts on the payment all the same.
+            self.steps.pop(0)(request_id.split("#")[0])
 
     def wake(self, request_id: str) -> None:
         self.woken.append(request_id)

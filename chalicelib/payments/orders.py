@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from chalicelib import protocol
 from chalicelib.errors import validation_error
-from chalicelib.payments.domain import IN_FLIGHT, Dispatch, DispatchState, OrderHead, OrderPosition
+from chalicelib.payments.domain import AWAITING_RESULT, Dispatch, DispatchState, OrderHead, OrderPosition
 from chalicelib.payments.ports import PaymentRepository
 from chalicelib.payments.schemas import OrderPage, OrderSummary
 
@@ -90,7 +90,8 @@ def _matches(state: DispatchState, wanted: str | None) -> bool:
     if wanted is None:
         return True
     if wanted == IN_FLIGHT_FILTER:
-        return state in IN_FLIGHT
+        # A cancelling payment is still in flight: the terminal may yet charge the card.
+        return state in AWAITING_RESULT
     return state.value == wanted
 
 

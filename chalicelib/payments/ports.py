@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal
+from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal, Transition
 
 __all__ = [
     "Dispatch",
@@ -19,6 +19,7 @@ __all__ = [
     "Terminal",
     "TerminalChannel",
     "TerminalRepository",
+    "Transition",
 ]
 
 
@@ -46,7 +47,15 @@ class TerminalRepository(Protocol):
         ...
 
     def record_status(self, terminal_id: str, online: bool, sent_at_ms: int, seen_at: str) -> bool:
-        """Record presence unless a newer status was already recorded."""
+        """Record a ``status`` message only if it is strictly newer than the last presence fact."""
+        ...
+
+    def record_presence(self, terminal_id: str, online: bool, at_ms: int, session: str, seen_at: str) -> bool:
+        """Record a broker lifecycle event unless a newer fact is recorded.
+
+        A disconnect counts only for the session recorded as current: an old session's disconnect
+        (a taken-over connection's, even with a later timestamp) must not undo a newer connect.
+        """
         ...
 
 
@@ -73,21 +82,12 @@ class PaymentRepository(Protocol):
         """Write the new head and its dispatch atomically; ConditionFailed if another attempt won."""
         ...
 
-    def transition(
-        self,
-        request_id: str,
-        allowed_from: frozenset[DispatchState],
-        to: DispatchState,
-        now_ms: int,
-        terminal_id: str | None = None,
-        reason: str | None = None,
-        result: dict[str, Any] | None = None,
-        late: bool = False,
-        failed_for: frozenset[str] = frozenset(),
-    ) -> Dispatch:
-        """Move a dispatch forward; ConditionFailed if it is not in ``allowed_from`` any more.
+    def apply(self, transition: Transition) -> Dispatch:
+        """Apply one move of the domain's table as one conditional write, returning the new record.
 
-        ``failed_for`` also allows leaving ``failed`` when the failure had one of these reasons.
+        ConditionFailed when the rule refuses it: the dispatch is in none of its ``start`` states
+        (nor ``failed`` for one of its ``failed_for`` reasons), it records a result and one is
+        recorded already, or ``transition.terminal_id`` is not the dispatch's terminal.
         """
         ...
 

@@ -38,7 +38,15 @@ _ERRORS_BY_REASON: dict[str, tuple[int, str, str]] = {
 
 
 def reply_for(head: OrderHead, dispatch: Dispatch) -> Reply:
-    """Turn a final dispatch into the HTTP answer, raising the contract's 502/504 errors."""
+    """Turn a final dispatch into the HTTP answer, raising the contract's 502/504 errors.
+
+    A dispatch still ``cancelling`` when its waiter's deadline passed is a 504: the terminal's
+    result, when it lands, is the order's truth (never "cancelled" on the cancel request's word).
+    """
+    if dispatch.state == DispatchState.CANCELLING:
+        raise ApiError(
+            *_ERRORS_BY_REASON[Reason.ACK_TIMEOUT if dispatch.acked_at_ms is None else Reason.RESULT_TIMEOUT]
+        )
     error = _ERRORS_BY_REASON.get(dispatch.reason or "")  # StrEnum keys match their string values
     if error is not None and dispatch.state in (DispatchState.FAILED, DispatchState.TIMED_OUT):
         raise ApiError(*error)

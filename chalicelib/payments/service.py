@@ -6,7 +6,8 @@ Storage and messaging come in as ``PaymentDeps`` so tests run this against in-me
 
 from __future__ import annotations
 
-import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,9 @@ from chalicelib.errors import ApiError, order_not_found, terminal_not_found
 from chalicelib.exceptions import ChannelError, ConditionFailed, DispatchMissingError, TerminalBusyError
 from chalicelib.keys import order_key
 from chalicelib.observability import count, log_event, traced
+from chalicelib.payments import domain
 from chalicelib.payments.domain import (
+    AWAITING_RESULT,
     FINAL,
     IN_FLIGHT,
     Dispatch,
@@ -24,6 +27,7 @@ from chalicelib.payments.domain import (
     OrderHead,
     Reason,
     Terminal,
+    Transition,
 )
 from chalicelib.payments.poll_schedule import next_interval_ms
 from chalicelib.payments.ports import PaymentRepository, TerminalChannel, TerminalRepository
@@ -48,6 +52,11 @@ _JOIN_POLL_S = 0.01
 _PROGRESS_EVERY_MS = 10_000
 
 
+def cancel_wake_key(request_id: str) -> str:
+    """What a Cancel waits on, beside the payment's own waiter (the event handler wakes both)."""
+    return f"{request_id}#cancel"
+
+
 @dataclass
 class PaymentDeps:
     terminals: TerminalRepository
@@ -59,11 +68,18 @@ class PaymentDeps:
 
 
 def request_payment(
-    deps: PaymentDeps, merchant_id: str, request: OrderRequest, raw: dict[str, Any], respond_async: bool = False
+    deps: PaymentDeps,
+    merchant_id: str,
+    request: OrderRequest,
+    raw: dict[str, Any],
+    respond_async: bool = False,
+    arrived_at_ms: int | None = None,
 ) -> Reply:
+    """``arrived_at_ms``: when the request reached the front door (API Gateway's ``requestTimeEpoch``);
+    the ack window and the payment deadline count from there, not from when this code started."""
     terminal = _usable_terminal(deps, merchant_id, request.terminal_id)
     if request.order.transaction_type == "Cancel":
-        return cancel_payment(deps, merchant_id, request, raw, terminal)
+        return cancel_payment(deps, merchant_id, request, raw, terminal, arrived_at_ms)
     payload_hash = request.payload_hash()
     order_id = request.order.order_id
     key = order_key(merchant_id, order_id)
@@ -83,7 +99,9 @@ def request_payment(
             count("TerminalUnreachable", reason="offline")
             raise ApiError(502, "terminal.offline", "The terminal is not connected")
         try:
-            dispatch, head = _start_attempt(deps, terminal, request, raw, payload_hash, head, respond_async)
+            dispatch, head = _start_attempt(
+                deps, terminal, request, raw, payload_hash, head, respond_async, arrived_at_ms
+            )
         except TerminalBusyError:
             # The claim may be this very order's, taken a moment ago by a duplicate whose attempt is
             # not written yet: wait for that attempt and join it rather than answer busy.
@@ -127,7 +145,8 @@ def _existing_attempt(
             _time_out(deps, previous, overdue, now) or deps.payments.get_dispatch(previous.request_id) or previous
         )
     state = previous.effective_state(now)
-    if state in IN_FLIGHT:
+    if state in AWAITING_RESULT:
+        # In flight, or cancelling: the terminal may still charge the card, so no new attempt starts.
         if not same_payload:
             raise ApiError(409, "order.conflict", "order_id is in use by a payment with a different payload")
         if respond_async:
@@ -150,64 +169,106 @@ def _start_attempt(
     payload_hash: str,
     previous_head: OrderHead | None,
     respond_async: bool,
+    arrived_at_ms: int | None,
 ) -> tuple[Dispatch, OrderHead]:
     now = deps.clock.now_ms()
+    start = domain.deadline_start(now, arrived_at_ms)
     settings = deps.settings
     request_id = protocol.new_request_id()
-    deadline = now + (settings.async_payment_deadline_ms if respond_async else settings.payment_deadline_ms)
+    deadline = start + (settings.async_payment_deadline_ms if respond_async else settings.payment_deadline_ms)
     terminal_id = request.terminal_id
-    if not deps.terminals.claim(
-        terminal_id, request_id, now, deadline, order_key(terminal.merchant_id, request.order.order_id)
-    ):
+    order_id = request.order.order_id
+    # The claim expires at the deadline: a process that dies holding it blocks the terminal no longer.
+    if not deps.terminals.claim(terminal_id, request_id, now, deadline, order_key(terminal.merchant_id, order_id)):
         count("PaymentsBusy", reason="claimed")
-        log_event("terminal busy", order_id=request.order.order_id, terminal_id=terminal_id)
+        log_event("terminal busy", order_id=order_id, terminal_id=terminal_id)
         raise TerminalBusyError()
-    attempt = (previous_head.attempt + 1) if previous_head else 1
-    head = OrderHead(
-        merchant_id=terminal.merchant_id,
-        order_id=request.order.order_id,
-        attempt=attempt,
-        request_id=request_id,
-        terminal_id=terminal_id,
-        payload_hash=payload_hash,
-        request_json=jsonutil.dumps(raw_echo(raw)),
-        created_at_ms=previous_head.created_at_ms if previous_head else now,
-        updated_at_ms=now,
-    )
-    dispatch = Dispatch(
-        request_id=request_id,
-        merchant_id=terminal.merchant_id,
-        order_id=request.order.order_id,
-        attempt=attempt,
-        terminal_id=terminal_id,
-        transaction_type=request.order.transaction_type,
-        amount=request.order.price.amount,
-        currency=request.order.price.currency,
-        state=DispatchState.PENDING,
-        created_at_ms=now,
-        ack_deadline_ms=now + settings.ack_timeout_ms,
-        deadline_ms=deadline,
-    )
-    try:
+    with _released_on_failure(deps, terminal_id, request_id):
+        head, dispatch = domain.new_attempt(
+            merchant_id=terminal.merchant_id,
+            order_id=order_id,
+            terminal_id=terminal_id,
+            transaction_type=request.order.transaction_type,
+            amount=request.order.price.amount,
+            currency=request.order.price.currency,
+            payload_hash=payload_hash,
+            request_json=jsonutil.dumps(raw_echo(raw)),
+            request_id=request_id,
+            previous=previous_head,
+            now_ms=now,
+            ack_deadline_ms=start + settings.ack_timeout_ms,
+            deadline_ms=deadline,
+        )
         deps.payments.start_attempt(head, dispatch, previous_head.attempt if previous_head else None)
-    except ConditionFailed:
-        deps.terminals.release(terminal_id, request_id)
-        raise
-    count("PaymentsStarted")
-    log_event(
-        "payment dispatched", order_id=head.order_id, terminal_id=terminal_id, request_id=request_id, attempt=attempt
-    )
-    body = PaymentRequestBody(
-        order_id=request.order.order_id,
-        transaction_type=request.order.transaction_type,
-        amount=request.order.price.amount,
-        currency=request.order.price.currency,
-        force_authorization=request.pos_technical_info.terminal_transaction_display.force_authorization,
-        description=request.order.description,
-        expires_at=protocol.timestamp_from_ms(deadline),
-    )
-    _send(deps, dispatch, "payment_request", body.model_dump(), terminal)
+        count("PaymentsStarted")
+        log_event(
+            "payment dispatched",
+            order_id=order_id,
+            terminal_id=terminal_id,
+            request_id=request_id,
+            attempt=head.attempt,
+        )
+        body = PaymentRequestBody(
+            order_id=order_id,
+            transaction_type=request.order.transaction_type,
+            amount=request.order.price.amount,
+            currency=request.order.price.currency,
+            force_authorization=request.pos_technical_info.terminal_transaction_display.force_authorization,
+            description=request.order.description,
+            expires_at=protocol.timestamp_from_ms(deadline),
+        )
+        _send(deps, dispatch, "payment_request", body.model_dump(), terminal)
     return dispatch, head
+
+
+@contextmanager
+def _released_on_failure(deps: PaymentDeps, terminal_id: str, request_id: str) -> Iterator[None]:
+    """Whatever fails between the claim and the publish frees the terminal before the error is answered.
+
+    A lost race (``ConditionFailed``) wrote nothing; any other error (throttling, a 5xx, a timeout,
+    a bug) may have written the attempt, which is then marked failed with ``dispatch_error``. Both
+    clean-ups are best effort: if storage is down they fail too, and the claim's expiry bounds it.
+    """
+    try:
+        yield
+    except ConditionFailed:
+        _release_quietly(deps, terminal_id, request_id)
+        raise
+    except BaseException as exc:
+        count("DispatchErrors")
+        log_event(
+            "payment dispatch failed",
+            level="error",
+            request_id=request_id,
+            terminal_id=terminal_id,
+            error=type(exc).__name__,
+        )
+        _release_quietly(deps, terminal_id, request_id)
+        try:
+            deps.payments.apply(
+                Transition(
+                    request_id,
+                    domain.DISPATCH_FAILED,
+                    DispatchState.FAILED,
+                    deps.clock.now_ms(),
+                    reason=Reason.DISPATCH_ERROR,
+                )
+            )
+        except ConditionFailed:
+            pass  # the attempt was not written, or has moved on
+        except Exception as cleanup:
+            log_event("could not mark the attempt failed", level="error", request_id=request_id, error=repr(cleanup))
+        raise
+
+
+def _release_quietly(deps: PaymentDeps, terminal_id: str, request_id: str) -> None:
+    try:
+        deps.terminals.release(terminal_id, request_id)
+    except Exception as exc:
+        count("ClaimReleaseErrors")
+        log_event(
+            "could not free the terminal; its claim expires", level="error", request_id=request_id, error=repr(exc)
+        )
 
 
 def _send(deps: PaymentDeps, dispatch: Dispatch, kind: str, body: dict[str, Any], terminal: Terminal) -> None:
@@ -227,43 +288,92 @@ def _send(deps: PaymentDeps, dispatch: Dispatch, kind: str, body: dict[str, Any]
             terminal_id=dispatch.terminal_id,
             error=str(exc),
         )
-        with contextlib.suppress(ConditionFailed):  # the terminal answered or the order was cancelled
-            deps.payments.transition(
-                dispatch.request_id,
-                IN_FLIGHT,
-                DispatchState.FAILED,
-                deps.clock.now_ms(),
-                reason=Reason.TERMINAL_UNREACHABLE,
+        # The claim goes first, as everywhere: whoever sees the final state finds the terminal free.
+        _release_quietly(deps, dispatch.terminal_id, dispatch.request_id)
+        with suppress(ConditionFailed):  # the terminal answered anyway, or the order was cancelled
+            deps.payments.apply(
+                Transition(
+                    dispatch.request_id,
+                    domain.UNREACHABLE,
+                    DispatchState.FAILED,
+                    deps.clock.now_ms(),
+                    reason=Reason.TERMINAL_UNREACHABLE,
+                )
             )
-        deps.terminals.release(dispatch.terminal_id, dispatch.request_id)
+
+
+class _Poll:
+    """The poll schedule (``payments/poll_schedule.py``): starts at ``poll_initial_ms``, restarts fast
+    whenever the state moves, and caps the interval by phase — fast while a result is likely, slower
+    while the customer is still typing."""
+
+    def __init__(self, deps: PaymentDeps, give_up_at_ms: int) -> None:
+        self.deps = deps
+        self.interval = deps.settings.poll_initial_ms
+        self.seen_state: DispatchState | None = None
+        self.state_since_ms = 0
+        # Storage errors while reading are waited out until then: the payment goes on without us.
+        self.give_up_at_ms = give_up_at_ms
+
+    def read(self, request_id: str) -> Dispatch | None:
+        """The record, or None after a storage error worth retrying (counted, logged)."""
+        try:
+            dispatch = self.deps.payments.get_dispatch(request_id)
+        except Exception as exc:
+            if self.deps.clock.now_ms() >= self.give_up_at_ms:
+                raise
+            count("PollErrors")
+            log_event("poll read failed; retrying", level="warning", request_id=request_id, error=repr(exc))
+            return None
+        if dispatch is None:
+            raise DispatchMissingError(f"dispatch {request_id} vanished")
+        if dispatch.state != self.seen_state:
+            self.seen_state, self.interval = dispatch.state, self.deps.settings.poll_initial_ms
+            self.state_since_ms = self.deps.clock.now_ms()
+        return dispatch
+
+    def sleep(self, key: str, until_ms: int) -> None:
+        settings = self.deps.settings
+        now = self.deps.clock.now_ms()
+        self.deps.waker.wait(key, max(0.001, min(self.interval, until_ms - now)) / 1000)
+        acknowledged = self.seen_state == DispatchState.ACKNOWLEDGED
+        self.interval = next_interval_ms(settings, self.interval, now - self.state_since_ms if acknowledged else None)
 
 
 def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
     """Poll the correlation record until it is final, writing the timeout when a deadline passes.
 
-    The schedule (chalicelib/payments/poll_schedule.py) restarts fast whenever the state moves and caps the
-    interval by phase: an instant terminal answers within a few short polls, a tap payment's result
-    is read within ``poll_max_ms``, and a customer typing for 30 s costs a few reads a second.
+    An instant terminal answers within a few short polls, a tap payment's result is read within
+    ``poll_max_ms``, and a customer typing for 30 s costs a few reads a second. A ``cancelling``
+    dispatch past its deadline is returned as it is: the terminal's result, whenever it lands, is
+    the order's truth, and the caller answers a 504.
     """
-    settings = deps.settings
-    interval = settings.poll_initial_ms
-    seen_state: DispatchState | None = None
     started = deps.clock.now_ms()
     next_progress = started + _PROGRESS_EVERY_MS
-    state_since_ms = 0
+    poll = _Poll(deps, started + deps.settings.ack_timeout_ms)
     while True:
-        dispatch = deps.payments.get_dispatch(request_id)
+        dispatch = poll.read(request_id)
         if dispatch is None:
-            raise DispatchMissingError(f"dispatch {request_id} vanished")
+            poll.sleep(request_id, poll.give_up_at_ms)
+            continue
+        poll.give_up_at_ms = max(poll.give_up_at_ms, dispatch.deadline_ms)
         if dispatch.state in FINAL:
             # Whoever wrote the final state (event handler, timeout, cancel) released the claim.
             return dispatch
         now = deps.clock.now_ms()
-        if dispatch.state != seen_state:
-            seen_state, interval, state_since_ms = dispatch.state, settings.poll_initial_ms, now
-        overdue = dispatch.overdue_reason(now)
-        if overdue is not None:
-            timed_out = _time_out(deps, dispatch, overdue, now)
+        over = dispatch.wait_over(now)
+        if over is not None:
+            if dispatch.state == DispatchState.CANCELLING:
+                return dispatch
+            try:
+                timed_out = _time_out(deps, dispatch, over, now)
+            except Exception as exc:
+                if now >= poll.give_up_at_ms + deps.settings.ack_timeout_ms:
+                    raise
+                count("PollErrors")
+                log_event("timeout write failed; retrying", level="warning", request_id=request_id, error=repr(exc))
+                poll.sleep(request_id, now + deps.settings.poll_max_ms)
+                continue
             if timed_out is not None:
                 return timed_out
             continue
@@ -278,18 +388,18 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
                 waited_s=(now - started) // 1000,
                 deadline_in_s=(dispatch.deadline_ms - now) // 1000,
             )
-        next_deadline = dispatch.ack_deadline_ms if dispatch.state == DispatchState.PENDING else dispatch.deadline_ms
-        deps.waker.wait(request_id, max(0.001, min(interval, next_deadline - now)) / 1000)
-        acknowledged_for = now - state_since_ms if dispatch.state == DispatchState.ACKNOWLEDGED else None
-        interval = next_interval_ms(settings, interval, acknowledged_for)
+        waiting_for_ack = dispatch.acked_at_ms is None and dispatch.state != DispatchState.ACKNOWLEDGED
+        poll.sleep(request_id, dispatch.ack_deadline_ms if waiting_for_ack else dispatch.deadline_ms)
 
 
 def _time_out(deps: PaymentDeps, dispatch: Dispatch, reason: Reason, now: int) -> Dispatch | None:
-    allowed = frozenset({DispatchState.PENDING}) if reason == Reason.ACK_TIMEOUT else IN_FLIGHT
+    rule = domain.ACK_TIMEOUT if reason == Reason.ACK_TIMEOUT else domain.RESULT_TIMEOUT
     try:
-        timed_out = deps.payments.transition(dispatch.request_id, allowed, DispatchState.TIMED_OUT, now, reason=reason)
+        timed_out = deps.payments.apply(
+            Transition(dispatch.request_id, rule, DispatchState.TIMED_OUT, now, reason=reason)
+        )
     except ConditionFailed:
-        return None  # the terminal answered meanwhile: read it again
+        return None  # the terminal answered meanwhile, or a cancel is under way: read it again
     count("AckTimeouts" if reason == Reason.ACK_TIMEOUT else "ResultTimeouts")
     log_event(
         "payment timed out",
@@ -299,10 +409,12 @@ def _time_out(deps: PaymentDeps, dispatch: Dispatch, reason: Reason, now: int) -
         request_id=dispatch.request_id,
         reason=reason.value,
     )
-    if reason == Reason.ACK_TIMEOUT:
-        # A terminal that wakes up late must not show a payment screen nobody waits for.
-        _send_cancel(deps, timed_out)
-    deps.terminals.release(dispatch.terminal_id, dispatch.request_id)
+    try:
+        if reason == Reason.ACK_TIMEOUT:
+            # A terminal that wakes up late must not show a payment screen nobody waits for.
+            _send_cancel(deps, timed_out)
+    finally:
+        _release_quietly(deps, dispatch.terminal_id, dispatch.request_id)
     return timed_out
 
 
@@ -325,36 +437,73 @@ def _send_cancel(deps: PaymentDeps, dispatch: Dispatch) -> bool:
 
 
 def cancel_payment(
-    deps: PaymentDeps, merchant_id: str, request: OrderRequest, raw: dict[str, Any], terminal: Terminal
+    deps: PaymentDeps,
+    merchant_id: str,
+    request: OrderRequest,
+    raw: dict[str, Any],
+    terminal: Terminal,
+    arrived_at_ms: int | None = None,
 ) -> Reply:
-    """``transaction_type: Cancel`` aborts the order's payment while it is in flight on that terminal."""
+    """``transaction_type: Cancel``: ask the terminal to abort the order's payment, and answer what it says.
+
+    ``Success`` only when the terminal reports the payment aborted; ``not_cancellable`` with the real
+    outcome when it had completed; ``504 terminal.cancel_timeout`` when it stays silent, the order
+    then being ``cancelling`` until the terminal's result lands (CONTRACT §1 "Cancel").
+    """
     order_id = request.order.order_id
+    now = deps.clock.now_ms()
+    answer_by = domain.deadline_start(now, arrived_at_ms) + deps.settings.cancel_timeout_ms
     head = deps.payments.get_head(merchant_id, order_id)
     dispatch = deps.payments.get_dispatch(head.request_id) if head else None
-    now = deps.clock.now_ms()
-    if (
-        dispatch is None
-        or dispatch.terminal_id != terminal.terminal_id
-        or dispatch.effective_state(now) not in IN_FLIGHT
-    ):
-        state = dispatch.effective_state(now).value if dispatch else None
-        return Reply(200, payment_body(raw, "Failed", error_code="not_cancellable", error_data={"state": state}))
+    if dispatch is None or dispatch.terminal_id != terminal.terminal_id:
+        return _not_cancellable(raw, None)
+    state = dispatch.effective_state(now)
+    if state in IN_FLIGHT:
+        try:
+            dispatch = deps.payments.apply(
+                Transition(dispatch.request_id, domain.CANCEL, DispatchState.CANCELLING, now)
+            )
+            count("CancelsRequested")
+        except ConditionFailed:
+            dispatch = deps.payments.get_dispatch(dispatch.request_id) or dispatch
+        state = dispatch.effective_state(now)
+    if state != DispatchState.CANCELLING:
+        return _not_cancellable(raw, state)
     if not _send_cancel(deps, dispatch):
+        # The order stays cancelling: whatever the terminal reports when it is reachable again is its truth.
         raise ApiError(502, "terminal.unreachable", "The cancellation could not be sent to the terminal")
-    try:
-        cancelled = deps.payments.transition(
-            dispatch.request_id, IN_FLIGHT, DispatchState.CANCELLED, now, reason=Reason.CANCELLED
+    log_event("cancel requested", order_id=order_id, terminal_id=dispatch.terminal_id, request_id=dispatch.request_id)
+    final = _await_answer(deps, dispatch.request_id, answer_by)
+    if final is None:
+        count("CancelTimeouts")
+        log_event("cancel unanswered", level="warning", order_id=order_id, request_id=dispatch.request_id)
+        raise ApiError(
+            504,
+            "terminal.cancel_timeout",
+            "The terminal did not answer the cancellation; the order stays cancelling until its result lands",
         )
-    except ConditionFailed:
-        final = deps.payments.get_dispatch(dispatch.request_id)
-        state = final.state.value if final else None
-        return Reply(200, payment_body(raw, "Failed", error_code="not_cancellable", error_data={"state": state}))
-    deps.terminals.release(cancelled.terminal_id, cancelled.request_id)
+    if final.state != DispatchState.CANCELLED:
+        return _not_cancellable(raw, final.state)
     count("PaymentsCancelled")
-    log_event(
-        "payment cancelled", order_id=order_id, terminal_id=cancelled.terminal_id, request_id=cancelled.request_id
-    )
-    return Reply(200, payment_body(raw, "Success", attempt=cancelled.attempt))
+    log_event("payment cancelled", order_id=order_id, terminal_id=final.terminal_id, request_id=final.request_id)
+    return Reply(200, payment_body(raw, "Success", attempt=final.attempt))
+
+
+def _not_cancellable(raw: dict[str, Any], state: DispatchState | None) -> Reply:
+    error_data = {"state": state.value if state else None}
+    return Reply(200, payment_body(raw, "Failed", error_code="not_cancellable", error_data=error_data))
+
+
+def _await_answer(deps: PaymentDeps, request_id: str, until_ms: int) -> Dispatch | None:
+    """The dispatch once the terminal's result has made it final, or None at ``until_ms``."""
+    poll = _Poll(deps, until_ms)
+    while True:
+        dispatch = poll.read(request_id)
+        if dispatch is not None and dispatch.state in FINAL:
+            return dispatch
+        if deps.clock.now_ms() >= until_ms:
+            return None
+        poll.sleep(cancel_wake_key(request_id), until_ms)
 
 
 def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> OrderStatus:

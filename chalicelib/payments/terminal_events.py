@@ -13,15 +13,19 @@ from typing import Any
 from chalicelib import protocol
 from chalicelib.config import Settings
 from chalicelib.exceptions import ConditionFailed, EnvelopeError, EventRefused
+from chalicelib.keys import order_key
 from chalicelib.observability import count, log_event
+from chalicelib.payments import domain
 from chalicelib.payments.domain import (
-    ACCEPTS_RESULT,
-    IN_FLIGHT,
-    LATE_RESULT_AFTER_FAILURE,
+    AWAITING_RESULT,
+    FINAL,
+    Dispatch,
     DispatchState,
     Reason,
     Terminal,
+    Transition,
     clean_result,
+    result_state,
 )
 from chalicelib.payments.ports import PaymentRepository, TerminalRepository
 from chalicelib.payments.schemas import AckBody, ResultBody, StatusBody, terminal_body
@@ -73,9 +77,9 @@ def handle_event(deps: EventDeps, topic: str, payload: bytes) -> str:
         if dispatch is None or dispatch.terminal_id != terminal.terminal_id:
             raise EventRefused("unknown_request", "request_id is not a dispatch to this terminal")
         if envelope["type"] == "ack":
-            outcome = _apply_ack(deps, request_id, terminal.terminal_id, envelope["body"])
+            outcome = _apply_ack(deps, dispatch, terminal.terminal_id, envelope["body"])
         elif envelope["type"] == "result":
-            outcome = _apply_result(deps, request_id, terminal.terminal_id, envelope["body"])
+            outcome = _apply_result(deps, dispatch, terminal.terminal_id, envelope["body"])
         else:
             raise EventRefused("unexpected_type", f"{envelope['type']!r} is not a terminal event")
     except EnvelopeError as exc:
@@ -92,22 +96,59 @@ def handle_event(deps: EventDeps, topic: str, payload: bytes) -> str:
     )
     if not outcome.startswith("ignored"):
         deps.waker.wake(request_id)
+        if envelope["type"] == "result":
+            deps.waker.wake(f"{request_id}#cancel")  # a Cancel waiting for the terminal's answer
     return outcome
 
 
-def _apply_ack(deps: EventDeps, request_id: str, terminal_id: str, body: dict[str, Any]) -> str:
+def _expire_if_overdue(deps: EventDeps, dispatch: Dispatch, now: int) -> None:
+    """Write the timeout nobody was left to write (the waiter crashed, or answered async) before an
+    event is applied, so a late event lands as late and the order's state never moves back."""
+    overdue = dispatch.overdue_reason(now)
+    if overdue is None:
+        return
+    rule = domain.ACK_TIMEOUT if overdue == Reason.ACK_TIMEOUT else domain.RESULT_TIMEOUT
+    try:
+        deps.payments.apply(Transition(dispatch.request_id, rule, DispatchState.TIMED_OUT, now, reason=overdue))
+    except ConditionFailed:
+        return  # moved meanwhile; the event's own conditional write decides
+    deps.terminals.release(dispatch.terminal_id, dispatch.request_id)
+
+
+def _apply_ack(deps: EventDeps, dispatch: Dispatch, terminal_id: str, body: dict[str, Any]) -> str:
     accepted = terminal_body(AckBody, body).accepted
     now = deps.clock.now_ms()
-    pending = frozenset({DispatchState.PENDING})
+    request_id = dispatch.request_id
+    _expire_if_overdue(deps, dispatch, now)
     try:
         if accepted:
-            deps.payments.transition(request_id, pending, DispatchState.ACKNOWLEDGED, now, terminal_id=terminal_id)
+            deps.payments.apply(
+                Transition(request_id, domain.ACK, DispatchState.ACKNOWLEDGED, now, terminal_id=terminal_id)
+            )
             return "acknowledged"
+        # A busy answer to a payment already under way (reordered, repeated) must not free its terminal.
+        if dispatch.state != DispatchState.PENDING:
+            raise ConditionFailed(f"dispatch {request_id} is {dispatch.state}")
         # The claim goes first: once the ECR sees the final state, its next payment finds the terminal free.
         deps.terminals.release(terminal_id, request_id)
-        deps.payments.transition(
-            request_id, pending, DispatchState.FAILED, now, terminal_id=terminal_id, reason=Reason.TERMINAL_BUSY
-        )
+        try:
+            deps.payments.apply(
+                Transition(
+                    request_id,
+                    domain.BUSY_ACK,
+                    DispatchState.FAILED,
+                    now,
+                    terminal_id=terminal_id,
+                    reason=Reason.TERMINAL_BUSY,
+                )
+            )
+        except ConditionFailed:
+            # It moved meanwhile (the terminal acknowledged after all): take the claim back for it.
+            current = deps.payments.get_dispatch(request_id)
+            if current is not None and current.state in AWAITING_RESULT:
+                key = order_key(dispatch.merchant_id, dispatch.order_id)
+                deps.terminals.claim(terminal_id, request_id, now, dispatch.deadline_ms, key)
+            raise
     except ConditionFailed:
         count("EventsIgnored", reason="ack_not_pending")
         return "ignored:ack_not_pending"
@@ -115,62 +156,58 @@ def _apply_ack(deps: EventDeps, request_id: str, terminal_id: str, body: dict[st
     return "busy"
 
 
-def _apply_result(deps: EventDeps, request_id: str, terminal_id: str, body: dict[str, Any]) -> str:
-    parsed = terminal_body(ResultBody, body)
-    status = parsed.payment_status
-    result = clean_result(parsed.model_dump(exclude_none=True))
+def _apply_result(deps: EventDeps, dispatch: Dispatch, terminal_id: str, body: dict[str, Any]) -> str:
+    request_id = dispatch.request_id
+    result = clean_result(terminal_body(ResultBody, body).model_dump(exclude_none=True))
     if result.pop("masked_pan_refused", False):
         count("EventsRefused", reason="unmasked_pan")
         log_event("unmasked PAN dropped from a result", level="warning", request_id=request_id)
-    to = DispatchState.SUCCEEDED if status == "Success" else DispatchState.FAILED
+    to = result_state(result)
     now = deps.clock.now_ms()
+    _expire_if_overdue(deps, dispatch, now)
     # The terminal is free once it reports a result. The claim goes before the final state, so an ECR
     # that sees its answer and sends the next payment at once finds the terminal free. (The release
     # is conditional on this request holding the claim: a repeated result frees nothing else.)
     deps.terminals.release(terminal_id, request_id)
-    try:
-        deps.payments.transition(request_id, IN_FLIGHT, to, now, terminal_id=terminal_id, result=result)
-        late = False
-    except ConditionFailed:
-        # After a timeout, a dropped link (or a cancel the terminal did not honour) the money may
-        # still have moved: keep the result, marked late, rather than lose it.
-        late_from = ACCEPTS_RESULT - IN_FLIGHT
-        if to == DispatchState.SUCCEEDED:
-            late_from = late_from | {DispatchState.CANCELLED}
+    # The first result is the terminal's truth: on time, or late after a timeout or a failure that may
+    # hide a payment. Both writes refuse once any result is recorded.
+    for rule in (domain.RESULT, domain.LATE_RESULT):
         try:
-            deps.payments.transition(
-                request_id,
-                frozenset(late_from),
-                to,
-                now,
-                terminal_id=terminal_id,
-                result=result,
-                late=True,
-                failed_for=frozenset(LATE_RESULT_AFTER_FAILURE),
-            )
-            late = True
+            deps.payments.apply(Transition(request_id, rule, to, now, terminal_id=terminal_id, result=result))
         except ConditionFailed:
-            count("EventsIgnored", reason="result_for_finished_dispatch")
-            return "ignored:already_final"
-    count("PaymentsSucceeded" if to == DispatchState.SUCCEEDED else "PaymentsFailed")
-    if late:
-        count("LateResults")
-    return ("late_" if late else "") + to.value
+            continue
+        count("PaymentsSucceeded" if to == DispatchState.SUCCEEDED else "PaymentsFailed")
+        if rule.late:
+            count("LateResults")
+        return ("late_" if rule.late else "") + to.value
+    count("EventsIgnored", reason="result_for_finished_dispatch")
+    log_event("result refused: the first result stands", level="warning", request_id=request_id)
+    return "ignored:already_final"
 
 
 def handle_status(deps: EventDeps, topic: str, payload: bytes, received_at_ms: int) -> str:
-    """Record presence; a terminal that drops mid-payment fails that payment as disconnected (502)."""
+    """A terminal's own ``status`` message: it counts only when newer than the last presence fact.
+
+    Presence is the broker's word (``handle_presence``); a signed status can be captured and replayed,
+    so it is ordered by when it was signed (never later than it arrived) and refused unless it is
+    strictly newer than every fact recorded: a replay, or the last will signed at connect time and
+    delivered after the broker already reported the disconnect, changes nothing.
+    """
     try:
         envelope, terminal = _verified(deps, topic, payload, "status")
         if envelope["type"] != "status":
             raise EventRefused("unexpected_type", f"{envelope['type']!r} on a status topic")
         state = terminal_body(StatusBody, envelope["body"]).state
+        signed_at_ms = protocol.parse_timestamp_ms(envelope["sent_at"])
+    except EnvelopeError as exc:
+        return _refuse(EventRefused(exc.reason, str(exc)), topic)
     except EventRefused as exc:
         return _refuse(exc, topic)
     online = state == "online"
-    # Ordered by arrival, not sent_at: a last will is signed when the terminal connects.
+    # A terminal whose clock runs ahead must not outrank the broker's later facts.
+    at_ms = min(signed_at_ms, received_at_ms)
     recorded = deps.terminals.record_status(
-        terminal.terminal_id, online, received_at_ms, protocol.timestamp_from_ms(received_at_ms)
+        terminal.terminal_id, online, at_ms, protocol.timestamp_from_ms(received_at_ms)
     )
     if not recorded:
         count("EventsIgnored", reason="older_status")
@@ -181,21 +218,69 @@ def handle_status(deps: EventDeps, topic: str, payload: bytes, received_at_ms: i
     return state
 
 
+_PRESENCE_FIELDS: dict[str, type] = {"clientId": str, "eventType": str, "sessionIdentifier": str, "timestamp": int}
+
+
+def handle_presence(deps: EventDeps, event: dict[str, Any]) -> str:
+    """A broker lifecycle event (``$aws/events/presence/{connected,disconnected}/{clientId}``).
+
+    Only the broker publishes these, so they are the authority on presence; each carries the
+    connection's session id and the broker's timestamp, and an older fact (an old session's
+    disconnect delivered after a newer connect) changes nothing.
+    """
+    for key, kind in _PRESENCE_FIELDS.items():
+        value = event.get(key) if isinstance(event, dict) else None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            return _refuse(
+                EventRefused("bad_presence", f"lifecycle event without a valid {key}"), "$aws/events/presence"
+            )
+    kind = event["eventType"]
+    if kind not in ("connected", "disconnected"):
+        return _refuse(EventRefused("bad_presence", f"eventType {kind!r}"), "$aws/events/presence")
+    terminal_id = event["clientId"]
+    terminal = deps.terminals.get(terminal_id)
+    if terminal is None:
+        # The cloud's own clients (and anything not enrolled) connect too: not a terminal's presence.
+        count("EventsIgnored", reason="not_a_terminal")
+        return "ignored:not_a_terminal"
+    online = kind == "connected"
+    at_ms = int(event["timestamp"])
+    recorded = deps.terminals.record_presence(
+        terminal_id, online, at_ms, event["sessionIdentifier"], protocol.timestamp_from_ms(at_ms)
+    )
+    if not recorded:
+        count("EventsIgnored", reason="older_presence")
+        return "ignored:older_presence"
+    log_event("terminal presence", terminal_id=terminal_id, online=online, session=event["sessionIdentifier"])
+    if not online and terminal.busy_request_id:
+        _fail_disconnected(deps, terminal)
+    return kind
+
+
 def _fail_disconnected(deps: EventDeps, terminal: Terminal) -> None:
     request_id = terminal.busy_request_id
     if request_id is None:
         return
-    deps.terminals.release(terminal.terminal_id, request_id)  # before the final state, as for a result
+    # The final state first, then the claim: a dispatch that may not be failed (a cancel awaiting the
+    # terminal's word) keeps the terminal claimed until its result or its expiry. (The terminal is
+    # offline: nobody can start the next payment on it meanwhile.)
     try:
-        deps.payments.transition(
-            request_id,
-            IN_FLIGHT,
-            DispatchState.FAILED,
-            deps.clock.now_ms(),
-            terminal_id=terminal.terminal_id,
-            reason=Reason.TERMINAL_DISCONNECTED,
+        deps.payments.apply(
+            Transition(
+                request_id,
+                domain.DISCONNECTED,
+                DispatchState.FAILED,
+                deps.clock.now_ms(),
+                terminal_id=terminal.terminal_id,
+                reason=Reason.TERMINAL_DISCONNECTED,
+            )
         )
     except ConditionFailed:
+        # Already final (a result landed, or this is a redelivery whose release failed): free it.
+        dispatch = deps.payments.get_dispatch(request_id)
+        if dispatch is None or dispatch.state in FINAL:
+            deps.terminals.release(terminal.terminal_id, request_id)
         return
+    deps.terminals.release(terminal.terminal_id, request_id)
     count("TerminalUnreachable", reason="disconnected")
     deps.waker.wake(request_id)

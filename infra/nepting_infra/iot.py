@@ -28,6 +28,9 @@ THING = "${iot:Connection.Thing.ThingName}"
 # The handlers get the raw payload (base64, so a malformed one still arrives), its topic (the
 # terminal id is checked against it) and the broker's receive time.
 RULE_SQL = "SELECT encode(*, 'base64') AS payload, topic() AS topic, timestamp() AS received_at FROM '{}'"
+# IoT Core's lifecycle events: only the broker publishes them, so they are the authority on presence
+# (a terminal's signed status can be replayed). The status handler gets the event as IoT sends it.
+PRESENCE_RULE_SQL = "SELECT * FROM '$aws/events/presence/+/+'"
 
 
 def terminal_policy_document(stack: Stack) -> dict[str, object]:
@@ -125,7 +128,8 @@ class TerminalFleet(Construct):
 
 
 class TerminalMessageRules(Construct):
-    """One topic rule per terminal → cloud topic, each invoking its handler."""
+    """One topic rule per terminal → cloud topic, each invoking its handler, and the presence rule:
+    the broker's lifecycle events go to the status handler."""
 
     def __init__(
         self,
@@ -145,13 +149,18 @@ class TerminalMessageRules(Construct):
         )
         error_queue.grant_send_messages(error_role)
         self.rules: dict[str, iot.CfnTopicRule] = {}
-        for suffix, handler in handlers.items():
+        routes = [
+            (suffix, RULE_SQL.format(f"{TOPIC_ROOT}/+/{suffix}"), handler) for suffix, handler in handlers.items()
+        ]
+        if "status" in handlers:
+            routes.append(("presence", PRESENCE_RULE_SQL, handlers["status"]))
+        for suffix, sql, handler in routes:
             rule = iot.CfnTopicRule(
                 self,
                 f"{suffix.title()}Rule",
                 rule_name=f"nepting_{settings.stage}_terminal_{suffix}",
                 topic_rule_payload=iot.CfnTopicRule.TopicRulePayloadProperty(
-                    sql=RULE_SQL.format(f"{TOPIC_ROOT}/+/{suffix}"),
+                    sql=sql,
                     aws_iot_sql_version="2016-03-23",
                     rule_disabled=False,
                     actions=[

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from chalicelib.exceptions import ConditionFailed
-from chalicelib.payments.domain import IN_FLIGHT, Dispatch, DispatchState
+from chalicelib.payments import domain
+from chalicelib.payments.domain import Dispatch, DispatchState, Transition
 from chalicelib.payments.ports import PaymentRepository
 from tests.conftest import TERMINAL_ID
-from tests.contract.builders import NOW, PENDING, head_and_dispatch, race
+from tests.contract.builders import NOW, head_and_dispatch, race
 
 
 def started(payments: PaymentRepository, request_id: str = "r-1", **kwargs: Any) -> Dispatch:
@@ -96,9 +97,12 @@ def test_a_dispatch_id_already_used_fails_and_writes_no_head(payments: PaymentRe
     assert payments.get_dispatch("r-1") == taken
 
 
+SUCCESS = {"payment_status": "Success"}
+
+
 def test_transition_moves_forward_counts_versions_and_returns_the_new_state(payments: PaymentRepository) -> None:
     started(payments)
-    acked = payments.transition("r-1", PENDING, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
+    acked = payments.apply(Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID))
     assert (acked.state, acked.acked_at_ms, acked.finished_at_ms, acked.version) == (
         DispatchState.ACKNOWLEDGED,
         NOW + 50,
@@ -106,9 +110,10 @@ def test_transition_moves_forward_counts_versions_and_returns_the_new_state(paym
         1,
     )
     result = {"payment_status": "Success", "error_data": {"code": "00", "n": 3}, "authorized_online": True}
-    done = payments.transition("r-1", IN_FLIGHT, DispatchState.SUCCEEDED, NOW + 900, result=result)
-    assert (done.state, done.finished_at_ms, done.version, done.result) == (
+    done = payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 900, result=result))
+    assert (done.state, done.finished_at_ms, done.result_at_ms, done.version, done.result) == (
         DispatchState.SUCCEEDED,
+        NOW + 900,
         NOW + 900,
         2,
         result,
@@ -118,7 +123,7 @@ def test_transition_moves_forward_counts_versions_and_returns_the_new_state(paym
 
 def test_transition_records_the_reason(payments: PaymentRepository) -> None:
     started(payments)
-    failed = payments.transition("r-1", IN_FLIGHT, DispatchState.FAILED, NOW + 1, reason="terminal_busy")
+    failed = payments.apply(Transition("r-1", domain.BUSY_ACK, DispatchState.FAILED, NOW + 1, reason="terminal_busy"))
     assert (failed.state, failed.reason, failed.finished_at_ms, failed.late) == (
         DispatchState.FAILED,
         "terminal_busy",
@@ -130,12 +135,14 @@ def test_transition_records_the_reason(payments: PaymentRepository) -> None:
 
 def test_transition_from_a_wrong_state_fails_and_changes_nothing(payments: PaymentRepository) -> None:
     started(payments)
-    payments.transition("r-1", IN_FLIGHT, DispatchState.FAILED, NOW + 1, reason="terminal_busy")
+    payments.apply(Transition("r-1", domain.BUSY_ACK, DispatchState.FAILED, NOW + 1, reason="terminal_busy"))
     before = payments.get_dispatch("r-1")
     with pytest.raises(ConditionFailed):
-        payments.transition("r-1", IN_FLIGHT, DispatchState.SUCCEEDED, NOW + 2, result={"payment_status": "Success"})
+        payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 2, result=SUCCESS))
     with pytest.raises(ConditionFailed):
-        payments.transition("r-1", PENDING, DispatchState.ACKNOWLEDGED, NOW + 3)
+        payments.apply(Transition("r-1", domain.LATE_RESULT, DispatchState.SUCCEEDED, NOW + 2, result=SUCCESS))
+    with pytest.raises(ConditionFailed):
+        payments.apply(Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 3))
     assert payments.get_dispatch("r-1") == before
 
 
@@ -143,28 +150,26 @@ def test_transition_for_another_terminal_fails_and_changes_nothing(payments: Pay
     started(payments)
     before = payments.get_dispatch("r-1")
     with pytest.raises(ConditionFailed):
-        payments.transition("r-1", PENDING, DispatchState.ACKNOWLEDGED, NOW, terminal_id="PAX-77")
+        payments.apply(Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW, terminal_id="PAX-77"))
     assert payments.get_dispatch("r-1") == before
 
 
 def test_transition_of_an_unknown_dispatch_fails_without_creating_it(payments: PaymentRepository) -> None:
     with pytest.raises(ConditionFailed):
-        payments.transition("r-ghost", IN_FLIGHT, DispatchState.FAILED, NOW)
+        payments.apply(Transition("r-ghost", domain.UNREACHABLE, DispatchState.FAILED, NOW))
     assert payments.get_dispatch("r-ghost") is None
 
 
 def test_late_result_is_flagged_and_keeps_the_timeout_reason(payments: PaymentRepository) -> None:
     started(payments)
-    timed_out = payments.transition("r-1", IN_FLIGHT, DispatchState.TIMED_OUT, NOW + 1, reason="result_timeout")
+    timed_out = payments.apply(
+        Transition("r-1", domain.RESULT_TIMEOUT, DispatchState.TIMED_OUT, NOW + 1, reason="result_timeout")
+    )
     assert timed_out.late is False
-    late = payments.transition(
-        "r-1",
-        frozenset({DispatchState.TIMED_OUT}),
-        DispatchState.SUCCEEDED,
-        NOW + 2,
-        terminal_id=TERMINAL_ID,
-        result={"payment_status": "Success"},
-        late=True,
+    with pytest.raises(ConditionFailed):
+        payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 2, result=SUCCESS))
+    late = payments.apply(
+        Transition("r-1", domain.LATE_RESULT, DispatchState.SUCCEEDED, NOW + 2, terminal_id=TERMINAL_ID, result=SUCCESS)
     )
     assert (late.state, late.late, late.reason, late.version) == (DispatchState.SUCCEEDED, True, "result_timeout", 2)
     assert payments.get_dispatch("r-1").late is True  # type: ignore[union-attr]
@@ -173,40 +178,57 @@ def test_late_result_is_flagged_and_keeps_the_timeout_reason(payments: PaymentRe
 def test_a_failure_may_be_left_for_a_late_result_only_when_its_reason_allows(payments: PaymentRepository) -> None:
     started(payments, "r-1")
     started(payments, "r-2", order_id="O-2")
-    payments.transition("r-1", IN_FLIGHT, DispatchState.FAILED, NOW + 1, reason="terminal_disconnected")
-    payments.transition("r-2", IN_FLIGHT, DispatchState.FAILED, NOW + 1, reason="terminal_busy")
-    allowed = frozenset({"terminal_disconnected", "terminal_unreachable"})
-    late = payments.transition(
-        "r-1",
-        frozenset({DispatchState.TIMED_OUT}),
-        DispatchState.SUCCEEDED,
-        NOW + 2,
-        terminal_id=TERMINAL_ID,
-        late=True,
-        failed_for=allowed,
+    payments.apply(
+        Transition("r-1", domain.DISCONNECTED, DispatchState.FAILED, NOW + 1, reason="terminal_disconnected")
+    )
+    payments.apply(Transition("r-2", domain.BUSY_ACK, DispatchState.FAILED, NOW + 1, reason="terminal_busy"))
+    late = payments.apply(
+        Transition("r-1", domain.LATE_RESULT, DispatchState.SUCCEEDED, NOW + 2, terminal_id=TERMINAL_ID, result=SUCCESS)
     )
     assert (late.state, late.late) == (DispatchState.SUCCEEDED, True)
     with pytest.raises(ConditionFailed):
-        payments.transition(
-            "r-2",
-            frozenset({DispatchState.TIMED_OUT}),
-            DispatchState.SUCCEEDED,
-            NOW + 2,
-            terminal_id=TERMINAL_ID,
-            late=True,
-            failed_for=allowed,
+        payments.apply(
+            Transition(
+                "r-2", domain.LATE_RESULT, DispatchState.SUCCEEDED, NOW + 2, terminal_id=TERMINAL_ID, result=SUCCESS
+            )
         )
     assert payments.get_dispatch("r-2").state == DispatchState.FAILED  # type: ignore[union-attr]
 
 
+def test_the_first_late_result_is_final(payments: PaymentRepository) -> None:
+    """A repeated result, or a different one after it, changes nothing, even on a failed dispatch."""
+    started(payments)
+    payments.apply(
+        Transition("r-1", domain.DISCONNECTED, DispatchState.FAILED, NOW + 1, reason="terminal_disconnected")
+    )
+    failed = {"payment_status": "Failed", "error_code": "declined"}
+    payments.apply(Transition("r-1", domain.LATE_RESULT, DispatchState.FAILED, NOW + 2, result=failed))
+    before = payments.get_dispatch("r-1")
+    for to, result in ((DispatchState.FAILED, failed), (DispatchState.SUCCEEDED, SUCCESS)):
+        for rule in (domain.RESULT, domain.LATE_RESULT):
+            with pytest.raises(ConditionFailed):
+                payments.apply(Transition("r-1", rule, to, NOW + 3, result=result))
+    assert payments.get_dispatch("r-1") == before
+
+
+def test_a_cancelling_dispatch_takes_the_terminals_result(payments: PaymentRepository) -> None:
+    started(payments)
+    cancelling = payments.apply(Transition("r-1", domain.CANCEL, DispatchState.CANCELLING, NOW + 1))
+    assert (cancelling.state, cancelling.cancel_requested_at_ms) == (DispatchState.CANCELLING, NOW + 1)
+    with pytest.raises(ConditionFailed):
+        payments.apply(Transition("r-1", domain.RESULT_TIMEOUT, DispatchState.TIMED_OUT, NOW + 2))
+    aborted = {"payment_status": "Failed", "error_code": "cancelled"}
+    done = payments.apply(Transition("r-1", domain.RESULT, DispatchState.CANCELLED, NOW + 3, result=aborted))
+    assert (done.state, done.result) == (DispatchState.CANCELLED, aborted)
+
+
 def test_of_concurrent_results_exactly_one_lands(payments: PaymentRepository) -> None:
     started(payments)
-    outcomes = race(
-        *[
-            lambda to=to: payments.transition("r-1", IN_FLIGHT, to, NOW, result={"payment_status": to.value})
-            for to in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED, DispatchState.TIMED_OUT)
-        ]
-    )
+    moves = [
+        Transition("r-1", domain.RESULT, to, NOW, result={"payment_status": to.value})
+        for to in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED)
+    ] + [Transition("r-1", domain.RESULT_TIMEOUT, DispatchState.TIMED_OUT, NOW, reason="result_timeout")]
+    outcomes = race(*[lambda move=move: payments.apply(move) for move in moves])
     landed = [o for o in outcomes if isinstance(o, Dispatch)]
     assert len(landed) == 1 and sum(isinstance(o, ConditionFailed) for o in outcomes) == 3
     assert payments.get_dispatch("r-1") == landed[0]

@@ -120,10 +120,29 @@ def test_status_newer_wins_and_older_is_ignored(terminals: TerminalRepository) -
         NOW,
         "t1",
     )
-    assert terminals.record_status(TERMINAL_ID, True, NOW, "t1-again"), "same instant: the later arrival wins"
+    assert not terminals.record_status(TERMINAL_ID, True, NOW, "t1-again"), "only a strictly newer status counts"
     assert terminals.record_status(TERMINAL_ID, False, NOW + 5, "t2")
     terminal = terminals.get(TERMINAL_ID)
     assert terminal is not None and (terminal.online, terminal.last_seen_at) == (False, "t2")
+
+
+def test_lifecycle_events_order_presence_by_time_and_session(terminals: TerminalRepository) -> None:
+    assert terminals.record_presence(TERMINAL_ID, True, NOW, "s-1", "t1")
+    assert terminals.record_presence(TERMINAL_ID, True, NOW + 10, "s-2", "t2")
+    assert not terminals.record_presence(TERMINAL_ID, False, NOW + 5, "s-2", "old"), "older than the last fact"
+    assert not terminals.record_presence(TERMINAL_ID, False, NOW + 20, "s-1", "taken over"), "another session's end"
+    assert not terminals.record_status(TERMINAL_ID, False, NOW + 10, "replay"), "a status must be strictly newer"
+    terminal = terminals.get(TERMINAL_ID)
+    assert terminal is not None and (terminal.online, terminal.presence_session) == (True, "s-2")
+    assert terminals.record_presence(TERMINAL_ID, False, NOW + 30, "s-2", "t3")
+    terminal = terminals.get(TERMINAL_ID)
+    assert terminal is not None and (terminal.online, terminal.status_at_ms, terminal.last_seen_at) == (
+        False,
+        NOW + 30,
+        "t3",
+    )
+    assert not terminals.record_presence("PAX-404", True, NOW, "s", "t")
+    assert terminals.get("PAX-404") is None
 
 
 def test_status_of_an_unknown_terminal_creates_nothing(terminals: TerminalRepository) -> None:

@@ -249,3 +249,64 @@ def _report(samples: int = 300) -> None:
 
 if __name__ == "__main__":
     _report()
+
+
+class PresenceLog:
+    """Collects the broker's lifecycle events (called on the broker's loop)."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._arrived = threading.Condition()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self._arrived:
+            self.events.append(event)
+            self._arrived.notify_all()
+
+    def wait_for(self, client_id: str, kind: str, count: int = 1) -> list[dict[str, Any]]:
+        def matching() -> list[dict[str, Any]]:
+            return [e for e in self.events if e["clientId"] == client_id and e["eventType"] == kind]
+
+        with self._arrived:
+            assert self._arrived.wait_for(lambda: len(matching()) >= count, TIMEOUT_S), self.events
+            return matching()
+
+
+def test_broker_reports_connects_and_disconnects_with_session_ids_and_its_own_clock() -> None:
+    presence = PresenceLog()
+    with start_broker(on_presence=presence) as broker:
+        before = time.time_ns() // 1_000_000
+        first = Recorder(broker, "PAX-1").start()
+        (connected,) = presence.wait_for("PAX-1", "connected")
+        first.client.loop_stop()
+        first.client.socket().close()  # dropped, not a clean disconnect
+        (dropped,) = presence.wait_for("PAX-1", "disconnected")
+        second = Recorder(broker, "PAX-1").start()
+        connects = presence.wait_for("PAX-1", "connected", 2)
+        second.stop()
+        presence.wait_for("PAX-1", "disconnected", 2)
+    assert dropped["sessionIdentifier"] == connected["sessionIdentifier"]
+    assert connects[1]["sessionIdentifier"] != connected["sessionIdentifier"]
+    assert before <= connected["timestamp"] <= dropped["timestamp"] <= connects[1]["timestamp"]
+    assert set(connected) >= {"clientId", "timestamp", "eventType", "sessionIdentifier"}
+
+
+def test_restart_keeps_the_port_reports_every_drop_and_clients_reconnect() -> None:
+    presence = PresenceLog()
+    with start_broker(on_presence=presence) as broker:
+        port = broker.port
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="PAX-2")
+        client.reconnect_delay_set(min_delay=1, max_delay=1)
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        try:
+            presence.wait_for("PAX-2", "connected")
+            broker.restart()
+            assert broker.port == port
+            presence.wait_for("PAX-2", "disconnected")
+            # paho reconnects on its own, as terminals and the cloud's clients do
+            reconnected = presence.wait_for("PAX-2", "connected", 2)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+    assert reconnected[0]["sessionIdentifier"] != reconnected[1]["sessionIdentifier"]

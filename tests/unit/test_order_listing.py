@@ -9,8 +9,8 @@ import pytest
 
 from chalicelib import protocol
 from chalicelib.errors import ApiError
-from chalicelib.payments import orders
-from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead
+from chalicelib.payments import domain, orders
+from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, Transition
 from tests.fakes import FakePayments
 
 NOW = 1_795_000_000_000
@@ -49,13 +49,15 @@ def payments() -> FakePayments:
 
 def test_an_order_shows_its_timeline_from_received_to_final(payments: FakePayments) -> None:
     request_id = start(payments, "A", NOW)
-    payments.transition(request_id, frozenset({DispatchState.PENDING}), DispatchState.ACKNOWLEDGED, NOW + 150)
-    payments.transition(
-        request_id,
-        frozenset({DispatchState.ACKNOWLEDGED}),
-        DispatchState.SUCCEEDED,
-        NOW + 1700,
-        result={"payment_status": "Success", "transaction_reference": "TX-1", "masked_pan": "497010******0001"},
+    payments.apply(Transition(request_id, domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 150))
+    payments.apply(
+        Transition(
+            request_id,
+            domain.RESULT,
+            DispatchState.SUCCEEDED,
+            NOW + 1700,
+            result={"payment_status": "Success", "transaction_reference": "TX-1", "masked_pan": "497010******0001"},
+        )
     )
 
     (order,) = list_orders(payments, "M1", {}, NOW + 2000)["orders"]
@@ -72,12 +74,10 @@ def test_an_order_shows_its_timeline_from_received_to_final(payments: FakePaymen
 def test_in_flight_lists_pending_and_acknowledged_but_not_what_passed_its_deadline(payments: FakePayments) -> None:
     start(payments, "OLD", NOW - 200_000)  # never answered: reads as timed out
     acked = start(payments, "ACKED", NOW - 5_000)
-    payments.transition(acked, frozenset({DispatchState.PENDING}), DispatchState.ACKNOWLEDGED, NOW - 4_000)
+    payments.apply(Transition(acked, domain.ACK, DispatchState.ACKNOWLEDGED, NOW - 4_000))
     start(payments, "NEW", NOW)
     done = start(payments, "DONE", NOW - 1_000)
-    payments.transition(
-        done, frozenset({DispatchState.PENDING}), DispatchState.FAILED, NOW - 500, reason="terminal_busy"
-    )
+    payments.apply(Transition(done, domain.BUSY_ACK, DispatchState.FAILED, NOW - 500, reason="terminal_busy"))
 
     page = list_orders(payments, "M1", {"state": "in_flight"}, NOW)
 

@@ -12,7 +12,7 @@ import pytest
 from chalicelib import protocol
 from chalicelib.errors import ApiError
 from chalicelib.observability import METRIC_COUNTS
-from chalicelib.payments.domain import DispatchState, Terminal
+from chalicelib.payments.domain import DispatchState, Terminal, Transition
 from chalicelib.payments.schemas import parse_order_request
 from chalicelib.payments.service import Reply, order_status, reply_for, request_payment
 from chalicelib.payments.terminal_events import handle_event, handle_status
@@ -415,14 +415,14 @@ def test_a_result_after_the_disconnect_is_kept_as_late(world: World, request_id:
 def test_the_terminal_is_free_by_the_time_the_final_state_is_visible(world: World) -> None:
     """An ECR that gets its answer and sends the next payment at once must not meet terminal_busy."""
     seen: list[tuple[str, str | None]] = []
-    original = world.payments.transition
+    original = world.payments.apply
 
-    def observe(request_id: str, *args: Any, **kwargs: Any) -> Any:
+    def observe(transition: Transition) -> Any:
         terminal = world.terminals.get(TERMINAL_ID)
-        seen.append((args[1].value, terminal.busy_request_id if terminal else None))
-        return original(request_id, *args, **kwargs)
+        seen.append((transition.to.value, terminal.busy_request_id if terminal else None))
+        return original(transition)
 
-    world.payments.transition = observe  # type: ignore[method-assign]
+    world.payments.apply = observe  # type: ignore[method-assign]
     world.script(world.ack(), world.result())
     reply = pay(world)
     assert reply.body["paymentStatus"] == "Success"

@@ -16,7 +16,7 @@ from typing import Any
 from chalicelib.adapters.aws import client, from_item, to_item, to_value
 from chalicelib.adapters.dynamodb.conditions import conditional, holds
 from chalicelib.keys import order_key
-from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal
+from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal, Transition
 
 BY_MERCHANT_UPDATED = "by-merchant-updated"
 
@@ -114,14 +114,37 @@ class DynamoTerminalRepository:
                 TableName=self.table,
                 Key={"terminal_id": {"S": terminal_id}},
                 UpdateExpression="SET #online = :o, status_at_ms = :s, last_seen_at = :seen",
-                # Status messages may arrive out of order (retained, last will): newest wins.
+                # Strictly newer than the last presence fact: a replayed or reordered status changes nothing.
                 ConditionExpression="attribute_exists(terminal_id) AND "
-                "(attribute_not_exists(status_at_ms) OR status_at_ms <= :s)",
+                "(attribute_not_exists(status_at_ms) OR status_at_ms < :s)",
                 ExpressionAttributeNames={"#online": "online"},
                 ExpressionAttributeValues={
                     ":o": {"BOOL": online},
                     ":s": {"N": str(sent_at_ms)},
                     ":seen": {"S": seen_at},
+                },
+            )
+        )
+
+    def record_presence(self, terminal_id: str, online: bool, at_ms: int, session: str, seen_at: str) -> bool:
+        # Not older than the last fact; and a disconnect ends only the session recorded as current
+        # (a taken-over connection's disconnect may carry a later timestamp than the new connect).
+        condition = "attribute_exists(terminal_id) AND (attribute_not_exists(status_at_ms) OR status_at_ms <= :t)"
+        if not online:
+            condition += " AND (attribute_not_exists(presence_session) OR presence_session = :session)"
+        return holds(
+            lambda: client("dynamodb").update_item(
+                TableName=self.table,
+                Key={"terminal_id": {"S": terminal_id}},
+                UpdateExpression="SET #online = :o, status_at_ms = :t, last_seen_at = :seen, "
+                "presence_session = :session",
+                ConditionExpression=condition,
+                ExpressionAttributeNames={"#online": "online"},
+                ExpressionAttributeValues={
+                    ":o": {"BOOL": online},
+                    ":t": {"N": str(at_ms)},
+                    ":seen": {"S": seen_at},
+                    ":session": {"S": session},
                 },
             )
         )
@@ -217,21 +240,11 @@ class DynamoPaymentRepository:
                 ]
             )
 
-    def transition(
-        self,
-        request_id: str,
-        allowed_from: frozenset[DispatchState],
-        to: DispatchState,
-        now_ms: int,
-        terminal_id: str | None = None,
-        reason: str | None = None,
-        result: dict[str, Any] | None = None,
-        late: bool = False,
-        failed_for: frozenset[str] = frozenset(),
-    ) -> Dispatch:
+    def apply(self, transition: Transition) -> Dispatch:
+        rule = transition.rule
         # Every attribute goes through a name placeholder: several (state, result…) are reserved words.
         names = {"#state": "state", "#version": "version"}
-        values: dict[str, Any] = {":to": {"S": to.value}, ":one": {"N": "1"}}
+        values: dict[str, Any] = {":to": {"S": transition.to.value}, ":one": {"N": "1"}}
         sets = ["#state = :to", "#version = #version + :one"]
 
         def assign(attribute: str, placeholder: str, value: dict[str, Any]) -> None:
@@ -239,36 +252,40 @@ class DynamoPaymentRepository:
             values[placeholder] = value
             sets.append(f"#{attribute} = {placeholder}")
 
-        assign("acked_at_ms" if to == DispatchState.ACKNOWLEDGED else "finished_at_ms", ":at", {"N": str(now_ms)})
-        if reason is not None:
-            assign("reason", ":reason", {"S": reason})
-        if result is not None:
-            assign("result", ":result", to_value(result))
-        if late:
+        assign(rule.stamp, ":at", {"N": str(transition.at_ms)})
+        if transition.reason is not None:
+            assign("reason", ":reason", {"S": transition.reason})
+        if transition.result is not None:
+            assign("result", ":result", to_value(transition.result))
+            assign("result_at_ms", ":result_at", {"N": str(transition.at_ms)})
+        if rule.late:
             assign("late", ":late", {"BOOL": True})
-        allowed = sorted(state.value for state in allowed_from)
+        start = sorted(state.value for state in rule.start)
         placeholders = []
-        for index, state in enumerate(allowed):
+        for index, state in enumerate(start):
             values[f":from{index}"] = {"S": state}
             placeholders.append(f":from{index}")
         condition = f"#state IN ({', '.join(placeholders)})"
-        if failed_for:
+        if rule.failed_for:
             reasons = []
-            for index, failure in enumerate(sorted(failed_for)):
+            for index, failure in enumerate(sorted(rule.failed_for)):
                 values[f":failed_for{index}"] = {"S": failure}
                 reasons.append(f":failed_for{index}")
             values[":failed"] = {"S": DispatchState.FAILED.value}
             names["#reason"] = "reason"
             condition = f"({condition} OR (#state = :failed AND #reason IN ({', '.join(reasons)})))"
-        if terminal_id is not None:
-            # An event may only move a dispatch sent to the terminal it came from.
+        if rule.records_result:
+            # The terminal's first result is final: no second one is stored, in any state.
+            # (A record finished before ``result_at_ms`` existed shows its result only.)
+            condition += " AND attribute_not_exists(#result_at_ms) AND attribute_not_exists(#result)"
+        if transition.terminal_id is not None:
             condition += " AND #terminal_id = :terminal"
             names["#terminal_id"] = "terminal_id"
-            values[":terminal"] = {"S": terminal_id}
-        with conditional(f"dispatch {request_id} is not in {allowed}"):
+            values[":terminal"] = {"S": transition.terminal_id}
+        with conditional(f"dispatch {transition.request_id}: {rule.name} refused"):
             updated = client("dynamodb").update_item(
                 TableName=self.table,
-                Key=dispatch_key(request_id),
+                Key=dispatch_key(transition.request_id),
                 UpdateExpression="SET " + ", ".join(sets),
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
