@@ -692,7 +692,7 @@ def test_partial_batch_failures_alarm_per_consumer(template):
 
 def test_each_iot_rule_alarms_on_failed_actions_and_throttled_messages(template):
     rules = {r["Properties"]["RuleName"] for r in resources(template, "AWS::IoT::TopicRule").values()}
-    assert rules == {"nepting_prod_terminal_events", "nepting_prod_terminal_status"}
+    assert rules == {"nepting_prod_terminal_events", "nepting_prod_terminal_status", "nepting_prod_terminal_presence"}
     throttled = {
         _dimensions(a)["RuleName"]
         for a in _alarms(template)
