@@ -16,8 +16,9 @@ from chalicelib import openapi
 from chalicelib.adapters.exports import EXPORT_PREFIX, start_table_export
 from chalicelib.bootstrap import components
 from chalicelib.console import ingest, ipn, notifications, queries
-from chalicelib.event_sources import BatchResult, new_image, sqs_batch, stream_batch
+from chalicelib.event_sources import BatchResult, new_image, sqs_batch, stream_batch, text_field
 from chalicelib.http import ANY_CONTENT, ThreadSafeChalice, api_handler, json_response, raw_body, read_json_body
+from chalicelib.observability import count, log_event
 from chalicelib.payments import service as payments
 from chalicelib.payments import terminal_events, terminals
 from chalicelib.payments.schemas import parse_order_request
@@ -79,22 +80,36 @@ def openapi_document() -> Response:
 def _iot_message(event: dict[str, Any]) -> tuple[str, bytes, int]:
     """The topic rule's ``SELECT encode(*, 'base64') AS payload, topic() AS topic, timestamp() AS received_at``."""
     received_at = event.get("received_at")
+    if not isinstance(event["topic"], str):
+        raise TypeError("topic is not a string")
     return (
-        str(event["topic"]),
-        base64.b64decode(event["payload"]),
+        event["topic"],
+        base64.b64decode(event["payload"], validate=True),
         int(received_at) if received_at is not None else time.time_ns() // 1_000_000,
     )
 
 
+def _unreadable_event() -> dict[str, str]:
+    count("EventsRefused", reason="bad_event")
+    log_event("topic rule event refused", level="warning", reason="bad_event")
+    return {"outcome": "refused:bad_event"}
+
+
 @app.lambda_function(name="terminal_events")
 def terminal_events_handler(event: dict[str, Any], context: Any) -> dict[str, str]:
-    topic, payload, _ = _iot_message(event)
+    try:
+        topic, payload, _ = _iot_message(event)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return _unreadable_event()
     return {"outcome": terminal_events.handle_event(components().event_deps(), topic, payload)}
 
 
 @app.lambda_function(name="terminal_status")
 def terminal_status_handler(event: dict[str, Any], context: Any) -> dict[str, str]:
-    topic, payload, received_at = _iot_message(event)
+    try:
+        topic, payload, received_at = _iot_message(event)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return _unreadable_event()
     return {"outcome": terminal_events.handle_status(components().event_deps(), topic, payload, received_at)}
 
 
@@ -132,7 +147,9 @@ def order_notifications_handler(event: dict[str, Any], context: Any) -> BatchRes
 @app.lambda_function(name="ipn_ingest")
 def ipn_ingest_handler(event: dict[str, Any], context: Any) -> BatchResult:
     deps = components().ingest_deps()
-    return sqs_batch(event, lambda body: ingest.ingest_ipn(deps, body["transaction_reference"]), "ipn_ingest")
+    return sqs_batch(
+        event, lambda body: ingest.ingest_ipn(deps, text_field(body, "transaction_reference")), "ipn_ingest"
+    )
 
 
 @app.lambda_function(name="merchant_notifier")

@@ -18,6 +18,7 @@ from chalice.app import Request
 
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError, internal_error
+from chalicelib.exceptions import JsonLimitError
 from chalicelib.observability import count, logger
 
 MAX_BODY_BYTES = 64 * 1024
@@ -87,5 +88,15 @@ def read_json_body(request: Request) -> Any:
         raise ApiError(415, "request.unsupported_media_type", "send the body as application/json")
     try:
         return jsonutil.loads(body)
+    except JsonLimitError as exc:
+        raise json_limit_error(exc) from None
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "validation.malformed_json", "the request body is not valid JSON") from None
+        raise malformed_json() from None
+
+
+def json_limit_error(exc: JsonLimitError) -> ApiError:
+    return ApiError(400, f"validation.{exc.reason}", f"{exc.path or 'body'}: {exc}", path=exc.path)
+
+
+def malformed_json() -> ApiError:
+    return ApiError(400, "validation.malformed_json", "the request body is not valid JSON", path="")

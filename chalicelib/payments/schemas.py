@@ -76,7 +76,7 @@ class BasketLine(_Model):
     unit_price: Decimal = Field(allow_inf_nan=False, ge=Decimal(-MAX_AMOUNT), le=Decimal(MAX_AMOUNT))
     tax_rate: Decimal = Field(allow_inf_nan=False, ge=0, le=100)
     discount: Decimal = Field(default=Decimal(0), allow_inf_nan=False, le=0)
-    total_amount: Decimal = Field(allow_inf_nan=False)
+    total_amount: Decimal = Field(allow_inf_nan=False, ge=Decimal(-MAX_AMOUNT), le=Decimal(MAX_AMOUNT))
 
     @field_validator("unit_price", "tax_rate", "discount", "total_amount", mode="before")
     @classmethod
@@ -224,7 +224,7 @@ _PATH_SUFFIX = {"basket_line_total": "total_amount", "basket_total": "basket"}
 def parse_order_request(body: Any) -> OrderRequest:
     """Validate a parsed body; raise the contract's 400 with the first bad field's dotted path."""
     if not isinstance(body, dict):
-        raise validation_error("not_an_object", "the request body must be a JSON object", None)
+        raise validation_error("not_an_object", "the request body must be a JSON object", "")
     try:
         return OrderRequest.model_validate(body)
     except ValidationError as exc:

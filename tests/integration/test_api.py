@@ -389,10 +389,44 @@ INVALID_BODIES = [
         "order.basket",
     ),
     ("currency", jsonutil.dumps(example()).replace('"EUR"', '"USD"'), "currency_unsupported", "order.price.currency"),
-    ("array", "[1, 2]", "not_an_object", None),
-    ("truncated", "{", "malformed_json", None),
-    ("nan", '{"a": NaN}', "malformed_json", None),
-    ("empty", "", "malformed_json", None),
+    ("array", "[1, 2]", "not_an_object", ""),
+    ("truncated", "{", "malformed_json", ""),
+    ("nan", '{"a": NaN}', "malformed_json", ""),
+    ("empty", "", "malformed_json", ""),
+    ("not-utf8", b'{"a": "\xff"}', "malformed_json", ""),
+    (
+        "huge-exponent-in-custom-data",
+        jsonutil.dumps(example()).replace('"order":{', '"order":{"custom_data":{"k":1E+300000},', 1),
+        "exponent_too_large",
+        "order.custom_data.k",
+    ),
+    (
+        "tiny-tax-rate",
+        jsonutil.dumps(example("order-full.json")).replace('"tax_rate":0', '"tax_rate":1E-999999999', 1),
+        "exponent_too_large",
+        "order.basket.0.tax_rate",
+    ),
+    ("huge-unknown-field", '{"x":1e400,' + jsonutil.dumps(example())[1:], "exponent_too_large", "x"),
+    ("long-number", '{"x":' + "1" * 31 + "}", "number_too_long", "x"),
+    ("deep", '{"x":' + "[" * 5000 + "]" * 5000 + "}", "too_deep", "x" + ".0" * 31),
+    (
+        "lone-surrogate",
+        jsonutil.dumps(example()).replace('"order":{', '"order":{"description":"\\ud800",', 1),
+        "lone_surrogate",
+        "order.description",
+    ),
+    (
+        "total-1e30",
+        jsonutil.dumps(example("order-full.json")).replace('"total_amount":8.99', '"total_amount":1E+30', 1),
+        "exponent_too_large",
+        "order.basket.0.total_amount",
+    ),
+    (
+        "total-of-30-digits",
+        jsonutil.dumps(example("order-full.json")).replace('"total_amount":8.99', '"total_amount":' + "9" * 30, 1),
+        "less_than_equal",
+        "order.basket.0.total_amount",
+    ),
 ]
 
 
@@ -402,7 +436,7 @@ def test_invalid_body_is_a_400_naming_the_first_bad_field(api: Api) -> None:
         assert response.status_code == 400, case
         error = response.json_body["error"]
         assert (error["status"], error["code"]) == (400, f"validation.{code}"), case
-        assert error.get("details") == ({"path": path} if path else None), case
+        assert error.get("details") == ({"path": path} if path is not None else None), case
     assert api.terminal.published == []
 
 
