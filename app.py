@@ -17,7 +17,15 @@ from chalicelib.adapters.exports import EXPORT_PREFIX, start_table_export
 from chalicelib.bootstrap import components
 from chalicelib.console import ingest, ipn, notifications, queries
 from chalicelib.event_sources import BatchResult, new_image, sqs_batch, stream_batch, text_field
-from chalicelib.http import ANY_CONTENT, ThreadSafeChalice, api_handler, json_response, raw_body, read_json_body
+from chalicelib.http import (
+    ANY_CONTENT,
+    ThreadSafeChalice,
+    answer_unserved_methods,
+    api_handler,
+    json_response,
+    raw_body,
+    read_json_body,
+)
 from chalicelib.observability import count, log_event
 from chalicelib.payments import service as payments
 from chalicelib.payments import terminal_events, terminals
@@ -37,7 +45,7 @@ def _merchant() -> str:
     return components().authenticator.merchant_for(_request().headers.get("authorization"))
 
 
-@app.route("/v1/connector/healthcheck", methods=["GET"])
+@app.route("/v1/connector/healthcheck", methods=["GET"], content_types=ANY_CONTENT)
 @api_handler
 def healthcheck() -> Response:
     return json_response(200, {"status": "ok"})
@@ -56,14 +64,14 @@ def send_order() -> Response:
     return json_response(reply.status, reply.body, reply.headers)
 
 
-@app.route("/v1/connector/order/{order_id}", methods=["GET"])
+@app.route("/v1/connector/order/{order_id}", methods=["GET"], content_types=ANY_CONTENT)
 @api_handler
 def get_order(order_id: str) -> Response:
     merchant_id = _merchant()
     return json_response(200, payments.order_status(components().payment_deps(), merchant_id, order_id))
 
 
-@app.route("/v1/terminals", methods=["GET"])
+@app.route("/v1/terminals", methods=["GET"], content_types=ANY_CONTENT)
 @api_handler
 def list_terminals() -> Response:
     merchant_id = _merchant()
@@ -71,7 +79,7 @@ def list_terminals() -> Response:
     return json_response(200, {"terminals": found})
 
 
-@app.route("/openapi.json", methods=["GET"])
+@app.route("/openapi.json", methods=["GET"], content_types=ANY_CONTENT)
 @api_handler
 def openapi_document() -> Response:
     return json_response(200, openapi.document())
@@ -123,7 +131,7 @@ def receive_ipn() -> Response:
     return json_response(200, ipn.receive_ipn(components().ipn_deps(), request.headers, raw_body(request)))
 
 
-@app.route("/v1/transactions", methods=["GET"])
+@app.route("/v1/transactions", methods=["GET"], content_types=ANY_CONTENT)
 @api_handler
 def list_transactions() -> Response:
     merchant_id = _merchant()
@@ -131,11 +139,15 @@ def list_transactions() -> Response:
     return json_response(200, queries.list_transactions(components().transactions, merchant_id, params))
 
 
-@app.route("/v1/transactions/{transaction_reference}", methods=["GET"])
+@app.route("/v1/transactions/{transaction_reference}", methods=["GET"], content_types=ANY_CONTENT)
 @api_handler
 def get_transaction(transaction_reference: str) -> Response:
     merchant_id = _merchant()
     return json_response(200, queries.get_transaction(components().transactions, merchant_id, transaction_reference))
+
+
+# Last of the routes: every method a route does not serve is a 405 in the contract's format.
+answer_unserved_methods(app)
 
 
 @app.lambda_function(name="order_notifications")

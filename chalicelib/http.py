@@ -43,6 +43,28 @@ class ThreadSafeChalice(Chalice):
         self._per_thread.request = value
 
 
+# The methods API Gateway can route; each path answers the ones it does not serve with a 405.
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+
+
+def answer_unserved_methods(app: Chalice) -> None:
+    """Register, on every route, the methods it does not serve: a 405 in the contract's format with
+    ``Allow``, the same on AWS (where the methods are routed to the handler) and locally. Call once,
+    after every route is declared."""
+    for index, (path, entries) in enumerate(sorted(app.routes.items())):
+        served = sorted(entries)
+        missing = [method for method in HTTP_METHODS if method not in served]
+        if not missing:
+            continue
+        allow = ", ".join(served)
+
+        def not_allowed(*_args: Any, _allow: str = allow, **_kwargs: Any) -> Response:
+            raise ApiError(405, "request.method_not_allowed", f"this route serves {_allow}", headers={"Allow": _allow})
+
+        not_allowed.__name__ = f"method_not_allowed_{index}"
+        app.route(path, methods=missing, content_types=ANY_CONTENT)(api_handler(not_allowed))
+
+
 def json_response(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return Response(
         body=jsonutil.dumps(body),

@@ -352,6 +352,40 @@ def test_respond_async_is_a_202_with_the_orders_location_and_the_result_is_read_
     assert status.json_body["finished_at"].endswith("Z") and status.json_body["acknowledged_at"].endswith("Z")
 
 
+def local_server_call(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+    """One request through the local stack's HTTP server: status, headers and JSON body."""
+    from local.api_server import ApiServer
+
+    server = ApiServer(app_module.app, "127.0.0.1", 0)
+    server.start()
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}{path}", data=body, headers=headers or {}, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.headers, jsonutil.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, jsonutil.loads(error.read())
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("order_id", ["A/B", "a?b=1", "x#y", "café-€", "50%25", "sp ace"])
+def test_any_order_id_gets_a_percent_encoded_location_that_finds_it(api: Api, order_id: str) -> None:
+    body = example(order_id=order_id)
+    status, headers, answer = local_server_call(
+        "POST", "/v1/connector/order", jsonutil.dumps(body).encode(), {**JSON, **M1_AUTH, "Prefer": "respond-async"}
+    )
+    assert status == 202, answer
+    location = headers["Location"]
+    assert location.isascii() and "?" not in location and "#" not in location
+    assert location.count("/") == 4
+    api.terminal.join()
+    status, _, found = local_server_call("GET", location, headers=M1_AUTH)
+    assert (status, found["order_id"]) == (200, order_id)
+
+
 def test_order_of_another_merchant_or_never_sent_is_a_404(api: Api) -> None:
     api.pay()
     error_of(api.order(headers=M2_AUTH), 404, "order.not_found")
@@ -646,7 +680,10 @@ def test_openapi_document_is_valid_and_describes_every_route(api: Api) -> None:
     for path, methods in app_module.app.routes.items():
         if path == "/openapi.json":
             continue
-        for method in methods:
+        for method, entry in methods.items():
+            if entry.view_name.startswith("method_not_allowed"):
+                assert method.lower() not in document["paths"][path], (path, method)
+                continue
             operation = document["paths"][path][method.lower()]
             assert "200" in operation["responses"] or "202" in operation["responses"], (path, method)
     order_responses = set(document["paths"]["/v1/connector/order"]["post"]["responses"])
