@@ -45,6 +45,10 @@ def _merchant() -> str:
     return components().authenticator.merchant_for(_request().headers.get("authorization"))
 
 
+def _basket_policy(merchant_id: str) -> str:
+    return str((components().merchants.get_merchant(merchant_id) or {}).get("basket_policy") or "lenient")
+
+
 @app.route("/v1/connector/healthcheck", methods=["GET"], content_types=ANY_CONTENT)
 @api_handler
 def healthcheck() -> Response:
@@ -55,11 +59,10 @@ def healthcheck() -> Response:
 @api_handler
 def send_order() -> Response:
     merchant_id = _merchant()
-    raw = read_json_body(_request())
-    request = parse_order_request(raw)
+    request = parse_order_request(read_json_body(_request()), lambda: _basket_policy(merchant_id))
     prefer = (_request().headers.get("prefer") or "").lower()
     reply = payments.request_payment(
-        components().payment_deps(), merchant_id, request, raw, respond_async="respond-async" in prefer
+        components().payment_deps(), merchant_id, request, request.echo(), respond_async="respond-async" in prefer
     )
     return json_response(reply.status, reply.body, reply.headers)
 

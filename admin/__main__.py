@@ -33,7 +33,13 @@ def create_merchant(args: argparse.Namespace) -> int:
     _, merchants = _repositories()
     password = args.password or getpass.getpass("password: ")
     notify_passphrase = enrollment.create_merchant(
-        merchants, args.merchant_id, args.login, password, args.notify_url, args.notify_passphrase
+        merchants,
+        args.merchant_id,
+        args.login,
+        password,
+        args.notify_url,
+        args.notify_passphrase,
+        args.basket_policy,
     )
     print(
         json.dumps(
@@ -114,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     merchant.add_argument("--password", help="prompted for when omitted (keeps it out of shell history)")
     merchant.add_argument("--notify-url", help="default URL for merchant notifications")
     merchant.add_argument("--notify-passphrase", help="secret for X-Allopass-Signature (generated when omitted)")
+    merchant.add_argument(
+        "--basket-policy",
+        choices=enrollment.BASKET_POLICIES,
+        default="lenient",
+        help="lenient (default): accept a basket that does not add up and flag it; strict: answer 400",
+    )
     merchant.set_defaults(func=create_merchant)
 
     terminal = commands.add_parser("enroll-terminal", help="enroll a terminal and print its passphrase once")

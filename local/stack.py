@@ -208,6 +208,7 @@ def _apply_seed(settings: Settings, seed: Seed) -> None:
             merchant.password,
             merchant.notify_url,
             merchant.notify_passphrase,
+            merchant.basket_policy,
         )
     for terminal in seed.terminals:
         enrollment.enroll_terminal(

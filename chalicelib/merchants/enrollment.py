@@ -20,6 +20,9 @@ _MANUFACTURER = re.compile(r"^[A-Za-z0-9]{1,32}$")
 _SERIAL = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _MERCHANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIN_PASSWORD_LENGTH = 12
+# lenient (default): a basket whose arithmetic is off is accepted and flagged basket_mismatch, as
+# HiPay's own examples need; strict: it is a 400.
+BASKET_POLICIES = ("lenient", "strict")
 
 
 def new_passphrase() -> str:
@@ -59,6 +62,7 @@ def create_merchant(
     password: str,
     notify_url: str | None = None,
     notify_passphrase: str | None = None,
+    basket_policy: str = "lenient",
 ) -> str:
     """Create (or update) a merchant and its Basic credentials; returns the notification passphrase."""
     if not _MERCHANT.match(merchant_id):
@@ -69,7 +73,9 @@ def create_merchant(
         raise EnrollmentError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
     if notify_url is not None and not notify_url.startswith(("https://", "http://")):
         raise EnrollmentError("notify_url must be an http(s) URL")
+    if basket_policy not in BASKET_POLICIES:
+        raise EnrollmentError(f"basket_policy must be one of {', '.join(BASKET_POLICIES)}")
     notify_passphrase = notify_passphrase or new_passphrase()
-    merchants.put_merchant(merchant_id, notify_url, notify_passphrase)
+    merchants.put_merchant(merchant_id, notify_url, notify_passphrase, basket_policy)
     merchants.put_login(login, merchant_id, hash_password(password))
     return notify_passphrase

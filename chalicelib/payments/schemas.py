@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -27,12 +28,11 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from chalicelib import jsonutil
-from chalicelib.errors import first_error, validation_error
+from chalicelib.errors import ApiError, first_error, validation_error
 from chalicelib.money import CENT, MAX_AMOUNT
 from chalicelib.protocol import canonical_json, terminal_id_for
 
@@ -92,16 +92,8 @@ class BasketLine(_Model):
             raise PydanticCustomError("cents_precision", "must have at most 2 decimal places")
         return value
 
-    @model_validator(mode="after")
-    def _line_adds_up(self) -> BasketLine:
-        expected = (self.unit_price * self.quantity + self.discount).quantize(CENT, rounding=ROUND_HALF_UP)
-        if expected != self.total_amount:
-            raise PydanticCustomError(
-                "basket_line_total",
-                "total_amount must equal unit_price × quantity + discount ({expected})",
-                {"expected": str(expected)},
-            )
-        return self
+    def expected_total(self) -> Decimal:
+        return (self.unit_price * self.quantity + self.discount).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 class Order(_Model):
@@ -126,17 +118,27 @@ class Order(_Model):
             raise PydanticCustomError("custom_data_too_large", "custom_data must be at most 8 KiB serialized")
         return value
 
-    @model_validator(mode="after")
-    def _basket_adds_up(self) -> Order:
-        if self.basket:
-            total = sum((line.total_amount for line in self.basket), Decimal(0))
-            if total * 100 != self.price.amount:
-                raise PydanticCustomError(
-                    "basket_total",
-                    "the basket lines' total_amount must add up to price.amount ÷ 100 ({total})",
-                    {"total": str(total)},
+    def basket_error(self) -> ApiError | None:
+        """The 400 a ``strict`` merchant gets for a basket whose arithmetic is off; None if it adds up."""
+        if not self.basket:
+            return None
+        for index, line in enumerate(self.basket):
+            expected = line.expected_total()
+            if expected != line.total_amount:
+                return validation_error(
+                    "basket_line_total",
+                    f"order.basket.{index}.total_amount: total_amount must equal unit_price × quantity + discount"
+                    f" ({expected})",
+                    f"order.basket.{index}.total_amount",
                 )
-        return self
+        total = sum((line.total_amount for line in self.basket), Decimal(0))
+        if total * 100 != self.price.amount:
+            return validation_error(
+                "basket_total",
+                f"order.basket: the basket lines' total_amount must add up to price.amount ÷ 100 ({total})",
+                "order.basket",
+            )
+        return None
 
 
 class Customer(_Model):
@@ -201,6 +203,15 @@ class OrderRequest(_Model):
         device = self.pos_technical_info.device_information
         return terminal_id_for(device.manufacturer, device.serial_number)
 
+    @property
+    def basket_mismatch(self) -> bool:
+        return self.order.basket_error() is not None
+
+    def echo(self) -> dict[str, Any]:
+        """What a PaymentResponse echoes: the fields the ECR sent that were validated, nothing else
+        (an unknown field, however large or odd, is ignored and not written back)."""
+        return self.model_dump(mode="python", exclude_unset=True, include={"order", "customer", "pos_technical_info"})
+
     def payload_hash(self) -> str:
         """Identity of the payload for idempotency: defaults applied, unknown fields left out."""
         # No JSON round trip first: it would turn Decimal("9") into 9 but Decimal("9.00") into "9".
@@ -218,14 +229,21 @@ def _decimals_as_text(value: Any) -> Any:
 
 
 # Errors raised by a whole-object check name the field they are about.
-_PATH_SUFFIX = {"basket_line_total": "total_amount", "basket_total": "basket"}
+_PATH_SUFFIX: dict[str, str] = {}
 
 
-def parse_order_request(body: Any) -> OrderRequest:
-    """Validate a parsed body; raise the contract's 400 with the first bad field's dotted path."""
+def parse_order_request(body: Any, basket_policy: Callable[[], str] = lambda: "lenient") -> OrderRequest:
+    """Validate a parsed body; raise the contract's 400 with the first bad field's dotted path.
+
+    A basket whose arithmetic is off is accepted (and flagged ``basket_mismatch`` downstream) unless
+    ``basket_policy()`` is ``strict``; it is only asked when a basket is off."""
     if not isinstance(body, dict):
         raise validation_error("not_an_object", "the request body must be a JSON object", "")
     try:
-        return OrderRequest.model_validate(body)
+        request = OrderRequest.model_validate(body)
     except ValidationError as exc:
         raise first_error(exc, _PATH_SUFFIX) from None
+    error = request.order.basket_error()
+    if error is not None and basket_policy() == "strict":
+        raise error
+    return request

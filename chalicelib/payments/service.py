@@ -15,6 +15,7 @@ from chalicelib.config import Settings
 from chalicelib.errors import ApiError, order_not_found, terminal_not_found
 from chalicelib.exceptions import ChannelError, ConditionFailed, DispatchMissingError, TerminalBusyError
 from chalicelib.keys import order_key
+from chalicelib.money import BASKET_MISMATCH, basket_mismatch
 from chalicelib.observability import count, log_event
 from chalicelib.payments.domain import (
     FINAL,
@@ -363,8 +364,13 @@ def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> dict[str
         "deadline": protocol.timestamp_from_ms(dispatch.deadline_ms),
         "payment": None,
     }
+    request = jsonutil.loads(head.request_json)
+    order = request.get("order") or {}
+    status["flags"] = (
+        [BASKET_MISMATCH] if basket_mismatch(order.get("basket"), (order.get("price") or {}).get("amount")) else []
+    )
     if state in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED):
-        status["payment"] = payment_response(jsonutil.loads(head.request_json), dispatch)
+        status["payment"] = payment_response(request, dispatch)
     return status
 
 

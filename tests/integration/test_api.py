@@ -410,18 +410,6 @@ INVALID_BODIES = [
         "protocol_unsupported",
         "pos_technical_info.terminal_transaction_display.protocol",
     ),
-    (
-        "line-total",
-        jsonutil.dumps(example("order-full.json")).replace('"total_amount":8.99', '"total_amount":9.99'),
-        "basket_line_total",
-        "order.basket.0.total_amount",
-    ),
-    (
-        "basket-total",
-        jsonutil.dumps(example("order-full.json")).replace('"amount":899', '"amount":900'),
-        "basket_total",
-        "order.basket",
-    ),
     ("currency", jsonutil.dumps(example()).replace('"EUR"', '"USD"'), "currency_unsupported", "order.price.currency"),
     ("array", "[1, 2]", "not_an_object", ""),
     ("truncated", "{", "malformed_json", ""),
@@ -472,6 +460,41 @@ def test_invalid_body_is_a_400_naming_the_first_bad_field(api: Api) -> None:
         assert (error["status"], error["code"]) == (400, f"validation.{code}"), case
         assert error.get("details") == ({"path": path} if path is not None else None), case
     assert api.terminal.published == []
+
+
+BASKETS_THAT_ARE_OFF = [
+    (
+        "line-total",
+        jsonutil.dumps(example("order-full.json")).replace('"total_amount":8.99', '"total_amount":9.99'),
+        "basket_line_total",
+        "order.basket.0.total_amount",
+    ),
+    (
+        "basket-total",
+        jsonutil.dumps(example("order-full.json")).replace('"amount":899', '"amount":900'),
+        "basket_total",
+        "order.basket",
+    ),
+    ("hipay-original", jsonutil.dumps(example("order-full-hipay.json")), "basket_total", "order.basket"),
+]
+
+
+def test_a_basket_that_is_off_is_a_400_for_a_strict_merchant(api: Api) -> None:
+    enrollment.create_merchant(api.components.merchants, "M1", M1_LOGIN, M1_PASSWORD, basket_policy="strict")
+    for case, raw, code, path in BASKETS_THAT_ARE_OFF:
+        error = error_of(api.pay(raw=raw), 400, f"validation.{code}")
+        assert error["details"] == {"path": path}, case
+    assert api.terminal.published == []
+
+
+def test_hipays_original_full_example_is_accepted_and_its_order_flagged_basket_mismatch(api: Api) -> None:
+    body = example("order-full-hipay.json")
+    response = api.pay(body)
+    assert response.status_code == 200 and response.json_body["paymentStatus"] == "Success"
+    flagged = api.order(body["order"]["order_id"]).json_body
+    assert (flagged["state"], flagged["flags"]) == ("succeeded", ["basket_mismatch"])
+    api.pay(example("order-full.json"))
+    assert api.order(FULL_ORDER_ID).json_body["flags"] == []
 
 
 WRONG_CREDENTIALS = [

@@ -87,3 +87,26 @@ def test_console_view_keeps_basket_prices_exact() -> None:
     view = console_view(apply_details(apply_ipn(None, ipn(), NOW), details()))
     assert str(view["basket"][0]["unit_price"]) == "8.99"
     assert view["customer"] == {"customer_id": "c1"} and view["custom_data"] == {"k": "v"}
+
+
+def basket_details(amount: int, total: str) -> OrderDetails:
+    line = f'{{"name":"x","quantity":1,"unit_price":8.99,"discount":0,"total_amount":{total}}}'
+    return OrderDetails(
+        "M1", "O1", 1, "PAX-1", "Debit", amount, "EUR", "d", None, f"[{line}]", None, None, 1, 2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("amount", "total", "flags"),
+    [
+        (899, "8.99", []),
+        (100, "8.99", ["amount_mismatch", "basket_mismatch"]),
+        (999, "9.99", ["amount_mismatch", "basket_mismatch"]),
+    ],
+    ids=["adds-up", "hipay-original-amount", "line-not-its-product"],
+)
+def test_a_basket_that_does_not_add_up_flags_the_transaction_basket_mismatch(
+    amount: int, total: str, flags: list[str]
+) -> None:
+    tx = apply_details(apply_ipn(None, ipn(amount=899), NOW), basket_details(amount, total))
+    assert tx.flags == flags
