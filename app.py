@@ -59,7 +59,8 @@ def healthcheck() -> Response:
 @api_handler
 def send_order() -> Response:
     merchant_id = _merchant()
-    request = parse_order_request(read_json_body(_request()), lambda: _basket_policy(merchant_id))
+    loopback = bool(components().settings.notify_allow_loopback_http)
+    request = parse_order_request(read_json_body(_request()), lambda: _basket_policy(merchant_id), loopback)
     prefer = (_request().headers.get("prefer") or "").lower()
     reply = payments.request_payment(
         components().payment_deps(), merchant_id, request, request.echo(), respond_async="respond-async" in prefer

@@ -40,6 +40,7 @@ def create_merchant(args: argparse.Namespace) -> int:
         args.notify_url,
         args.notify_passphrase,
         args.basket_policy,
+        allow_loopback_http=bool(get_settings().notify_allow_loopback_http),
     )
     print(
         json.dumps(

@@ -126,7 +126,7 @@ def build(settings: Settings | None = None) -> Components:
         ipn_queue=SqsQueue(settings.ipn_queue_url),
         notifications=SqsQueue(settings.notifications_queue_url),
         dead_letters=SqsQueue(settings.notifications_dlq_url),
-        poster=UrllibFormPoster(settings.notify_timeout_s),
+        poster=UrllibFormPoster(settings.notify_timeout_s, bool(settings.notify_allow_loopback_http)),
         ipn_secret=IpnSecret(settings),
     )
 

@@ -65,6 +65,8 @@ class Settings:
     notify_first_delay_s: int = 30
     notify_max_delay_s: int = 900
     notify_give_up_after_s: int = 86_400
+    # 1 only on the local stack: notifications may go over http to loopback addresses.
+    notify_allow_loopback_http: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

@@ -21,6 +21,7 @@ from chalicelib.console.ports import FormPoster, TransactionRepository
 from chalicelib.exceptions import ConditionFailed, RecordRefused
 from chalicelib.merchants.ports import MerchantReader
 from chalicelib.money import format_major
+from chalicelib.notify_urls import NotifyUrlRefused
 from chalicelib.observability import count, log_event
 from chalicelib.ports import Clock, MessageQueue
 
@@ -111,7 +112,12 @@ def deliver(deps: NotifierDeps, message: dict[str, Any]) -> str:
         return _park(deps, message, first_try_ms, "no_notify_passphrase")
     body = encode_form(notification_fields(tx, status_code))
     headers = {"Content-Type": FORM_CONTENT_TYPE, "X-Allopass-Signature": allopass_signature(body, passphrase)}
-    answer = deps.poster.post(url, body, headers)
+    try:
+        answer = deps.poster.post(url, body, headers)
+    except NotifyUrlRefused as refused:
+        # A loopback, private or metadata address (or one it now resolves to): never retried there.
+        count("NotificationsRefused", reason=refused.reason)
+        return _park(deps, message, first_try_ms, f"notify_url_refused_{refused.reason}")
     if 200 <= answer < 300:
         try:
             deps.transactions.record_delivery(reference, status_code)

@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError, first_error, validation_error
 from chalicelib.money import CENT, MAX_AMOUNT
+from chalicelib.notify_urls import refusal_when_given
 from chalicelib.protocol import canonical_json, terminal_id_for
 
 MAX_BASKET_LINES = 200
@@ -232,7 +233,9 @@ def _decimals_as_text(value: Any) -> Any:
 _PATH_SUFFIX: dict[str, str] = {}
 
 
-def parse_order_request(body: Any, basket_policy: Callable[[], str] = lambda: "lenient") -> OrderRequest:
+def parse_order_request(
+    body: Any, basket_policy: Callable[[], str] = lambda: "lenient", allow_loopback_http: bool = False
+) -> OrderRequest:
     """Validate a parsed body; raise the contract's 400 with the first bad field's dotted path.
 
     A basket whose arithmetic is off is accepted (and flagged ``basket_mismatch`` downstream) unless
@@ -243,6 +246,11 @@ def parse_order_request(body: Any, basket_policy: Callable[[], str] = lambda: "l
         request = OrderRequest.model_validate(body)
     except ValidationError as exc:
         raise first_error(exc, _PATH_SUFFIX) from None
+    notify_url = request.pos_technical_info.notify_url
+    refusal = refusal_when_given(notify_url, allow_loopback_http) if notify_url else None
+    if refusal:
+        path = "pos_technical_info.notify_url"
+        raise validation_error("notify_url_refused", f"{path}: notifications are not sent there ({refusal})", path)
     error = request.order.basket_error()
     if error is not None and basket_policy() == "strict":
         raise error
