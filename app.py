@@ -26,6 +26,7 @@ from chalicelib.http import (
     raw_body,
     read_json_body,
 )
+from chalicelib.keys import order_key
 from chalicelib.observability import count, log_event
 from chalicelib.payments import service as payments
 from chalicelib.payments import terminal_events, terminals
@@ -42,7 +43,9 @@ def _request() -> Request:
 
 
 def _merchant() -> str:
-    return components().authenticator.merchant_for(_request().headers.get("authorization"))
+    request = _request()
+    source = ((request.context or {}).get("identity") or {}).get("sourceIp")
+    return components().authenticator.merchant_for(request.headers.get("authorization"), source)
 
 
 def _basket_policy(merchant_id: str) -> str:
@@ -62,9 +65,10 @@ def send_order() -> Response:
     loopback = bool(components().settings.notify_allow_loopback_http)
     request = parse_order_request(read_json_body(_request()), lambda: _basket_policy(merchant_id), loopback)
     prefer = (_request().headers.get("prefer") or "").lower()
-    reply = payments.request_payment(
-        components().payment_deps(), merchant_id, request, request.echo(), respond_async="respond-async" in prefer
-    )
+    with components().waiting_payments().waiting(merchant_id, order_key(merchant_id, request.order.order_id)):
+        reply = payments.request_payment(
+            components().payment_deps(), merchant_id, request, request.echo(), respond_async="respond-async" in prefer
+        )
     return json_response(reply.status, reply.body, reply.headers)
 
 

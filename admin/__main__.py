@@ -3,6 +3,7 @@
 python -m admin create-merchant --merchant-id M1 --login shop --password '…' [--notify-url URL]
 python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198
 python -m admin rotate-passphrase --merchant-id M1 --terminal PAX-1850320198
+python -m admin revoke-login --login shop
 """
 
 from __future__ import annotations
@@ -109,6 +110,15 @@ def rotate_passphrase(args: argparse.Namespace) -> int:
     return 0
 
 
+def revoke_login(args: argparse.Namespace) -> int:
+    _, merchants = _repositories()
+    if not merchants.delete_login(args.login):
+        print(f"error: no login {args.login!r}", file=sys.stderr)
+        return 1
+    print(json.dumps({"login": args.login, "note": "revoked: requests with it are refused from now on"}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--merchant-id", required=True)
     rotate.add_argument("--terminal", required=True, help="terminal id, e.g. PAX-1850320198")
     rotate.set_defaults(func=rotate_passphrase)
+
+    revoke = commands.add_parser("revoke-login", help="remove a login: its requests get 401 at once")
+    revoke.add_argument("--login", required=True)
+    revoke.set_defaults(func=revoke_login)
 
     dlq.register(commands)
     export.register(commands)

@@ -154,3 +154,32 @@ class ScriptedWaker:
 
     def wake(self, request_id: str) -> None:
         self.woken.append(request_id)
+
+
+class MemoryLimitStore:
+    """The limit store's semantics in memory: atomic counters, gauges taken under their limit."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.gauges: dict[str, tuple[int, int]] = {}
+
+    def increment(self, key: str, expires_at_s: int) -> int:
+        self.counters[key] = self.counters.get(key, 0) + 1
+        return self.counters[key]
+
+    def read(self, key: str) -> int:
+        return self.counters.get(key, 0)
+
+    def acquire(self, key: str, limit: int, now_ms: int, stale_after_ms: int) -> bool:
+        taken, touched = self.gauges.get(key, (0, now_ms))
+        if taken >= limit:
+            if touched >= now_ms - stale_after_ms:
+                return False
+            taken = 0
+        self.gauges[key] = (taken + 1, now_ms)
+        return True
+
+    def release(self, key: str, now_ms: int) -> None:
+        taken, _ = self.gauges.get(key, (0, now_ms))
+        if taken > 0:
+            self.gauges[key] = (taken - 1, now_ms)

@@ -522,6 +522,18 @@ def test_missing_or_wrong_credentials_are_a_401_on_the_payment_routes(api: Api) 
     assert len(api.terminal.requests()) == 1
 
 
+def test_repeated_failed_authentications_of_a_login_are_a_429_with_retry_after(api: Api) -> None:
+    wrong = {"Authorization": basic(M2_LOGIN, "not-the-password")}
+    for _ in range(api.components.settings.auth_failures_per_login):
+        assert api.client.http.get("/v1/terminals", headers=wrong).status_code == 401
+    for headers in (wrong, M2_AUTH):  # the right password too: no slow hash runs for this login now
+        response = api.client.http.get("/v1/terminals", headers=headers)
+        error = error_of(response, 429, "request.throttled")
+        assert 1 <= int(response.headers["Retry-After"]) <= api.components.settings.auth_window_s
+        assert error["message"]
+    assert api.client.http.get("/v1/terminals", headers=M1_AUTH).status_code == 200
+
+
 def test_terminal_without_passphrase_is_a_403(api: Api) -> None:
     error_of(api.pay(for_terminal("3000")), 403, "terminal.service_disabled")
     assert api.terminal.published == []

@@ -48,3 +48,9 @@ class DynamoMerchantRepository:
                 {"pk": f"LOGIN#{login}", "login": login, "merchant_id": merchant_id, "password_hash": password_hash}
             ),
         )
+
+    def delete_login(self, login: str) -> bool:
+        found = client("dynamodb").delete_item(
+            TableName=self.table, Key={"pk": {"S": f"LOGIN#{login}"}}, ReturnValues="ALL_OLD"
+        )
+        return "Attributes" in found
