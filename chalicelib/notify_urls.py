@@ -25,6 +25,9 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 Resolver = Callable[[str, int], list[str]]
+# The shape of a notification URL an order may give: https, a host name whose last label starts
+# with a letter (an IP literal is never a merchant's server), an optional port, no fragment.
+HTTPS_URL_PATTERN = r"^https://([A-Za-z0-9-]+\.)*[A-Za-z][A-Za-z0-9-]*(:[1-9][0-9]{0,3})?([/?][^\s#]*)?$"
 
 
 class NotifyUrlRefused(ValueError):

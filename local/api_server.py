@@ -151,7 +151,26 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = do_TRACE = _handle
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
+
+    def __getattr__(self, name: str) -> Any:
+        # http.server looks up do_<METHOD>; a method no route can serve (TRACE, QUERY, …) is the
+        # contract's 405 on a known route, 404 elsewhere, not http.server's own 501.
+        if name.startswith("do_"):
+            return self._unserved_method
+        raise AttributeError(name)
+
+    def _unserved_method(self) -> None:
+        self.close_connection = True
+        try:
+            matched = self.server.gateway.event_converter._route_matcher.match_route(self.path)
+        except ValueError:
+            self._send_error(ApiError(404, "route.not_found", f"No route {self.command} {self.path.split('?')[0]}"))
+            return
+        entries = self.server.app.routes.get(matched.route, {})
+        allow = ", ".join(sorted(m for m, e in entries.items() if not e.view_name.startswith("method_not_allowed")))
+        error = ApiError(405, "request.method_not_allowed", f"this route serves {allow}", headers={"Allow": allow})
+        self._send_error(error)
 
 
 class ApiServer(ThreadingHTTPServer):
@@ -159,6 +178,7 @@ class ApiServer(ThreadingHTTPServer):
     request_queue_size = 1024
 
     def __init__(self, app: Any, host: str, port: int) -> None:
+        self.app = app
         self.gateway = LocalGateway(app, Config.create(chalice_stage="local", lambda_timeout=900))
         self.gateway.event_converter = _DecodedPathParameters(
             self.gateway.event_converter._route_matcher, self.gateway.event_converter._binary_types

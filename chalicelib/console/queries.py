@@ -24,6 +24,11 @@ DEFAULT_LIMIT = 50
 MAX_LIMIT = 100
 # ASCII digits only: str.isdigit() also accepts "²" and other digits int() then refuses.
 _LIMIT = re.compile(r"^[0-9]{1,3}$")
+# RFC 3339 date-time, as the OpenAPI document says; datetime.fromisoformat alone takes more.
+_RFC3339 = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_PARAMETERS = frozenset({"from", "to", "status", "terminal_id", "order_id", "limit", "cursor"})
 _POSITION_KEYS = frozenset({"created_at", "transaction_reference"})
 
 
@@ -38,9 +43,13 @@ def get_transaction(transactions: TransactionRepository, merchant_id: str, refer
 def list_transactions(
     transactions: TransactionRepository, merchant_id: str, params: Mapping[str, str]
 ) -> dict[str, Any]:
+    unknown = sorted(set(params) - _PARAMETERS)
+    if unknown:
+        # A mistyped filter silently ignored would list transactions it was meant to leave out.
+        raise validation_error("unknown_parameter", f"unknown query parameter {unknown[0]!r}", unknown[0])
     limit = _limit(params.get("limit"))
     status_code = None
-    if params.get("status"):
+    if params.get("status") is not None:
         status_code = status_code_from_filter(params["status"])
         if status_code is None:
             raise validation_error("status_unknown", "status must be 118, 125, 113, 115 or their label", "status")
@@ -69,7 +78,7 @@ def list_transactions(
 
 
 def _limit(raw: str | None) -> int:
-    if raw is None or raw == "":
+    if raw is None:
         return DEFAULT_LIMIT
     if not _LIMIT.match(raw) or not 1 <= int(raw) <= MAX_LIMIT:
         raise validation_error("limit_invalid", f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
@@ -78,10 +87,12 @@ def _limit(raw: str | None) -> int:
 
 def _bound(params: Mapping[str, str], name: str, shift_ms: int) -> str | None:
     raw = params.get(name)
-    if not raw:
+    if raw is None:
         return None
+    if not _RFC3339.match(raw):
+        raise validation_error("timestamp_invalid", f"{name} must be an RFC 3339 timestamp with a time zone", name)
     try:
-        return protocol.timestamp_from_ms(protocol.parse_timestamp_ms(raw) + shift_ms)
+        return protocol.timestamp_from_ms(protocol.parse_timestamp_ms(raw.upper()) + shift_ms)
     except (EnvelopeError, ValueError, OverflowError, OSError):
         raise validation_error(
             "timestamp_invalid", f"{name} must be an RFC 3339 timestamp with a time zone", name

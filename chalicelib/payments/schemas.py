@@ -17,10 +17,10 @@ import re
 from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -34,20 +34,32 @@ from pydantic_core import PydanticCustomError
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError, first_error, validation_error
 from chalicelib.money import CENT, MAX_AMOUNT
-from chalicelib.notify_urls import refusal_when_given
+from chalicelib.notify_urls import HTTPS_URL_PATTERN, refusal_when_given
 from chalicelib.protocol import canonical_json, terminal_id_for
 
 MAX_BASKET_LINES = 200
 MAX_CUSTOM_DATA_BYTES = 8 * 1024
 _NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f-\x9f]+$")
-_EMAIL = re.compile(
+EMAIL_PATTERN = (
     r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 )
+_EMAIL = re.compile(EMAIL_PATTERN)
 _ISO_CURRENCY = re.compile(r"^[A-Z]{3}$")
 SUPPORTED_PROTOCOL = "AppNepting"
 KNOWN_UNSERVED_PROTOCOLS = ("ConcertV3.1", "ConcertV3.2")
 
 Text255 = Annotated[StrictStr, Field(max_length=255)]
+
+
+def _integral(value: Any) -> Any:
+    # 2.0 is the same JSON number as 2 (JSON Schema's "integer" admits both); 2.5, true or "2" are not.
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    return value
+
+
+# An integer as JSON has it: written 2 or 2.0.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
 
 
 class _Model(BaseModel):
@@ -56,7 +68,7 @@ class _Model(BaseModel):
 
 
 class Price(_Model):
-    amount: StrictInt = Field(ge=1, le=MAX_AMOUNT)
+    amount: JsonInt = Field(ge=1, le=MAX_AMOUNT)
     currency: StrictStr = "EUR"
 
     @field_validator("currency")
@@ -73,7 +85,7 @@ class BasketLine(_Model):
     product_reference: Annotated[StrictStr, Field(min_length=1, max_length=255)]
     name: Annotated[StrictStr, Field(min_length=1, max_length=255)]
     type: Literal["good", "discount", "fee"]
-    quantity: StrictInt = Field(ge=1, le=1_000_000)
+    quantity: JsonInt = Field(ge=1, le=1_000_000)
     unit_price: Decimal = Field(allow_inf_nan=False, ge=Decimal(-MAX_AMOUNT), le=Decimal(MAX_AMOUNT))
     tax_rate: Decimal = Field(allow_inf_nan=False, ge=0, le=100)
     discount: Decimal = Field(default=Decimal(0), allow_inf_nan=False, le=0)
@@ -82,7 +94,8 @@ class BasketLine(_Model):
     @field_validator("unit_price", "tax_rate", "discount", "total_amount", mode="before")
     @classmethod
     def _numbers_not_bools(cls, value: Any) -> Any:
-        if isinstance(value, bool | float):
+        # A JSON number only (read as Decimal or int): not a bool, a float or a numeric string.
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
             raise PydanticCustomError("decimal_type", "must be a JSON number")
         return value
 
@@ -188,9 +201,8 @@ class PosTechnicalInfo(_Model):
     def _https(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        parts = urlsplit(value)
-        if parts.scheme != "https" or not parts.hostname:
-            raise PydanticCustomError("url_https", "notify_url must be an https URL")
+        if not re.match(HTTPS_URL_PATTERN, value):
+            raise PydanticCustomError("url_https", "notify_url must be an https URL with a host name")
         return value
 
 

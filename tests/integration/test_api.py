@@ -399,8 +399,8 @@ def test_order_of_another_merchant_or_never_sent_is_a_404(api: Api) -> None:
 # answer share it, and each assertion names its case.
 INVALID_BODIES = [
     (
-        "float-amount",
-        jsonutil.dumps(example()).replace('"amount":100', '"amount":100.0'),
+        "fractional-amount",
+        jsonutil.dumps(example()).replace('"amount":100', '"amount":100.5'),
         "int_type",
         "order.price.amount",
     ),

@@ -100,9 +100,10 @@ def test_a_malformed_request_line_is_answered_in_the_contracts_format(server: Ap
     assert error_code(exchange(server, b"GET /v1/terminals HTTP/1.1\r\nX: " + b"y" * 70000 + b"\r\n\r\n"))[0] == 431
 
 
-def test_an_unknown_method_is_answered_in_the_contracts_format(server: ApiServer) -> None:
-    status, _ = error_code(exchange(server, b"BREW /v1/terminals HTTP/1.1\r\nHost: x\r\n\r\n"))
-    assert status == 501
+def test_a_method_no_route_serves_is_a_405_on_a_route_and_a_404_elsewhere(server: ApiServer) -> None:
+    status, headers, body = exchange(server, b"QUERY /v1/terminals HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, body["error"]["code"], headers["allow"]) == (405, "request.method_not_allowed", "GET")
+    assert error_code(exchange(server, b"TRACE /nothing HTTP/1.1\r\nHost: x\r\n\r\n")) == (404, "route.not_found")
 
 
 @pytest.mark.parametrize(
