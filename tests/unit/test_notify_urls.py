@@ -92,12 +92,20 @@ def test_http_to_loopback_only_with_the_local_setting() -> None:
     assert refusal_when_given("http://10.0.0.1/n", True, resolve) == "private_address"
 
 
-def test_an_order_with_a_refused_notify_url_is_a_400_naming_the_field() -> None:
+@pytest.mark.parametrize(
+    ("url", "code"),
+    [
+        ("https://169.254.169.254/latest", "url_https"),  # an IP literal is never a merchant's server
+        ("https://localhost/notify", "notify_url_refused"),  # a name resolving to loopback only
+        ("http://shop.example/notify", "url_https"),
+    ],
+)
+def test_an_order_with_a_refused_notify_url_is_a_400_naming_the_field(url: str, code: str) -> None:
     body = example("order-full.json")
-    body["pos_technical_info"]["notify_url"] = "https://169.254.169.254/latest"
+    body["pos_technical_info"]["notify_url"] = url
     with pytest.raises(ApiError) as caught:
         parse_order_request(body)
-    assert (caught.value.status, caught.value.code) == (400, "validation.notify_url_refused")
+    assert (caught.value.status, caught.value.code) == (400, f"validation.{code}")
     assert caught.value.path == "pos_technical_info.notify_url"
 
 
