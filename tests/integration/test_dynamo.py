@@ -424,6 +424,7 @@ def test_merchant_and_login_round_trip(merchants: DynamoMerchantRepository) -> N
         "merchant_id": "M1",
         "notify_url": "https://shop.example/notify",
         "notify_passphrase": "notify-secret",
+        "basket_policy": "lenient",
     }
     assert merchants.get_login("shop") == {
         "pk": "LOGIN#shop",
