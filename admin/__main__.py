@@ -4,6 +4,7 @@ Against the local stack: make admin ARGS='create-merchant …' (the environment 
 python -m admin create-merchant --merchant-id M1 --login shop --password '…' [--notify-url URL]
 python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198 [--csr terminal.csr]
 python -m admin rotate-passphrase --merchant-id M1 --terminal PAX-1850320198
+python -m admin revoke-login --login shop
 """
 
 from __future__ import annotations
@@ -40,7 +41,14 @@ def create_merchant(args: argparse.Namespace) -> int:
     _, merchants = _repositories()
     password = args.password or _prompt_password()
     notify_passphrase = enrollment.create_merchant(
-        merchants, args.merchant_id, args.login, password, args.notify_url, args.notify_passphrase
+        merchants,
+        args.merchant_id,
+        args.login,
+        password,
+        args.notify_url,
+        args.notify_passphrase,
+        args.basket_policy,
+        allow_loopback_http=bool(get_settings().notify_allow_loopback_http),
     )
     print(
         json.dumps(
@@ -136,6 +144,15 @@ def rotate_passphrase(args: argparse.Namespace) -> int:
     return 0
 
 
+def revoke_login(args: argparse.Namespace) -> int:
+    _, merchants = _repositories()
+    if not merchants.delete_login(args.login):
+        print(f"error: no login {args.login!r}", file=sys.stderr)
+        return 1
+    print(json.dumps({"login": args.login, "note": "revoked: requests with it are refused from now on"}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -148,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     merchant.add_argument("--password", help="prompted for when omitted (keeps it out of shell history)")
     merchant.add_argument("--notify-url", help="default URL for merchant notifications")
     merchant.add_argument("--notify-passphrase", help="secret for X-Allopass-Signature (generated when omitted)")
+    merchant.add_argument(
+        "--basket-policy",
+        choices=enrollment.BASKET_POLICIES,
+        default="lenient",
+        help="lenient (default): accept a basket that does not add up and flag it; strict: answer 400",
+    )
     merchant.set_defaults(func=create_merchant)
 
     terminal = commands.add_parser("enroll-terminal", help="enroll a terminal and print its passphrase once")
@@ -178,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.add_argument("--merchant-id", required=True)
     rotate.add_argument("--terminal", required=True, help="terminal id, e.g. PAX-1850320198")
     rotate.set_defaults(func=rotate_passphrase)
+
+    revoke = commands.add_parser("revoke-login", help="remove a login: its requests get 401 at once")
+    revoke.add_argument("--login", required=True)
+    revoke.set_defaults(func=revoke_login)
 
     dlq.register(commands)
     export.register(commands)

@@ -7,6 +7,8 @@
 Writes ``transactions.csv``/``.parquet`` (one row per transaction) and ``daily_summary.csv``/
 ``.parquet`` (per UTC date, merchant, terminal, operation and status: count and amount total).
 Amounts are integers in minor units; CSV is UTF-8, header row, RFC 4180 quoting and line ends.
+In the CSV files, a text cell that a spreadsheet would run as a formula (starting with ``=``, ``+``,
+``-``, ``@``, tab or carriage return) gets a leading ``'``; Parquet keeps every value exact.
 """
 
 from __future__ import annotations
@@ -97,12 +99,24 @@ def daily_summary(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+# A spreadsheet opening the CSV runs a cell starting with one of these as a formula; an order_id
+# or a custom_data text is the ECR's (or a customer's) to choose.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def formula_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would read as a formula, with a leading ``'``; anything else as is."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def write_csv(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\r\n", quoting=csv.QUOTE_MINIMAL)
         writer.writeheader()
         for row in rows:
-            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+            writer.writerow({key: "" if value is None else formula_safe(value) for key, value in row.items()})
 
 
 def write_parquet(path: Path, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:

@@ -16,6 +16,7 @@ from chalicelib.console.ingest import IngestDeps
 from chalicelib.console.ipn import IpnDeps
 from chalicelib.console.notifications import NotifierDeps
 from chalicelib.console.ports import FormPoster, IpnInbox, OrderDetailsRepository, TransactionRepository
+from chalicelib.limits import AuthGuard, LimitSettings, LimitStore, WaitingPayments
 from chalicelib.merchants.auth import Authenticator
 from chalicelib.merchants.ports import MerchantRepository
 from chalicelib.payments.ports import PaymentRepository, TerminalChannel, TerminalRepository
@@ -45,6 +46,22 @@ class Components:
     dead_letters: MessageQueue
     poster: FormPoster
     ipn_secret: Callable[[], str]
+    # limits (429)
+    limits: LimitStore
+
+    def limit_settings(self) -> LimitSettings:
+        s = self.settings
+        return LimitSettings(
+            auth_failures_per_login=s.auth_failures_per_login,
+            auth_failures_per_address=s.auth_failures_per_address,
+            auth_window_s=s.auth_window_s,
+            waiting_payments_per_merchant=s.max_waiting_payments_per_merchant,
+            waiting_requests_per_order=s.max_waiting_requests_per_order,
+        )
+
+    def waiting_payments(self) -> WaitingPayments:
+        longest = max(self.settings.payment_deadline_ms, self.settings.async_payment_deadline_ms)
+        return WaitingPayments(self.limits, self.limit_settings(), longest, self.clock.now_ms)
 
     def payment_deps(self) -> PaymentDeps:
         return PaymentDeps(self.terminals, self.payments, self.channel, self.settings, self.clock, self.waker)
@@ -103,6 +120,7 @@ def build(settings: Settings | None = None) -> Components:
         DynamoOrderDetailsRepository,
         DynamoTransactionRepository,
     )
+    from chalicelib.adapters.dynamodb.limits import DynamoLimitStore
     from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
     from chalicelib.adapters.dynamodb.payments import DynamoPaymentRepository, DynamoTerminalRepository
     from chalicelib.adapters.http_notifier import UrllibFormPoster
@@ -111,12 +129,21 @@ def build(settings: Settings | None = None) -> Components:
 
     settings = settings or get_settings()
     merchants = DynamoMerchantRepository(settings.merchants_table)
+    limits = DynamoLimitStore(settings.merchants_table)
+    guard = AuthGuard(
+        limits,
+        LimitSettings(
+            auth_failures_per_login=settings.auth_failures_per_login,
+            auth_failures_per_address=settings.auth_failures_per_address,
+            auth_window_s=settings.auth_window_s,
+        ),
+    )
     return Components(
         settings=settings,
         clock=SystemClock(),
         waker=SleepingWaker(),
         merchants=merchants,
-        authenticator=Authenticator(merchants, settings.credential_cache_ttl_s),
+        authenticator=Authenticator(merchants, settings.credential_cache_ttl_s, guard=guard),
         terminals=DynamoTerminalRepository(settings.terminals_table),
         payments=DynamoPaymentRepository(settings.payments_table, settings.payment_retention_days * 86_400),
         channel=LazyChannel(settings),
@@ -126,8 +153,9 @@ def build(settings: Settings | None = None) -> Components:
         ipn_queue=SqsQueue(settings.ipn_queue_url),
         notifications=SqsQueue(settings.notifications_queue_url),
         dead_letters=SqsQueue(settings.notifications_dlq_url),
-        poster=UrllibFormPoster(settings.notify_timeout_s),
+        poster=UrllibFormPoster(settings.notify_timeout_s, bool(settings.notify_allow_loopback_http)),
         ipn_secret=IpnSecret(settings),
+        limits=limits,
     )
 
 

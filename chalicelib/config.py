@@ -73,6 +73,15 @@ class Settings:
     notify_first_delay_s: int = 30
     notify_max_delay_s: int = 900
     notify_give_up_after_s: int = 86_400
+    # Limits (429 request.throttled): failed authentications per login and per source address in
+    # each window, payment requests held open at once per merchant, and requests waiting on one order.
+    auth_failures_per_login: int = 10
+    auth_failures_per_address: int = 50
+    auth_window_s: int = 60
+    max_waiting_payments_per_merchant: int = 100
+    max_waiting_requests_per_order: int = 5
+    # 1 only on the local stack: notifications may go over http to loopback addresses.
+    notify_allow_loopback_http: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

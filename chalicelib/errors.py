@@ -101,3 +101,14 @@ def first_error(exc: ValidationError, path_suffix: Mapping[str, str] | None = No
     path = ".".join(loc) or None
     message = first["msg"] if not path else f"{path}: {first['msg']}"
     return validation_error(first["type"], message, path)
+
+
+def refuse_unknown_parameters(params: Mapping[str, str], known: frozenset[str]) -> None:
+    """A mistyped or empty filter silently ignored would list what it was meant to leave out: refuse it."""
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise validation_error("unknown_parameter", f"unknown query parameter {unknown[0]!r}", unknown[0])
+    empty = sorted(name for name, value in params.items() if value == "")
+    if empty:
+        # An empty filter is a client's mistake, not "no filter": say so rather than list everything.
+        raise validation_error("parameter_empty", f"query parameter {empty[0]!r} is empty", empty[0])

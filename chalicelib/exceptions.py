@@ -63,3 +63,24 @@ class IpnMissingError(NeptingError, LookupError):
 
 class TransactionMissingError(NeptingError, LookupError):
     """A merge without an IPN found no transaction to apply the order's details to."""
+
+
+class JsonLimitError(NeptingError, ValueError):
+    """A JSON text past one of the parsing limits (depth, number size, lone surrogates).
+
+    ``path`` is the dotted path of the offending value (empty for the document itself); ``reason``
+    is a stable metric label."""
+
+    def __init__(self, reason: str, message: str, path: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.path = path
+
+
+class RecordRefused(NeptingError):
+    """A queue or stream record that cannot be read as the message it should be; retrying it would
+    never help. ``reason`` is a stable metric label."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(detail or reason)
+        self.reason = reason

@@ -20,6 +20,7 @@ from chalice.app import Request
 
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError, internal_error
+from chalicelib.exceptions import JsonLimitError
 from chalicelib.observability import count, log_event, logger
 from chalicelib.wire import WireModel
 
@@ -47,6 +48,28 @@ class ThreadSafeChalice(Chalice):
     @current_request.setter
     def current_request(self, value: Request | None) -> None:
         self._per_thread.request = value
+
+
+# The methods API Gateway can route; each path answers the ones it does not serve with a 405.
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS")
+
+
+def answer_unserved_methods(app: Chalice) -> None:
+    """Register, on every route, the methods it does not serve: a 405 in the contract's format with
+    ``Allow``, the same on AWS (where the methods are routed to the handler) and locally. Call once,
+    after every route is declared."""
+    for index, (path, entries) in enumerate(sorted(app.routes.items())):
+        served = sorted(entries)
+        missing = [method for method in HTTP_METHODS if method not in served]
+        if not missing:
+            continue
+        allow = ", ".join(served)
+
+        def not_allowed(*_args: Any, _allow: str = allow, **_kwargs: Any) -> Response:
+            raise ApiError(405, "request.method_not_allowed", f"this route serves {_allow}", headers={"Allow": _allow})
+
+        not_allowed.__name__ = f"method_not_allowed_{index}"
+        app.route(path, methods=missing, content_types=ANY_CONTENT)(api_handler(not_allowed))
 
 
 def json_response(status: int, body: WireModel, headers: dict[str, str] | None = None) -> Response:
@@ -146,5 +169,15 @@ def read_json_body(request: Request) -> Any:
         raise ApiError(415, "request.unsupported_media_type", "send the body as application/json")
     try:
         return jsonutil.loads(body)
+    except JsonLimitError as exc:
+        raise json_limit_error(exc) from None
     except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "validation.malformed_json", "the request body is not valid JSON") from None
+        raise malformed_json() from None
+
+
+def json_limit_error(exc: JsonLimitError) -> ApiError:
+    return ApiError(400, f"validation.{exc.reason}", f"{exc.path or 'body'}: {exc}", path=exc.path)
+
+
+def malformed_json() -> ApiError:
+    return ApiError(400, "validation.malformed_json", "the request body is not valid JSON", path="")

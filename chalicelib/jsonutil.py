@@ -3,6 +3,12 @@
 Incoming JSON numbers with a fraction become ``Decimal``; outgoing ``Decimal`` values are written
 exactly as they are (``8.99`` stays ``8.99``), which neither ``json`` nor Chalice's own encoder does.
 
+Everything that reads JSON from outside (HTTP bodies, IPNs, terminal messages, queue records) reads
+it here, under limits checked while the text is scanned, before any value is built: nesting depth,
+the size of numbers, lone surrogates. Past a limit, :class:`JsonLimitError` names the offending
+value's dotted path. A number like ``1E+300000`` is cheap to parse but ruinous to print or compute
+with; refusing it at the door keeps every later step's cost bounded by the body's size.
+
     >>> loads('{"unit_price": 8.99}')
     {'unit_price': Decimal('8.99')}
     >>> dumps({"unit_price": Decimal("8.99"), "n": 1})
@@ -12,10 +18,37 @@ exactly as they are (``8.99`` stays ``8.99``), which neither ``json`` nor Chalic
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
+from chalicelib.exceptions import JsonLimitError
+
 _encode_str = json.encoder.encode_basestring_ascii
+
+MAX_DEPTH = 32
+MAX_DIGITS = 30
+MAX_EXPONENT = 20
+
+# One token at a time, anchored; ``[0-9]``, not ``\d``, which also matches other scripts' digits.
+# A string is ``"`` then escapes or plain characters: the two alternatives start differently, so
+# matching is linear. The scan stops at the first text that is no JSON token (``json`` refuses it).
+_TOKEN = re.compile(
+    r"""[ \t\n\r]*(?:
+      (?P<str>"(?:[^"\\]|\\.)*")
+    | (?P<num>-?(?P<int>0|[1-9][0-9]*)(?:\.(?P<frac>[0-9]+))?(?:[eE](?P<exp>[+-]?[0-9]+))?)
+    | (?P<open>[\[{])
+    | (?P<close>[\]}])
+    | (?P<comma>,)
+    | (?P<colon>:)
+    | (?P<lit>true|false|null)
+    )""",
+    re.VERBOSE,
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# What could be past a limit, looked for at C speed: a long run of digits, a two-digit exponent, a
+# surrogate escape. A text with none of these and fewer brackets than the depth limit needs no scan.
+_SUSPECT = re.compile(rf"[0-9.]{{{MAX_DIGITS + 1},}}|[eE][+-]?[0-9]{{2}}|\\u[dD][89a-fA-F]")
 
 
 def _reject_constant(name: str) -> Any:
@@ -23,8 +56,76 @@ def _reject_constant(name: str) -> Any:
 
 
 def loads(text: str | bytes) -> Any:
-    """Parse JSON; fractions as ``Decimal``, NaN/Infinity refused."""
-    return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    """Parse JSON under the limits; fractions as ``Decimal``, NaN/Infinity refused.
+
+    Raises :class:`JsonLimitError` past a limit, ``ValueError`` for text that is not JSON (or not
+    UTF-8). The work is linear in the text's length whatever it holds."""
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8")
+    if _SURROGATE.search(text):
+        raise JsonLimitError("lone_surrogate", "the text holds a lone surrogate", "")
+    if _SUSPECT.search(text) or text.count("[") + text.count("{") > MAX_DEPTH:
+        check_limits(text)
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    except RecursionError:  # unreachable after check_limits; kept so no input can crash a caller
+        raise JsonLimitError("too_deep", f"nesting deeper than {MAX_DEPTH}", "") from None
+
+
+def _path(stack: list[list[Any]]) -> str:
+    return ".".join(str(frame[1]) for frame in stack if frame[1] is not None)
+
+
+def check_limits(text: str) -> None:
+    """Scan ``text`` once, keeping the path of the value at hand; raise at the first limit passed."""
+    # A frame is [kind, key or index, expecting a key]; the key is None until an object's first one.
+    stack: list[list[Any]] = []
+    position, end = 0, len(text)
+    match = _TOKEN.match
+    while position < end:
+        token = match(text, position)
+        if token is None or token.end() == position:
+            return
+        position = token.end()
+        kind = token.lastgroup
+        if kind == "str":
+            raw = token.group("str")
+            top = stack[-1] if stack else None
+            is_key = top is not None and top[0] == "o" and top[2]
+            if is_key or "\\u" in raw:
+                try:
+                    value = json.loads(raw)
+                except ValueError:
+                    return
+                if _SURROGATE.search(value):
+                    raise JsonLimitError("lone_surrogate", "a string holds a lone surrogate", _path(stack))
+                if is_key and top is not None:
+                    top[1], top[2] = value, False
+        elif kind in ("num", "int", "frac", "exp"):
+            _check_number(token, stack)
+        elif kind == "open":
+            if len(stack) >= MAX_DEPTH:
+                raise JsonLimitError("too_deep", f"nesting deeper than {MAX_DEPTH}", _path(stack))
+            stack.append(["o", None, True] if token.group("open") == "{" else ["a", 0, False])
+        elif kind == "close":
+            if not stack:
+                return
+            stack.pop()
+        elif kind == "comma" and stack:
+            top = stack[-1]
+            if top[0] == "a":
+                top[1] += 1
+            else:
+                top[2] = True
+
+
+def _check_number(token: re.Match[str], stack: list[list[Any]]) -> None:
+    digits = (token.group("int") + (token.group("frac") or "")).lstrip("0")
+    exponent = (token.group("exp") or "0").lstrip("+-").lstrip("0")
+    if len(digits) > MAX_DIGITS:
+        raise JsonLimitError("number_too_long", f"numbers have at most {MAX_DIGITS} significant digits", _path(stack))
+    if len(exponent) > 2 or int(exponent or "0") > MAX_EXPONENT:
+        raise JsonLimitError("exponent_too_large", f"exponents are limited to ±{MAX_EXPONENT}", _path(stack))
 
 
 def dumps(value: Any) -> str:

@@ -14,9 +14,12 @@ from pydantic_core import core_schema
 from chalicelib.console.domain import STATUS_LABELS
 from chalicelib.console.schemas import IpnAccepted, IpnBody, TransactionPage, TransactionView
 from chalicelib.errors import ErrorBody
+from chalicelib.jsonutil import MAX_DIGITS, MAX_EXPONENT
+from chalicelib.notify_urls import HTTPS_URL_PATTERN
 from chalicelib.payments.domain import DispatchState
 from chalicelib.payments.orders import IN_FLIGHT_FILTER
 from chalicelib.payments.schemas import (
+    EMAIL_PATTERN,
     Health,
     OrderAccepted,
     OrderPage,
@@ -116,7 +119,7 @@ _PATHS: dict[str, Any] = {
                     "description": "in_flight (pending or acknowledged), or one state",
                     "schema": {"type": "string", "enum": [IN_FLIGHT_FILTER, *(state.value for state in DispatchState)]},
                 },
-                {"name": "terminal_id", "in": "query", "required": False, "schema": {"type": "string"}},
+                {"name": "terminal_id", "in": "query", "required": False, "schema": {"type": "string", "minLength": 1}},
                 {
                     "name": "limit",
                     "in": "query",
@@ -128,7 +131,7 @@ _PATHS: dict[str, Any] = {
                     "in": "query",
                     "required": False,
                     "description": "next_cursor of the previous page",
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "minLength": 1},
                 },
             ],
             "responses": {"200": _json("OrderPage", "one page"), **_ERRORS},
@@ -162,10 +165,10 @@ _CONSOLE_PATHS: dict[str, Any] = {
                     "status code (118) or label (Captured; any case)",
                     {"type": "string", "enum": [*map(str, STATUS_LABELS), *STATUS_LABELS.values()]},
                 ),
-                _query("terminal_id", "terminal id", {"type": "string"}),
-                _query("order_id", "order id", {"type": "string"}),
+                _query("terminal_id", "terminal id", {"type": "string", "minLength": 1}),
+                _query("order_id", "order id", {"type": "string", "minLength": 1}),
                 _query("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}),
-                _query("cursor", "next_cursor of the previous page", {"type": "string"}),
+                _query("cursor", "next_cursor of the previous page", {"type": "string", "minLength": 1}),
             ],
             "responses": {"200": _json("TransactionPage", "one page"), "400": _ERROR_400, "401": _ERROR_401},
         }
@@ -248,9 +251,107 @@ def document() -> dict[str, Any]:
         # Gateway including the stage, locally the local stack's address).
         "servers": [{"url": ".", "description": "this deployment"}],
         "components": {
-            "schemas": schemas.get("$defs", {}),
+            "schemas": _exact_rules(schemas.get("$defs", {})),
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
         },
         "security": [{"basic": []}],
-        "paths": {**_PATHS, **_CONSOLE_PATHS},
+        "paths": _with_common_answers({**_PATHS, **_CONSOLE_PATHS}),
     }
+
+
+# -- what every operation may answer, and the rules the validators enforce beyond the models' types --
+
+_HEADER = {"schema": {"type": "string"}}
+_RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer", "minimum": 1}}}
+_COMMON = {
+    "413": _json("ErrorBody", "body too large (64 KiB)"),
+    "415": _json("ErrorBody", "body not application/json"),
+}
+_THROTTLED = {
+    "description": "request.throttled: failed authentications, or payments waiting, past their limits",
+    "headers": _RETRY_AFTER,
+    "content": {"application/json": {"schema": _ref("ErrorBody")}},
+}
+# Validators the models' types do not show: the same rules, as JSON Schema keywords.
+_NO_CONTROL = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$"
+_STATUS_FILTER = (
+    "^(118|125|113|115|"
+    + "|".join(
+        "".join(f"[{c.upper()}{c.lower()}]" for c in label)
+        for label in ("captured", "refunded", "refused", "cancelled")
+    )
+    + ")$"
+)
+
+
+_REQUEST_MODELS = (
+    "OrderRequest",
+    "Order",
+    "Price",
+    "BasketLine",
+    "Customer",
+    "PosTechnicalInfo",
+    "DeviceInformation",
+    "TerminalTransactionDisplay",
+)
+_LARGEST = 10**MAX_DIGITS - 1
+_JSON_VALUE: dict[str, Any] = {
+    "description": "any JSON value within the parsing limits: nesting depth ≤ 32, integers of at most "
+    f"{MAX_DIGITS} digits, no lone surrogates (fractions, within an exponent of ±{MAX_EXPONENT}, are read too)",
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "string"},
+        {"type": "integer", "minimum": -_LARGEST, "maximum": _LARGEST},
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/JsonValue"}},
+    ],
+}
+
+
+def _with_common_answers(paths: dict[str, Any]) -> dict[str, Any]:
+    import copy
+
+    paths = copy.deepcopy(paths)
+    for operations in paths.values():
+        for operation in operations.values():
+            responses = operation["responses"]
+            if "requestBody" in operation:
+                for status, answer in _COMMON.items():
+                    responses.setdefault(status, answer)
+            if operation.get("security") != []:
+                responses.setdefault("429", _THROTTLED)
+            if "401" in responses:
+                responses["401"] = {**responses["401"], "headers": {"WWW-Authenticate": _HEADER}}
+            for parameter in operation.get("parameters", []):
+                if parameter["in"] == "query" and parameter["name"] == "status":
+                    parameter["schema"] = {"type": "string", "pattern": _STATUS_FILTER}
+                if parameter["in"] == "path":
+                    parameter["schema"] = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": _NO_CONTROL}
+    accepted = paths["/v1/connector/order"]["post"]["responses"]["202"]
+    accepted["headers"] = {"Location": {"description": "the order resource, order_id percent-encoded", **_HEADER}}
+    return paths
+
+
+def _exact_rules(schemas: dict[str, Any]) -> dict[str, Any]:
+    schemas["TerminalTransactionDisplay"]["properties"]["protocol"]["enum"] = ["AppNepting"]
+    schemas["Price"]["properties"]["currency"]["enum"] = ["EUR"]
+    schemas["Order"]["properties"]["order_id"]["pattern"] = _NO_CONTROL
+    schemas["PosTechnicalInfo"]["properties"]["notify_url"]["anyOf"][0]["pattern"] = HTTPS_URL_PATTERN
+    schemas["Customer"]["properties"]["email"]["anyOf"][0]["pattern"] = EMAIL_PATTERN
+    line = schemas["BasketLine"]["properties"]
+    for name in ("unit_price", "tax_rate", "discount", "total_amount"):
+        # JSON numbers only (pydantic would also describe the numeric strings it can read).
+        number = next(branch for branch in line[name].pop("anyOf") if branch.get("type") == "number")
+        line[name].update(number)
+    for name in ("total_amount", "discount", "tax_rate"):
+        line[name]["multipleOf"] = Decimal("0.01")
+    line["unit_price"]["multipleOf"] = Decimal("0.0001")
+    line["discount"]["default"] = 0
+    # Unknown fields are ignored, but every JSON body is read under the parsing limits: what a
+    # client may put in them (and in custom_data) is any JSON value within those limits.
+    schemas["JsonValue"] = _JSON_VALUE
+    for name in _REQUEST_MODELS:
+        schemas[name]["additionalProperties"] = _ref("JsonValue")
+    schemas["Order"]["properties"]["custom_data"]["anyOf"][0]["additionalProperties"] = _ref("JsonValue")
+    return schemas

@@ -13,9 +13,11 @@ import json
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
-from chalicelib.exceptions import EnvelopeError
+from chalicelib import jsonutil
+from chalicelib.exceptions import EnvelopeError, JsonLimitError
 
 ENVELOPE_VERSION = 1
 TOPIC_PREFIX = "nepting/v1/terminals"
@@ -64,7 +66,7 @@ def parse_timestamp_ms(value: str) -> int:
 
 
 def _reject_floats(value: Any) -> None:
-    if isinstance(value, float):
+    if isinstance(value, float | Decimal):
         raise EnvelopeError("float_in_envelope", "envelopes carry integers only")
     if isinstance(value, dict):
         for item in value.values():
@@ -123,7 +125,9 @@ def encode(envelope: dict[str, Any]) -> bytes:
 def decode(payload: bytes | str) -> dict[str, Any]:
     """Parse one envelope; structural checks only (the signature needs the terminal's passphrase)."""
     try:
-        value = json.loads(payload)
+        value = jsonutil.loads(payload)
+    except JsonLimitError as exc:
+        raise EnvelopeError(exc.reason, f"payload past a parsing limit at {exc.path!r}: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise EnvelopeError("malformed", "payload is not JSON") from exc
     if not isinstance(value, dict):

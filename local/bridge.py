@@ -63,6 +63,13 @@ class TopicRuleBridge:
         client.subscribe([(f"{TOPIC_PREFIX}/+/events", 1), (f"{TOPIC_PREFIX}/+/status", 1)])
 
     def _on_message(self, _c: mqtt.Client, _u: Any, message: mqtt.MQTTMessage) -> None:
+        # An exception here would end paho's network loop, and with it every terminal's events.
+        try:
+            self._route(message)
+        except Exception:
+            log.exception("topic rule could not route a message")
+
+    def _route(self, message: mqtt.MQTTMessage) -> None:
         kind = message.topic.rsplit("/", 1)[-1]
         handler = self._handlers.get(kind)
         if handler is None:

@@ -26,6 +26,7 @@ class SeedMerchant(_Strict):
     password: str = Field(min_length=12)
     notify_passphrase: str = Field(min_length=1)
     notify_url: str | None = None
+    basket_policy: Literal["lenient", "strict"] = "lenient"
 
 
 class SimulatorSpec(_Strict):

@@ -201,6 +201,8 @@ def start_stack(config: StackConfig) -> RunningStack:
             # The event handler runs in this process and wakes the waiting request at once (ThreadWaker),
             # so polling is only the safety net here: a long cap saves most reads (and moto's CPU).
             "POLL_MAX_MS": os.environ.get("POLL_MAX_MS", LOCAL_POLL_MAX_MS),
+            # The one place http to loopback is allowed for merchant notifications (CONTRACT §6).
+            "NOTIFY_ALLOW_LOOPBACK_HTTP": "1",
             **{name: _queue_url(queue) for name, queue in QUEUES.items()},
             **config.environment,
         }
@@ -265,6 +267,8 @@ def _apply_seed(settings: Settings, seed: Seed) -> None:
             merchant.password,
             merchant.notify_url,
             merchant.notify_passphrase,
+            merchant.basket_policy,
+            allow_loopback_http=True,
         )
     for terminal in seed.terminals:
         enrollment.enroll_terminal(

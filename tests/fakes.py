@@ -398,13 +398,19 @@ class FakeMerchants:
         found = self.items.get(f"LOGIN#{login}")
         return dict(found) if found else None
 
-    def put_merchant(self, merchant_id: str, notify_url: str | None, notify_passphrase: str) -> None:
+    def delete_login(self, login: str) -> bool:
+        return self.items.pop(f"LOGIN#{login}", None) is not None
+
+    def put_merchant(
+        self, merchant_id: str, notify_url: str | None, notify_passphrase: str, basket_policy: str = "lenient"
+    ) -> None:
         self._put(
             {
                 "pk": f"MERCHANT#{merchant_id}",
                 "merchant_id": merchant_id,
                 "notify_url": notify_url,
                 "notify_passphrase": notify_passphrase,
+                "basket_policy": basket_policy,
             }
         )
 
@@ -416,6 +422,35 @@ class FakeMerchants:
 
 
 # -- the whole application -------------------------------------------------------------------------
+
+
+class MemoryLimitStore:
+    """The limit store's semantics in memory: atomic counters, gauges taken under their limit."""
+
+    def __init__(self) -> None:
+        self.counters: dict[str, int] = {}
+        self.gauges: dict[str, tuple[int, int]] = {}
+
+    def increment(self, key: str, expires_at_s: int) -> int:
+        self.counters[key] = self.counters.get(key, 0) + 1
+        return self.counters[key]
+
+    def read(self, key: str) -> int:
+        return self.counters.get(key, 0)
+
+    def acquire(self, key: str, limit: int, now_ms: int, stale_after_ms: int) -> bool:
+        taken, touched = self.gauges.get(key, (0, now_ms))
+        if taken >= limit:
+            if touched >= now_ms - stale_after_ms:
+                return False
+            taken = 0
+        self.gauges[key] = (taken + 1, now_ms)
+        return True
+
+    def release(self, key: str, now_ms: int) -> None:
+        taken, _ = self.gauges.get(key, (0, now_ms))
+        if taken > 0:
+            self.gauges[key] = (taken - 1, now_ms)
 
 
 def fake_components(
@@ -446,6 +481,7 @@ def fake_components(
         "dead_letters": RecordingQueue(),
         "poster": ScriptedPoster(),
         "ipn_secret": secret,
+        "limits": MemoryLimitStore(),
         **overrides,
     }
     return Components(**parts)

@@ -19,6 +19,7 @@ from typing import Any
 from chalicelib import jsonutil
 from chalicelib.console.schemas import IpnBody, IpnCard
 from chalicelib.keys import order_key
+from chalicelib.money import BASKET_MISMATCH, basket_mismatch
 
 AMOUNT_MISMATCH = "amount_mismatch"
 
@@ -214,8 +215,11 @@ def apply_details(current: Transaction, details: OrderDetails) -> Transaction:
 
 
 def _with_flags(tx: Transaction) -> Transaction:
-    flags = [flag for flag in tx.flags if flag != AMOUNT_MISMATCH]
+    flags = [flag for flag in tx.flags if flag not in (AMOUNT_MISMATCH, BASKET_MISMATCH)]
     if tx.details_attempt and (tx.order_amount != tx.amount_minor or tx.order_currency != tx.currency):
         # The IPN's figures stand; the flag tells finance the ECR asked for something else.
         flags.append(AMOUNT_MISMATCH)
+    if tx.basket_json and basket_mismatch(jsonutil.loads(tx.basket_json), tx.order_amount):
+        # Accepted under the lenient basket policy: finance sees the basket did not add up.
+        flags.append(BASKET_MISMATCH)
     return replace(tx, flags=sorted(flags))

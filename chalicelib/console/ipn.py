@@ -16,6 +16,8 @@ from chalicelib import jsonutil
 from chalicelib.console.ports import IpnInbox
 from chalicelib.console.schemas import IpnAccepted, parse_ipn
 from chalicelib.errors import ApiError
+from chalicelib.exceptions import JsonLimitError
+from chalicelib.http import json_limit_error, malformed_json
 from chalicelib.merchants.ports import MerchantReader
 from chalicelib.observability import count, log_event
 from chalicelib.ports import Clock, MessageQueue
@@ -51,7 +53,8 @@ def verify(deps: IpnDeps, headers: Mapping[str, str], body: bytes) -> None:
     given = (headers.get("x-nepting-signature") or "").strip()
     if not timestamp or not given:
         raise _unauthorized("signature_missing", "X-Nepting-Timestamp and X-Nepting-Signature are required")
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    # isascii(): str.isdigit() also takes other scripts' digits, which int() reads or chokes on.
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise _unauthorized("timestamp_invalid", "X-Nepting-Timestamp must be Unix seconds")
     if abs(deps.clock.now_ms() // 1000 - int(timestamp)) > deps.freshness_s:
         # A captured IPN cannot be replayed later: the signature covers the timestamp.
@@ -66,10 +69,10 @@ def receive_ipn(deps: IpnDeps, headers: Mapping[str, str], body: bytes) -> IpnAc
     verify(deps, headers, body)
     try:
         parsed = jsonutil.loads(body)
+    except JsonLimitError as exc:
+        raise _refuse(exc.reason, json_limit_error(exc)) from None
     except (ValueError, UnicodeDecodeError):
-        raise _refuse(
-            "malformed", ApiError(400, "validation.malformed_json", "the IPN body is not valid JSON")
-        ) from None
+        raise _refuse("malformed", malformed_json()) from None
     try:
         ipn = parse_ipn(parsed)
     except ApiError as error:

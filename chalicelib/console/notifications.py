@@ -18,9 +18,10 @@ from chalicelib import jsonutil, protocol
 from chalicelib.config import Settings
 from chalicelib.console.domain import STATUS_LABELS, Transaction
 from chalicelib.console.ports import FormPoster, TransactionRepository
-from chalicelib.exceptions import ConditionFailed
+from chalicelib.exceptions import ConditionFailed, RecordRefused
 from chalicelib.merchants.ports import MerchantReader
 from chalicelib.money import format_major
+from chalicelib.notify_urls import NotifyUrlRefused
 from chalicelib.observability import count, log_event
 from chalicelib.ports import Clock, MessageQueue
 
@@ -84,10 +85,16 @@ def retry_delay_s(settings: Settings, failures: int) -> int:
 
 def deliver(deps: NotifierDeps, message: dict[str, Any]) -> str:
     """Handle one queue message; returns the outcome. Raises only when a queue send failed."""
-    reference = str(message["transaction_reference"])
-    status_code = int(message["status_code"])
     now = deps.clock.now_ms()
-    first_try_ms = int(message.get("first_try_ms") or now)
+    try:
+        reference = message["transaction_reference"]
+        status_code = message["status_code"]
+        first_try_ms = message.get("first_try_ms") or now
+        int(message.get("failures") or 0)
+        if not (isinstance(reference, str) and type(status_code) is int and type(first_try_ms) is int):
+            raise TypeError("wrong field types")
+    except (KeyError, TypeError, ValueError):
+        raise RecordRefused("bad_message", "not a notification message") from None
     tx = deps.transactions.get(reference)
     if tx is None:
         return _park(deps, message, first_try_ms, "transaction_missing")
@@ -106,7 +113,12 @@ def deliver(deps: NotifierDeps, message: dict[str, Any]) -> str:
         return _park(deps, message, first_try_ms, "no_notify_passphrase")
     body = encode_form(notification_fields(tx, status_code))
     headers = {"Content-Type": FORM_CONTENT_TYPE, "X-Allopass-Signature": allopass_signature(body, passphrase)}
-    answer = deps.poster.post(url, body, headers)
+    try:
+        answer = deps.poster.post(url, body, headers)
+    except NotifyUrlRefused as refused:
+        # A loopback, private or metadata address (or one it now resolves to): never retried there.
+        count("NotificationsRefused", reason=refused.reason)
+        return _park(deps, message, first_try_ms, f"notify_url_refused_{refused.reason}")
     if 200 <= answer < 300:
         try:
             deps.transactions.record_delivery(reference, status_code)

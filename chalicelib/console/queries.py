@@ -7,9 +7,6 @@ from: a cursor of another listing, or a forged one, is a ``400``, never another 
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 import re
 from collections.abc import Mapping
 
@@ -17,13 +14,16 @@ from chalicelib import protocol
 from chalicelib.console.domain import Transaction, TransactionQuery, status_code_from_filter
 from chalicelib.console.ports import Position, TransactionRepository
 from chalicelib.console.schemas import TransactionPage, TransactionView
-from chalicelib.errors import transaction_not_found, validation_error
+from chalicelib.errors import refuse_unknown_parameters, transaction_not_found, validation_error
 from chalicelib.exceptions import EnvelopeError
+from chalicelib.paging import cursor_invalid, decode_cursor, encode_cursor, page_limit
 
 DEFAULT_LIMIT = 50
-MAX_LIMIT = 100
-# ASCII digits only: str.isdigit() also accepts "²" and other digits int() then refuses.
-_LIMIT = re.compile(r"^[0-9]{1,3}$")
+# RFC 3339 date-time, as the OpenAPI document says; datetime.fromisoformat alone takes more.
+_RFC3339 = re.compile(
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})$"
+)
+_PARAMETERS = frozenset({"from", "to", "status", "terminal_id", "order_id", "limit", "cursor"})
 _POSITION_KEYS = frozenset({"created_at", "transaction_reference"})
 
 
@@ -38,9 +38,10 @@ def get_transaction(transactions: TransactionRepository, merchant_id: str, refer
 def list_transactions(
     transactions: TransactionRepository, merchant_id: str, params: Mapping[str, str]
 ) -> TransactionPage:
-    limit = _limit(params.get("limit"))
+    refuse_unknown_parameters(params, _PARAMETERS)
+    limit = page_limit(params.get("limit"), DEFAULT_LIMIT)
     status_code = None
-    if params.get("status"):
+    if params.get("status") is not None:
         status_code = status_code_from_filter(params["status"])
         if status_code is None:
             raise validation_error("status_unknown", "status must be 118, 125, 113, 115 or their label", "status")
@@ -54,7 +55,7 @@ def list_transactions(
         terminal_id=params.get("terminal_id") or None,
     )
     scope = _scope(query)
-    after = _decode_cursor(params.get("cursor"), scope)
+    after = _position(params.get("cursor"), scope)
     found: list[Transaction] = []
     # A page can come back short (filters apply after the store's limit) and still continue.
     while len(found) < limit:
@@ -64,24 +65,18 @@ def list_transactions(
             break
     return TransactionPage(
         transactions=[TransactionView.from_transaction(tx) for tx in found],
-        next_cursor=_encode_cursor(scope, after) if after else None,
+        next_cursor=encode_cursor(scope, after) if after else None,
     )
-
-
-def _limit(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return DEFAULT_LIMIT
-    if not _LIMIT.match(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise validation_error("limit_invalid", f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
-    return int(raw)
 
 
 def _bound(params: Mapping[str, str], name: str, shift_ms: int) -> str | None:
     raw = params.get(name)
-    if not raw:
+    if raw is None:
         return None
+    if not _RFC3339.match(raw):
+        raise validation_error("timestamp_invalid", f"{name} must be an RFC 3339 timestamp with a time zone", name)
     try:
-        return protocol.timestamp_from_ms(protocol.parse_timestamp_ms(raw) + shift_ms)
+        return protocol.timestamp_from_ms(protocol.parse_timestamp_ms(raw.upper()) + shift_ms)
     except (EnvelopeError, ValueError, OverflowError, OSError):
         raise validation_error(
             "timestamp_invalid", f"{name} must be an RFC 3339 timestamp with a time zone", name
@@ -95,22 +90,14 @@ def _scope(query: TransactionQuery) -> str:
     return f"{query.merchant_id}:{listing}"
 
 
-def _encode_cursor(scope: str, position: Position) -> str:
-    plain = json.dumps({"s": scope, "k": position}, separators=(",", ":"), sort_keys=True)
-    return base64.urlsafe_b64encode(plain.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(raw: str | None, scope: str) -> Position | None:
-    if not raw:
+def _position(raw: str | None, scope: str) -> Position | None:
+    position = decode_cursor(raw, scope)
+    if position is None:
         return None
-    invalid = validation_error("cursor_invalid", "cursor is not a next_cursor of this listing", "cursor")
-    try:
-        plain = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        position = plain["k"]
-        if plain["s"] != scope or set(position) != _POSITION_KEYS:
-            raise invalid
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise invalid from None
-    if not all(isinstance(value, str) and value for value in position.values()):
-        raise invalid
+    if (
+        not isinstance(position, dict)
+        or set(position) != _POSITION_KEYS
+        or not all(isinstance(value, str) and value for value in position.values())
+    ):
+        raise cursor_invalid()
     return {key: str(value) for key, value in position.items()}

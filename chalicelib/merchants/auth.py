@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from chalicelib.errors import unauthorized
+from chalicelib.limits import AuthGuard
 from chalicelib.merchants.ports import LoginReader
 
 # scrypt cost: ~30-60 ms per check on a Lambda core, which is why verified credentials are cached.
@@ -63,36 +64,61 @@ class Authenticator:
     """Resolves Basic credentials to a merchant id.
 
     A verified (login, password) pair is remembered for ``ttl_s`` as a keyed hash, never in clear,
-    so the slow hash runs once per credential per warm process instead of on every request.
+    with the stored hash it was verified against, so the slow hash runs once per credential per warm
+    process instead of on every request. The login's record is read on every request: a rotated
+    password or a revoked login (``admin revoke-login``) stops working at once, in every process.
+
+    Past the failed-authentication limits of ``guard`` (per login, per source address), the answer
+    is a 429 and no slow hash runs.
     """
 
-    def __init__(self, logins: LoginReader, ttl_s: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logins: LoginReader,
+        ttl_s: int,
+        clock: Callable[[], float] = time.monotonic,
+        guard: AuthGuard | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
         self._logins = logins
         self._ttl_s = ttl_s
         self._clock = clock
+        self._guard = guard
+        self._wall_clock = wall_clock
         self._key = secrets.token_bytes(32)
-        self._cache: dict[str, tuple[bytes, str, float]] = {}
+        self._cache: dict[str, tuple[bytes, str, float, str]] = {}
         self._lock = threading.Lock()
 
     def _fingerprint(self, login: str, password: str) -> bytes:
         return hmac.new(self._key, f"{login}\0{password}".encode(), hashlib.sha256).digest()
 
-    def merchant_for(self, header: str | None) -> str:
+    def merchant_for(self, header: str | None, source: str | None = None) -> str:
         login, password = parse_basic(header)
         fingerprint = self._fingerprint(login, password)
         now = self._clock()
-        cached = self._cache.get(login)
-        if cached and cached[2] > now and hmac.compare_digest(cached[0], fingerprint):
-            return cached[1]
         record = self._logins.get_login(login)
         stored = record.get("password_hash") if record else None
+        cached = self._cache.get(login)
+        if (
+            cached
+            and stored
+            and cached[2] > now
+            and cached[3] == stored
+            and hmac.compare_digest(cached[0], fingerprint)
+        ):
+            return cached[1]
+        now_s = int(self._wall_clock())
+        if self._guard is not None:
+            self._guard.check(login, source, now_s)
         # Unknown logins cost the same hash, so timing does not tell which logins exist.
         valid = verify_password(password, stored or _dummy_hash())
         if not (record and stored and valid):
+            if self._guard is not None:
+                self._guard.failed(login, source, now_s)
             raise unauthorized()
         merchant_id = str(record["merchant_id"])
         with self._lock:
-            self._cache[login] = (fingerprint, merchant_id, now + self._ttl_s)
+            self._cache[login] = (fingerprint, merchant_id, now + self._ttl_s, str(stored))
         return merchant_id
 
 

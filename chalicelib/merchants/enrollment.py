@@ -13,6 +13,7 @@ import secrets
 from chalicelib.exceptions import EnrollmentError
 from chalicelib.merchants.auth import hash_password
 from chalicelib.merchants.ports import MerchantRepository
+from chalicelib.notify_urls import refusal_when_given
 from chalicelib.payments.ports import Terminal, TerminalRepository
 from chalicelib.protocol import terminal_id_for
 
@@ -20,6 +21,9 @@ _MANUFACTURER = re.compile(r"^[A-Za-z0-9]{1,32}$")
 _SERIAL = re.compile(r"^[A-Za-z0-9]{1,64}$")
 _MERCHANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MIN_PASSWORD_LENGTH = 12
+# lenient (default): a basket whose arithmetic is off is accepted and flagged basket_mismatch, as
+# HiPay's own examples need; strict: it is a 400.
+BASKET_POLICIES = ("lenient", "strict")
 
 
 def new_passphrase() -> str:
@@ -59,6 +63,8 @@ def create_merchant(
     password: str,
     notify_url: str | None = None,
     notify_passphrase: str | None = None,
+    basket_policy: str = "lenient",
+    allow_loopback_http: bool = False,
 ) -> str:
     """Create (or update) a merchant and its Basic credentials; returns the notification passphrase."""
     if not _MERCHANT.match(merchant_id):
@@ -67,9 +73,12 @@ def create_merchant(
         raise EnrollmentError("login must be non-empty and contain no ':'")
     if len(password) < MIN_PASSWORD_LENGTH:
         raise EnrollmentError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
-    if notify_url is not None and not notify_url.startswith(("https://", "http://")):
-        raise EnrollmentError("notify_url must be an http(s) URL")
+    refusal = refusal_when_given(notify_url, allow_loopback_http) if notify_url is not None else None
+    if refusal:
+        raise EnrollmentError(f"notify_url is refused ({refusal}): an https URL of a public address")
+    if basket_policy not in BASKET_POLICIES:
+        raise EnrollmentError(f"basket_policy must be one of {', '.join(BASKET_POLICIES)}")
     notify_passphrase = notify_passphrase or new_passphrase()
-    merchants.put_merchant(merchant_id, notify_url, notify_passphrase)
+    merchants.put_merchant(merchant_id, notify_url, notify_passphrase, basket_policy)
     merchants.put_login(login, merchant_id, hash_password(password))
     return notify_passphrase

@@ -16,6 +16,12 @@ class LoginReader(Protocol):
 
 
 class MerchantRepository(MerchantReader, LoginReader, Protocol):
-    def put_merchant(self, merchant_id: str, notify_url: str | None, notify_passphrase: str) -> None: ...
+    def put_merchant(
+        self, merchant_id: str, notify_url: str | None, notify_passphrase: str, basket_policy: str = "lenient"
+    ) -> None: ...
 
     def put_login(self, login: str, merchant_id: str, password_hash: str) -> None: ...
+
+    def delete_login(self, login: str) -> bool:
+        """Remove a login; False when there was none."""
+        ...

@@ -8,26 +8,22 @@ A cursor is bound to its merchant and filters; another listing's cursor, or a fo
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
 from collections.abc import Mapping
 
 from chalicelib import protocol
-from chalicelib.errors import validation_error
+from chalicelib.errors import refuse_unknown_parameters, validation_error
+from chalicelib.paging import cursor_invalid, decode_cursor, encode_cursor, page_limit
 from chalicelib.payments.domain import AWAITING_RESULT, Dispatch, DispatchState, OrderHead, OrderPosition
 from chalicelib.payments.ports import PaymentRepository
 from chalicelib.payments.schemas import OrderPage, OrderSummary
 
 DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
 # A filter that matches little must not read the whole history in one request: after this many
 # store pages the answer stops, short, with a cursor to go on.
 MAX_STORE_PAGES = 5
 IN_FLIGHT_FILTER = "in_flight"
+_PARAMETERS = frozenset({"state", "terminal_id", "limit", "cursor"})
 STATE_FILTERS = frozenset({IN_FLIGHT_FILTER, *(state.value for state in DispatchState)})
-_LIMIT = re.compile(r"^[0-9]{1,3}$")
 
 
 def list_orders(
@@ -40,13 +36,14 @@ def list_orders(
     """One page of the listing. With ``longest_deadline_ms`` (the longest payment deadline), the
     in-flight listing stops at the first attempt older than that: none after it can be in flight,
     so polling it costs a few reads, not the merchant's history."""
-    limit = _limit(params.get("limit"))
-    state = params.get("state") or None
+    refuse_unknown_parameters(params, _PARAMETERS)
+    limit = page_limit(params.get("limit"), DEFAULT_LIMIT)
+    state = params.get("state")
     if state is not None and state not in STATE_FILTERS:
         raise validation_error("state_unknown", f"state must be one of {', '.join(sorted(STATE_FILTERS))}", "state")
     terminal_id = params.get("terminal_id") or None
     scope = f"{merchant_id}:{state or ''}:{terminal_id or ''}"
-    after = _decode_cursor(params.get("cursor"), scope)
+    after = _position(params.get("cursor"), scope)
     found: list[OrderSummary] = []
     oldest_in_flight = now_ms - longest_deadline_ms if longest_deadline_ms is not None else None
     for _ in range(MAX_STORE_PAGES):
@@ -59,7 +56,7 @@ def list_orders(
                 found.append(order_summary(head, dispatch, now_ms))
         if after is None or len(found) >= limit:
             break
-    return OrderPage(orders=found, next_cursor=_encode_cursor(scope, after) if after else None)
+    return OrderPage(orders=found, next_cursor=encode_cursor(scope, list(after)) if after else None)
 
 
 def order_summary(head: OrderHead, dispatch: Dispatch, now_ms: int) -> OrderSummary:
@@ -99,29 +96,13 @@ def _ts(epoch_ms: int | None) -> str | None:
     return protocol.timestamp_from_ms(epoch_ms) if epoch_ms is not None else None
 
 
-def _limit(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return DEFAULT_LIMIT
-    if not _LIMIT.match(raw) or not 1 <= int(raw) <= MAX_LIMIT:
-        raise validation_error("limit_invalid", f"limit must be an integer from 1 to {MAX_LIMIT}", "limit")
-    return int(raw)
-
-
-def _encode_cursor(scope: str, position: OrderPosition) -> str:
-    plain = json.dumps({"s": scope, "k": list(position)}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(plain.encode("utf-8")).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(raw: str | None, scope: str) -> OrderPosition | None:
-    if not raw:
+def _position(raw: str | None, scope: str) -> OrderPosition | None:
+    position = decode_cursor(raw, scope)
+    if position is None:
         return None
-    invalid = validation_error("cursor_invalid", "cursor is not a next_cursor of this listing", "cursor")
-    try:
-        plain = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        updated_at_ms, order_id = plain["k"]
-        scope_ok = plain["s"] == scope
-    except (ValueError, KeyError, TypeError, binascii.Error):
-        raise invalid from None
-    if not scope_ok or type(updated_at_ms) is not int or not isinstance(order_id, str) or not order_id:
-        raise invalid
+    if not isinstance(position, list) or len(position) != 2:
+        raise cursor_invalid()
+    updated_at_ms, order_id = position
+    if type(updated_at_ms) is not int or not isinstance(order_id, str) or not order_id:
+        raise cursor_invalid()
     return updated_at_ms, order_id

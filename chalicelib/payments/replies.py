@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import quote
 
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError
@@ -89,7 +90,8 @@ def busy_response(raw: dict[str, Any]) -> PaymentResponse:
 
 
 def accepted_reply(order_id: str) -> Reply:
-    location = f"/v1/connector/order/{order_id}"
+    # Percent-encoded: an order_id may hold "/", "?", "#" or non-ASCII characters.
+    location = f"/v1/connector/order/{quote(order_id, safe='')}"
     return Reply(202, OrderAccepted(order_id=order_id, state="pending", location=location), {"Location": location})
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -28,14 +29,14 @@ from pydantic import (
     StrictStr,
     ValidationError,
     field_validator,
-    model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from chalicelib import jsonutil
-from chalicelib.errors import first_error, validation_error
+from chalicelib.errors import ApiError, first_error, validation_error
 from chalicelib.exceptions import EventRefused
 from chalicelib.money import CENT, MAX_AMOUNT
+from chalicelib.notify_urls import HTTPS_URL_PATTERN, refusal_when_given
 from chalicelib.payments.domain import DispatchState, Reason
 from chalicelib.protocol import canonical_json, terminal_id_for
 from chalicelib.wire import SkipJsonSchema, Timestamp, WireModel, echo, omitted_if_none
@@ -43,14 +44,30 @@ from chalicelib.wire import SkipJsonSchema, Timestamp, WireModel, echo, omitted_
 MAX_BASKET_LINES = 200
 MAX_CUSTOM_DATA_BYTES = 8 * 1024
 _NO_CONTROL = re.compile(r"^[^\x00-\x1f\x7f-\x9f]+$")
-_EMAIL = re.compile(
+EMAIL_PATTERN = (
     r"^[^@\s]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
 )
+_EMAIL = re.compile(EMAIL_PATTERN)
 _ISO_CURRENCY = re.compile(r"^[A-Z]{3}$")
 SUPPORTED_PROTOCOL = "AppNepting"
 KNOWN_UNSERVED_PROTOCOLS = ("ConcertV3.1", "ConcertV3.2")
 
 Text255 = Annotated[StrictStr, Field(max_length=255)]
+
+
+def _integral(value: Any) -> Any:
+    # 2.0 is the same JSON number as 2 (JSON Schema's "integer" admits both); 2.5, true or "2" are not.
+    if isinstance(value, Decimal) and value.is_finite() and value == value.to_integral_value():
+        return int(value)
+    return value
+
+
+# An integer as JSON has it: written 2 or 2.0.
+JsonInt = Annotated[StrictInt, BeforeValidator(_integral)]
+
+
+# A unit price may be finer than a cent (per gram, per litre); a ten-thousandth is the limit.
+UNIT_PRICE_STEP = Decimal("0.0001")
 
 
 class _Model(BaseModel):
@@ -59,7 +76,7 @@ class _Model(BaseModel):
 
 
 class Price(_Model):
-    amount: StrictInt = Field(ge=1, le=MAX_AMOUNT)
+    amount: JsonInt = Field(ge=1, le=MAX_AMOUNT)
     currency: StrictStr = "EUR"
 
     @field_validator("currency")
@@ -76,36 +93,37 @@ class BasketLine(_Model):
     product_reference: Annotated[StrictStr, Field(min_length=1, max_length=255)]
     name: Annotated[StrictStr, Field(min_length=1, max_length=255)]
     type: Literal["good", "discount", "fee"]
-    quantity: StrictInt = Field(ge=1, le=1_000_000)
+    quantity: JsonInt = Field(ge=1, le=1_000_000)
     unit_price: Decimal = Field(allow_inf_nan=False, ge=Decimal(-MAX_AMOUNT), le=Decimal(MAX_AMOUNT))
     tax_rate: Decimal = Field(allow_inf_nan=False, ge=0, le=100)
-    discount: Decimal = Field(default=Decimal(0), allow_inf_nan=False, le=0)
-    total_amount: Decimal = Field(allow_inf_nan=False)
+    discount: Decimal = Field(default=Decimal(0), allow_inf_nan=False, ge=Decimal(-MAX_AMOUNT), le=0)
+    total_amount: Decimal = Field(allow_inf_nan=False, ge=Decimal(-MAX_AMOUNT), le=Decimal(MAX_AMOUNT))
 
     @field_validator("unit_price", "tax_rate", "discount", "total_amount", mode="before")
     @classmethod
     def _numbers_not_bools(cls, value: Any) -> Any:
-        if isinstance(value, bool | float):
+        # A JSON number only (read as Decimal or int): not a bool, a float or a numeric string.
+        if isinstance(value, bool) or not isinstance(value, int | Decimal):
             raise PydanticCustomError("decimal_type", "must be a JSON number")
         return value
 
-    @field_validator("total_amount")
+    @field_validator("total_amount", "discount", "tax_rate")
     @classmethod
     def _whole_cents(cls, value: Decimal) -> Decimal:
+        # Amounts are in cents, tax rates in hundredths of a percent; no finer figure means anything.
         if value != value.quantize(CENT):
             raise PydanticCustomError("cents_precision", "must have at most 2 decimal places")
         return value
 
-    @model_validator(mode="after")
-    def _line_adds_up(self) -> BasketLine:
-        expected = (self.unit_price * self.quantity + self.discount).quantize(CENT, rounding=ROUND_HALF_UP)
-        if expected != self.total_amount:
-            raise PydanticCustomError(
-                "basket_line_total",
-                "total_amount must equal unit_price × quantity + discount ({expected})",
-                {"expected": str(expected)},
-            )
-        return self
+    @field_validator("unit_price")
+    @classmethod
+    def _fine_unit_price(cls, value: Decimal) -> Decimal:
+        if value != value.quantize(UNIT_PRICE_STEP):
+            raise PydanticCustomError("unit_price_precision", "must have at most 4 decimal places")
+        return value
+
+    def expected_total(self) -> Decimal:
+        return (self.unit_price * self.quantity + self.discount).quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 class Order(_Model):
@@ -130,17 +148,27 @@ class Order(_Model):
             raise PydanticCustomError("custom_data_too_large", "custom_data must be at most 8 KiB serialized")
         return value
 
-    @model_validator(mode="after")
-    def _basket_adds_up(self) -> Order:
-        if self.basket:
-            total = sum((line.total_amount for line in self.basket), Decimal(0))
-            if total * 100 != self.price.amount:
-                raise PydanticCustomError(
-                    "basket_total",
-                    "the basket lines' total_amount must add up to price.amount ÷ 100 ({total})",
-                    {"total": str(total)},
+    def basket_error(self) -> ApiError | None:
+        """The 400 a ``strict`` merchant gets for a basket whose arithmetic is off; None if it adds up."""
+        if not self.basket:
+            return None
+        for index, line in enumerate(self.basket):
+            expected = line.expected_total()
+            if expected != line.total_amount:
+                return validation_error(
+                    "basket_line_total",
+                    f"order.basket.{index}.total_amount: total_amount must equal unit_price × quantity + discount"
+                    f" ({expected})",
+                    f"order.basket.{index}.total_amount",
                 )
-        return self
+        total = sum((line.total_amount for line in self.basket), Decimal(0))
+        if total * 100 != self.price.amount:
+            return validation_error(
+                "basket_total",
+                f"order.basket: the basket lines' total_amount must add up to price.amount ÷ 100 ({total})",
+                "order.basket",
+            )
+        return None
 
 
 class Customer(_Model):
@@ -190,9 +218,8 @@ class PosTechnicalInfo(_Model):
     def _https(cls, value: str | None) -> str | None:
         if value is None:
             return value
-        parts = urlsplit(value)
-        if parts.scheme != "https" or not parts.hostname:
-            raise PydanticCustomError("url_https", "notify_url must be an https URL")
+        if not re.match(HTTPS_URL_PATTERN, value):
+            raise PydanticCustomError("url_https", "notify_url must be an https URL with a host name")
         return value
 
 
@@ -205,6 +232,15 @@ class OrderRequest(_Model):
     def terminal_id(self) -> str:
         device = self.pos_technical_info.device_information
         return terminal_id_for(device.manufacturer, device.serial_number)
+
+    @property
+    def basket_mismatch(self) -> bool:
+        return self.order.basket_error() is not None
+
+    def echo(self) -> dict[str, Any]:
+        """What a PaymentResponse echoes: the fields the ECR sent that were validated, nothing else
+        (an unknown field, however large or odd, is ignored and not written back)."""
+        return self.model_dump(mode="python", exclude_unset=True, include={"order", "customer", "pos_technical_info"})
 
     def payload_hash(self) -> str:
         """Identity of the payload for idempotency: defaults applied, unknown fields left out."""
@@ -223,17 +259,31 @@ def _decimals_as_text(value: Any) -> Any:
 
 
 # Errors raised by a whole-object check name the field they are about.
-_PATH_SUFFIX = {"basket_line_total": "total_amount", "basket_total": "basket"}
+_PATH_SUFFIX: dict[str, str] = {}
 
 
-def parse_order_request(body: Any) -> OrderRequest:
-    """Validate a parsed body; raise the contract's 400 with the first bad field's dotted path."""
+def parse_order_request(
+    body: Any, basket_policy: Callable[[], str] = lambda: "lenient", allow_loopback_http: bool = False
+) -> OrderRequest:
+    """Validate a parsed body; raise the contract's 400 with the first bad field's dotted path.
+
+    A basket whose arithmetic is off is accepted (and flagged ``basket_mismatch`` downstream) unless
+    ``basket_policy()`` is ``strict``; it is only asked when a basket is off."""
     if not isinstance(body, dict):
-        raise validation_error("not_an_object", "the request body must be a JSON object", None)
+        raise validation_error("not_an_object", "the request body must be a JSON object", "")
     try:
-        return OrderRequest.model_validate(body)
+        request = OrderRequest.model_validate(body)
     except ValidationError as exc:
         raise first_error(exc, _PATH_SUFFIX) from None
+    notify_url = request.pos_technical_info.notify_url
+    refusal = refusal_when_given(notify_url, allow_loopback_http) if notify_url else None
+    if refusal:
+        path = "pos_technical_info.notify_url"
+        raise validation_error("notify_url_refused", f"{path}: notifications are not sent there ({refusal})", path)
+    error = request.order.basket_error()
+    if error is not None and basket_policy() == "strict":
+        raise error
+    return request
 
 
 # --- Terminal message bodies (CONTRACT §2): what the cloud sends, and what it accepts back -------
@@ -334,6 +384,7 @@ class OrderStatus(WireModel):
     state: DispatchState
     reason: Reason | None = Field(description="why the attempt ended without the terminal's own result")
     late_result: StrictBool = Field(description="the result landed after the attempt had timed out or dropped")
+    flags: list[str] = Field(description="basket_mismatch: the basket's arithmetic does not match the amount")
     created_at: Timestamp
     acknowledged_at: Timestamp | None
     finished_at: Timestamp | None

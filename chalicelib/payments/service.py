@@ -16,6 +16,7 @@ from chalicelib.config import Settings
 from chalicelib.errors import ApiError, order_not_found, terminal_not_found
 from chalicelib.exceptions import ChannelError, ConditionFailed, DispatchMissingError, TerminalBusyError
 from chalicelib.keys import order_key
+from chalicelib.money import BASKET_MISMATCH, basket_mismatch
 from chalicelib.observability import count, log_event, traced
 from chalicelib.payments import domain
 from chalicelib.payments.domain import (
@@ -514,9 +515,12 @@ def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> OrderSta
         raise order_not_found()
     overdue = dispatch.overdue_reason(deps.clock.now_ms())
     state = DispatchState.TIMED_OUT if overdue else dispatch.state
+    request = jsonutil.loads(head.request_json)
+    order = request.get("order") or {}
+    flags = [BASKET_MISMATCH] if basket_mismatch(order.get("basket"), (order.get("price") or {}).get("amount")) else []
     payment = None
     if state in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED):
-        payment = payment_response(jsonutil.loads(head.request_json), dispatch)
+        payment = payment_response(request, dispatch)
     return OrderStatus(
         order_id=order_id,
         attempt=dispatch.attempt,
@@ -525,6 +529,7 @@ def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> OrderSta
         state=state,
         reason=overdue or dispatch.reason,
         late_result=dispatch.late,
+        flags=flags,
         created_at=protocol.timestamp_from_ms(dispatch.created_at_ms),
         acknowledged_at=_ts(dispatch.acked_at_ms),
         finished_at=_ts(dispatch.finished_at_ms),

@@ -43,15 +43,18 @@ THROTTLED_PER_5_MIN = 20
 
 # Application metrics emitted with a dimension beyond ``service``: name -> that dimension.
 DIMENSIONED_METRICS = {
-    "PaymentsBusy": "reason",
-    "TerminalUnreachable": "reason",
-    "EventsRefused": "reason",
-    "EventsIgnored": "reason",
-    "IpnRefused": "reason",
-    "IpnDuplicate": "reason",
-    "ApiErrors": "reason",
-    "NotificationsSkipped": "reason",
-    "BatchItemFailures": "source",
+    "PaymentsBusy": ("reason",),
+    "TerminalUnreachable": ("reason",),
+    "EventsRefused": ("reason",),
+    "EventsIgnored": ("reason",),
+    "IpnRefused": ("reason",),
+    "IpnDuplicate": ("reason",),
+    "ApiErrors": ("reason",),
+    "NotificationsSkipped": ("reason",),
+    "NotificationsRefused": ("reason",),
+    "BatchItemFailures": ("source",),
+    # A queue or stream record nobody could read: refused and counted by handler and reason.
+    "RecordsRefused": ("source", "reason"),
 }
 
 
@@ -69,7 +72,7 @@ def app_search(name: str, label: str | None = None) -> cw.IMetric:
     """Every series of an application metric, whatever values its extra dimension takes."""
     if name not in DIMENSIONED_METRICS:
         return app_metric(name)
-    schema = f"{{{METRICS_NAMESPACE},{DIMENSIONED_METRICS[name]},service}}"
+    schema = f"{{{METRICS_NAMESPACE},{','.join(DIMENSIONED_METRICS[name])},service}}"
     return cw.MathExpression(
         expression=f"SEARCH('{schema} MetricName=\"{name}\" service=\"{APP_NAME}\"', 'Sum', 300)",
         label=label or name,
@@ -336,7 +339,12 @@ class Observability(Construct):
             ),
             cw.GraphWidget(
                 title="IPN and merchant notifications",
-                left=[app_search("IpnRefused"), app_metric("NotificationsParked")],
+                left=[
+                    app_search("IpnRefused"),
+                    app_metric("NotificationsParked"),
+                    app_search("NotificationsRefused"),
+                    app_search("RecordsRefused"),
+                ],
                 right=[
                     q.metric_approximate_number_of_messages_visible(period=PERIOD, statistic="Maximum")
                     for q in w.dead_letter_queues.values()

@@ -17,6 +17,7 @@ def test_merchant_and_login_round_trip(merchants: MerchantRepository) -> None:
         "merchant_id": "M1",
         "notify_url": "https://shop.example/notify",
         "notify_passphrase": "notify-secret",
+        "basket_policy": "lenient",
     }
     assert merchants.get_login("shop") == {
         "pk": "LOGIN#shop",
@@ -28,11 +29,12 @@ def test_merchant_and_login_round_trip(merchants: MerchantRepository) -> None:
 
 
 def test_a_merchant_without_notify_url_has_none_stored(merchants: MerchantRepository) -> None:
-    merchants.put_merchant("M1", None, "notify-secret")
+    merchants.put_merchant("M1", None, "notify-secret", "strict")
     assert merchants.get_merchant("M1") == {
         "pk": "MERCHANT#M1",
         "merchant_id": "M1",
         "notify_passphrase": "notify-secret",
+        "basket_policy": "strict",
     }
 
 
@@ -52,3 +54,10 @@ def test_merchant_created_by_enrollment_authenticates_through_the_store(merchant
     assert login is not None and "a-long-password" not in str(login)
     header = "Basic " + base64.b64encode(b"shop:a-long-password").decode()
     assert Authenticator(merchants, 60).merchant_for(header) == "M1"
+
+
+def test_a_deleted_login_is_gone_and_deleting_it_again_says_so(merchants: MerchantRepository) -> None:
+    merchants.put_login("shop", "M1", "scrypt$hash")
+    assert merchants.delete_login("shop") is True
+    assert merchants.get_login("shop") is None
+    assert merchants.delete_login("shop") is False

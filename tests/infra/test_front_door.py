@@ -123,4 +123,4 @@ def test_the_dashboards_dimensioned_metrics_are_those_the_code_emits_with_a_dime
 
     _, _, observability = infra
     with_extra = {name: dims - {"service"} for name, dims in emitted_metrics().items() if dims != {"service"}}
-    assert {name: {dim} for name, dim in observability.DIMENSIONED_METRICS.items()} == with_extra
+    assert {name: set(dims) for name, dims in observability.DIMENSIONED_METRICS.items()} == with_extra

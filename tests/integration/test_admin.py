@@ -17,6 +17,7 @@ from chalicelib.adapters.aws import client
 from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
 from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
 from chalicelib.config import Settings, get_settings
+from chalicelib.errors import ApiError
 from chalicelib.merchants.auth import Authenticator
 
 PASSWORD = "a-long-enough-password"
@@ -389,3 +390,27 @@ def test_an_unreadable_csr_is_refused_before_anything_is_enrolled(
     assert code == 2 and "not a PEM certificate signing request" in err
     assert terminals(admin_env).get("PAX-1850320198") is None
     assert iot.list_things()["things"] == []
+
+
+def test_a_revoked_login_is_refused_at_once_even_by_a_warm_process(
+    admin_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    create_merchant(capsys)
+    authenticator = Authenticator(merchants(admin_env), 60)
+    header = "Basic " + base64.b64encode(f"login-M1:{PASSWORD}".encode()).decode()
+    assert authenticator.merchant_for(header) == "M1"  # verified and cached
+    code, output, _ = run(capsys, "revoke-login", "--login", "login-M1")
+    assert code == 0 and output["login"] == "login-M1"
+    with pytest.raises(ApiError) as caught:
+        authenticator.merchant_for(header)
+    assert caught.value.status == 401
+    assert run(capsys, "revoke-login", "--login", "login-M1")[0] == 1
+
+
+def test_a_notify_url_to_a_private_address_is_refused(admin_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(
+        capsys, "create-merchant", "--merchant-id", "M1", "--login", "shop", "--password", PASSWORD,
+        "--notify-url", "https://169.254.169.254/latest",
+    )  # fmt: skip
+    assert code == 2 and "link_local_address" in err
+    assert merchants(admin_env).get_merchant("M1") is None

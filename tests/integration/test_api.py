@@ -316,11 +316,11 @@ def test_concurrent_requests_each_see_their_own_request(api: Api) -> None:
     inside, release = threading.Event(), threading.Event()
     real = authenticator.merchant_for
 
-    def slow_merchant_for(header: str | None) -> str:
+    def slow_merchant_for(header: str | None, source: str | None = None) -> str:
         if header == M1_AUTH["Authorization"] and not release.is_set():
             inside.set()
             assert release.wait(5)
-        return real(header)
+        return real(header, source)
 
     authenticator.merchant_for = slow_merchant_for  # type: ignore[method-assign]
     paying, reply = in_thread(api.pay)
@@ -352,6 +352,40 @@ def test_respond_async_is_a_202_with_the_orders_location_and_the_result_is_read_
     assert status.json_body["finished_at"].endswith("Z") and status.json_body["acknowledged_at"].endswith("Z")
 
 
+def local_server_call(method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> Any:
+    """One request through the local stack's HTTP server: status, headers and JSON body."""
+    from local.api_server import ApiServer
+
+    server = ApiServer(app_module.app, "127.0.0.1", 0)
+    server.start()
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}{path}", data=body, headers=headers or {}, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, response.headers, jsonutil.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, error.headers, jsonutil.loads(error.read())
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("order_id", ["A/B", "a?b=1", "x#y", "café-€", "50%25", "sp ace"])
+def test_any_order_id_gets_a_percent_encoded_location_that_finds_it(api: Api, order_id: str) -> None:
+    body = example(order_id=order_id)
+    status, headers, answer = local_server_call(
+        "POST", "/v1/connector/order", jsonutil.dumps(body).encode(), {**JSON, **M1_AUTH, "Prefer": "respond-async"}
+    )
+    assert status == 202, answer
+    location = headers["Location"]
+    assert location.isascii() and "?" not in location and "#" not in location
+    assert location.count("/") == 4
+    api.terminal.join()
+    status, _, found = local_server_call("GET", location, headers=M1_AUTH)
+    assert (status, found["order_id"]) == (200, order_id)
+
+
 def test_order_of_another_merchant_or_never_sent_is_a_404(api: Api) -> None:
     api.pay()
     error_of(api.order(headers=M2_AUTH), 404, "order.not_found")
@@ -365,8 +399,8 @@ def test_order_of_another_merchant_or_never_sent_is_a_404(api: Api) -> None:
 # answer share it, and each assertion names its case.
 INVALID_BODIES = [
     (
-        "float-amount",
-        jsonutil.dumps(example()).replace('"amount":100', '"amount":100.0'),
+        "fractional-amount",
+        jsonutil.dumps(example()).replace('"amount":100', '"amount":100.5'),
         "int_type",
         "order.price.amount",
     ),
@@ -376,6 +410,59 @@ INVALID_BODIES = [
         "protocol_unsupported",
         "pos_technical_info.terminal_transaction_display.protocol",
     ),
+    ("currency", jsonutil.dumps(example()).replace('"EUR"', '"USD"'), "currency_unsupported", "order.price.currency"),
+    ("array", "[1, 2]", "not_an_object", ""),
+    ("truncated", "{", "malformed_json", ""),
+    ("nan", '{"a": NaN}', "malformed_json", ""),
+    ("empty", "", "malformed_json", ""),
+    ("not-utf8", b'{"a": "\xff"}', "malformed_json", ""),
+    (
+        "huge-exponent-in-custom-data",
+        jsonutil.dumps(example()).replace('"order":{', '"order":{"custom_data":{"k":1E+300000},', 1),
+        "exponent_too_large",
+        "order.custom_data.k",
+    ),
+    (
+        "tiny-tax-rate",
+        jsonutil.dumps(example("order-full.json")).replace('"tax_rate":0', '"tax_rate":1E-999999999', 1),
+        "exponent_too_large",
+        "order.basket.0.tax_rate",
+    ),
+    ("huge-unknown-field", '{"x":1e400,' + jsonutil.dumps(example())[1:], "exponent_too_large", "x"),
+    ("long-number", '{"x":' + "1" * 31 + "}", "number_too_long", "x"),
+    ("deep", '{"x":' + "[" * 5000 + "]" * 5000 + "}", "too_deep", "x" + ".0" * 31),
+    (
+        "lone-surrogate",
+        jsonutil.dumps(example()).replace('"order":{', '"order":{"description":"\\ud800",', 1),
+        "lone_surrogate",
+        "order.description",
+    ),
+    (
+        "total-1e30",
+        jsonutil.dumps(example("order-full.json")).replace('"total_amount":8.99', '"total_amount":1E+30', 1),
+        "exponent_too_large",
+        "order.basket.0.total_amount",
+    ),
+    (
+        "total-of-30-digits",
+        jsonutil.dumps(example("order-full.json")).replace('"total_amount":8.99', '"total_amount":' + "9" * 30, 1),
+        "less_than_equal",
+        "order.basket.0.total_amount",
+    ),
+]
+
+
+def test_invalid_body_is_a_400_naming_the_first_bad_field(api: Api) -> None:
+    for case, raw, code, path in INVALID_BODIES:
+        response = api.pay(raw=raw)
+        assert response.status_code == 400, case
+        error = response.json_body["error"]
+        assert (error["status"], error["code"]) == (400, f"validation.{code}"), case
+        assert error.get("details") == ({"path": path} if path is not None else None), case
+    assert api.terminal.published == []
+
+
+BASKETS_THAT_ARE_OFF = [
     (
         "line-total",
         jsonutil.dumps(example("order-full.json")).replace('"total_amount":8.99', '"total_amount":9.99'),
@@ -388,22 +475,26 @@ INVALID_BODIES = [
         "basket_total",
         "order.basket",
     ),
-    ("currency", jsonutil.dumps(example()).replace('"EUR"', '"USD"'), "currency_unsupported", "order.price.currency"),
-    ("array", "[1, 2]", "not_an_object", None),
-    ("truncated", "{", "malformed_json", None),
-    ("nan", '{"a": NaN}', "malformed_json", None),
-    ("empty", "", "malformed_json", None),
+    ("hipay-original", jsonutil.dumps(example("order-full-hipay.json")), "basket_total", "order.basket"),
 ]
 
 
-def test_invalid_body_is_a_400_naming_the_first_bad_field(api: Api) -> None:
-    for case, raw, code, path in INVALID_BODIES:
-        response = api.pay(raw=raw)
-        assert response.status_code == 400, case
-        error = response.json_body["error"]
-        assert (error["status"], error["code"]) == (400, f"validation.{code}"), case
-        assert error.get("details") == ({"path": path} if path else None), case
+def test_a_basket_that_is_off_is_a_400_for_a_strict_merchant(api: Api) -> None:
+    enrollment.create_merchant(api.components.merchants, "M1", M1_LOGIN, M1_PASSWORD, basket_policy="strict")
+    for case, raw, code, path in BASKETS_THAT_ARE_OFF:
+        error = error_of(api.pay(raw=raw), 400, f"validation.{code}")
+        assert error["details"] == {"path": path}, case
     assert api.terminal.published == []
+
+
+def test_hipays_original_full_example_is_accepted_and_its_order_flagged_basket_mismatch(api: Api) -> None:
+    body = example("order-full-hipay.json")
+    response = api.pay(body)
+    assert response.status_code == 200 and response.json_body["paymentStatus"] == "Success"
+    flagged = api.order(body["order"]["order_id"]).json_body
+    assert (flagged["state"], flagged["flags"]) == ("succeeded", ["basket_mismatch"])
+    api.pay(example("order-full.json"))
+    assert api.order(FULL_ORDER_ID).json_body["flags"] == []
 
 
 WRONG_CREDENTIALS = [
@@ -429,6 +520,23 @@ def test_missing_or_wrong_credentials_are_a_401_on_the_payment_routes(api: Api) 
             assert response.json_body["error"]["code"] == "auth.unauthorized", case
             assert response.headers["WWW-Authenticate"].startswith("Basic"), case
     assert len(api.terminal.requests()) == 1
+
+
+def test_repeated_failed_authentications_of_a_login_are_a_429_with_retry_after(api: Api) -> None:
+    wrong = {"Authorization": basic(M2_LOGIN, "not-the-password")}
+    limit = api.components.settings.auth_failures_per_login
+    # Windows are fixed: if one ends during the attempts, the count starts again once, so the
+    # limit is reached within twice as many attempts, and never before `limit` failures.
+    statuses = []
+    while 429 not in statuses and len(statuses) < 2 * limit:
+        statuses.append(api.client.http.get("/v1/terminals", headers=wrong).status_code)
+    assert statuses.index(429) >= limit and set(statuses[:-1]) == {401}
+    for headers in (wrong, M2_AUTH):  # the right password too: no slow hash runs for this login now
+        response = api.client.http.get("/v1/terminals", headers=headers)
+        error = error_of(response, 429, "request.throttled")
+        assert 1 <= int(response.headers["Retry-After"]) <= api.components.settings.auth_window_s
+        assert error["message"]
+    assert api.client.http.get("/v1/terminals", headers=M1_AUTH).status_code == 200
 
 
 def test_terminal_without_passphrase_is_a_403(api: Api) -> None:
@@ -612,7 +720,10 @@ def test_openapi_document_is_valid_and_describes_every_route(api: Api) -> None:
     for path, methods in app_module.app.routes.items():
         if not path.startswith("/v1/"):
             continue  # the document itself, and the pages (/, /console, /docs) that read it
-        for method in methods:
+        for method, entry in methods.items():
+            if entry.view_name.startswith("method_not_allowed"):
+                assert method.lower() not in document["paths"][path], (path, method)
+                continue
             operation = document["paths"][path][method.lower()]
             assert "200" in operation["responses"] or "202" in operation["responses"], (path, method)
     order_responses = set(document["paths"]["/v1/connector/order"]["post"]["responses"])

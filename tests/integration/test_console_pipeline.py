@@ -48,7 +48,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Settings, list[Poll
     stop = threading.Event()
     pollers: list[Poller] = []
     try:
-        settings = create_queues(Settings(ipn_secret=IPN_SECRET))
+        settings = create_queues(Settings(ipn_secret=IPN_SECRET, notify_allow_loopback_http=1))
         create_tables(settings)
         bootstrap.install(bootstrap.build(settings))
         with NotificationSink() as sink:

@@ -329,7 +329,13 @@ def test_every_refusal_reason_of_terminal_messages_is_documented() -> None:
 def test_every_route_is_documented_and_every_documented_route_exists() -> None:
     import app as chalice_app
 
-    served = {(method, path) for path, methods in chalice_app.app.routes.items() for method in methods}
+    served = {
+        (method, path)
+        for path, methods in chalice_app.app.routes.items()
+        for method, entry in methods.items()
+        # Every method a route does not serve answers 405; those are documented once, not per route.
+        if not entry.view_name.startswith("method_not_allowed")
+    }
     documented = {(ticked(row[0])[0], ticked(row[1])[0]) for row in rows_of(doc("payment-api.md"), "method", "path")}
     assert documented == served
 

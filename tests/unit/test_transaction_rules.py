@@ -113,3 +113,26 @@ def test_the_card_of_the_ipn_is_kept_and_a_missing_card_is_no_card() -> None:
 def test_the_views_status_enumerations_are_the_status_tables() -> None:
     assert set(get_args(StatusCode)) == set(STATUS_LABELS)
     assert set(get_args(StatusLabel)) == set(STATUS_LABELS.values())
+
+
+def basket_details(amount: int, total: str) -> OrderDetails:
+    line = f'{{"name":"x","quantity":1,"unit_price":8.99,"discount":0,"total_amount":{total}}}'
+    return OrderDetails(
+        "M1", "O1", 1, "PAX-1", "Debit", amount, "EUR", "d", None, f"[{line}]", None, None, 1, 2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("amount", "total", "flags"),
+    [
+        (899, "8.99", []),
+        (100, "8.99", ["amount_mismatch", "basket_mismatch"]),
+        (999, "9.99", ["amount_mismatch", "basket_mismatch"]),
+    ],
+    ids=["adds-up", "hipay-original-amount", "line-not-its-product"],
+)
+def test_a_basket_that_does_not_add_up_flags_the_transaction_basket_mismatch(
+    amount: int, total: str, flags: list[str]
+) -> None:
+    tx = apply_details(apply_ipn(None, ipn(amount=899), NOW), basket_details(amount, total))
+    assert tx.flags == flags

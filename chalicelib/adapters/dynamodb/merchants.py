@@ -25,7 +25,9 @@ class DynamoMerchantRepository:
     def get_merchant(self, merchant_id: str) -> dict[str, Any] | None:
         return self._get(f"MERCHANT#{merchant_id}")
 
-    def put_merchant(self, merchant_id: str, notify_url: str | None, notify_passphrase: str) -> None:
+    def put_merchant(
+        self, merchant_id: str, notify_url: str | None, notify_passphrase: str, basket_policy: str = "lenient"
+    ) -> None:
         client("dynamodb").put_item(
             TableName=self.table,
             Item=to_item(
@@ -34,6 +36,7 @@ class DynamoMerchantRepository:
                     "merchant_id": merchant_id,
                     "notify_url": notify_url,
                     "notify_passphrase": notify_passphrase,
+                    "basket_policy": basket_policy,
                 }
             ),
         )
@@ -45,3 +48,9 @@ class DynamoMerchantRepository:
                 {"pk": f"LOGIN#{login}", "login": login, "merchant_id": merchant_id, "password_hash": password_hash}
             ),
         )
+
+    def delete_login(self, login: str) -> bool:
+        found = client("dynamodb").delete_item(
+            TableName=self.table, Key={"pk": {"S": f"LOGIN#{login}"}}, ReturnValues="ALL_OLD"
+        )
+        return "Attributes" in found

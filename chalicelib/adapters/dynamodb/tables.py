@@ -13,7 +13,7 @@ from chalicelib.config import Settings
 
 # setting name -> (partition key, [(index name, partition key, sort key)], stream, ttl attribute)
 TABLES: dict[str, dict[str, Any]] = {
-    "merchants_table": {"key": "pk", "indexes": [], "stream": False, "ttl": None},
+    "merchants_table": {"key": "pk", "indexes": [], "stream": False, "ttl": "expires_at"},
     "terminals_table": {
         "key": "terminal_id",
         "indexes": [("by-merchant", "merchant_id", "terminal_id")],
