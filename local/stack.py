@@ -1,9 +1,11 @@
 """`make run`: the whole system on one machine (CONTRACT §6).
 
-moto in server mode (DynamoDB, SQS, S3, IoT), the MQTT broker, the Chalice routes on a threaded
-HTTP server, the topic-rule bridge and the event-source pollers feeding the very same handlers,
-and simulated terminals. Ctrl-C stops everything; a crashed component stops the stack with its
-traceback instead of leaving a half-working system.
+The embedded store (SQLite in ``DATA_DIR``, default ``.data/``; or ``STORE=moto``: moto in server
+mode for DynamoDB, SQS, S3, IoT), the MQTT broker, the Chalice routes on a threaded HTTP server, the
+topic-rule bridge and the event-source pollers feeding the very same handlers, and simulated
+terminals. With the embedded store a restart, even after ``kill -9``, carries on where it stopped.
+Ctrl-C stops everything; a crashed component stops the stack with its traceback instead of leaving
+a half-working system.
 
     stack = start_stack(StackConfig(api_port=0, mqtt_port=0))   # free ports, for tests
     ...
@@ -15,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -30,8 +34,12 @@ from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
 from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
 from chalicelib.adapters.dynamodb.tables import create_tables
 from chalicelib.config import Settings, get_settings
+from chalicelib.exceptions import ConditionFailed
 from chalicelib.merchants import enrollment
+from chalicelib.merchants.ports import MerchantRepository
+from chalicelib.payments.ports import TerminalRepository
 from local.seed import DEFAULT_SEED, Seed, SeedError, load_seed
+from local.store import StoreChoiceError, data_dir_from_env, store_from_env
 
 HOST = "127.0.0.1"
 LOCAL_POLL_MAX_MS = "1000"
@@ -56,6 +64,10 @@ class StackConfig:
     # Extra environment for the handlers (e.g. shorter ACK_TIMEOUT_MS in tests).
     environment: dict[str, str] = field(default_factory=dict)
     simulate: bool = True
+    # "sqlite" (the embedded store) or "moto" (the AWS adapters against moto).
+    store: str = "sqlite"
+    # Where the embedded store keeps its file; None: a temporary directory removed on stop (tests).
+    data_dir: Path | None = None
 
     @classmethod
     def from_env(cls) -> StackConfig:
@@ -66,11 +78,17 @@ class StackConfig:
             return int(raw)
 
         seed = os.environ.get("SEED_FILE")
+        try:
+            store = store_from_env()
+        except StoreChoiceError as exc:
+            raise StackError(str(exc)) from None
         return cls(
             api_port=port("API_PORT", 8000),
             mqtt_port=port("MQTT_PORT", 1883),
             moto_port=port("MOTO_PORT", 0),
             seed_path=Path(seed) if seed else DEFAULT_SEED,
+            store=store,
+            data_dir=data_dir_from_env(),
         )
 
 
@@ -85,6 +103,9 @@ class RunningStack:
     _parts: list[Any] = field(default_factory=list)
     _saved_env: dict[str, str | None] = field(default_factory=dict)
     fleet: Any = None
+    # The embedded store (STORE=sqlite) and its directory.
+    store: Any = None
+    data_dir: Path | None = None
     bridge: Any = None
     broker: Any = None
     pollers: list[Any] = field(default_factory=list)
@@ -133,13 +154,25 @@ def _restore_env(saved: dict[str, str | None]) -> None:
 
 def start_stack(config: StackConfig) -> RunningStack:
     seed = load_seed(config.seed_path)  # a bad seed stops before anything starts
+    if config.store not in ("sqlite", "moto"):
+        raise StackError(f"store must be sqlite or moto, got {config.store!r}")
     from local.broker import start_broker
-    from local.moto_server import LocalAws
 
-    moto = LocalAws(HOST, config.moto_port).start()
     saved: dict[str, str | None] = {}
-    parts: list[Any] = [moto.stop]
+    parts: list[Any] = []
+    moto_url = ""
+    data_dir = config.data_dir
     try:
+        if config.store == "moto":
+            from local.moto_server import LocalAws
+
+            moto = LocalAws(HOST, config.moto_port).start()
+            parts.append(moto.stop)
+            moto_url = moto.url
+        elif data_dir is None:
+            temporary = Path(tempfile.mkdtemp(prefix="nepting-data-"))
+            parts.append(lambda: shutil.rmtree(temporary, ignore_errors=True))
+            data_dir = temporary
         broker = start_broker(HOST, config.mqtt_port)
         parts.append(broker.stop)
         env: dict[str, str | None] = {
@@ -164,9 +197,18 @@ def start_stack(config: StackConfig) -> RunningStack:
         get_settings.cache_clear()
         aws.reset_clients()
         settings = get_settings()
-        stack = RunningStack(config, seed, settings, "", broker.port, moto.url, parts, saved, broker=broker)
-        _create_resources(settings)
-        _apply_seed(settings, seed)
+        stack = RunningStack(config, seed, settings, "", broker.port, moto_url, parts, saved, broker=broker)
+        if config.store == "moto":
+            _create_resources(settings)
+            _apply_seed(
+                seed,
+                DynamoMerchantRepository(settings.merchants_table),
+                DynamoTerminalRepository(settings.terminals_table),
+            )
+        else:
+            assert data_dir is not None
+            _open_store(stack, data_dir)
+            _apply_seed(seed, stack.store.merchants, stack.store.terminals)
         _start_handlers(stack)
         _start_api(stack)
         if config.simulate:
@@ -197,9 +239,17 @@ def _create_resources(settings: Settings) -> None:
     )
 
 
-def _apply_seed(settings: Settings, seed: Seed) -> None:
-    merchants = DynamoMerchantRepository(settings.merchants_table)
-    terminals = DynamoTerminalRepository(settings.terminals_table)
+def _open_store(stack: RunningStack, data_dir: Path) -> None:
+    from local.store import open_store
+
+    stack.data_dir = data_dir
+    stack.store = open_store(data_dir, stack.settings)
+    stack._parts.append(stack.store.close)
+
+
+def _apply_seed(seed: Seed, merchants: MerchantRepository, terminals: TerminalRepository) -> None:
+    """Enroll the seed; on a restart over kept data, a terminal already enrolled keeps its record
+    (presence, claim and its expiry) and only gets the seed's passphrase back."""
     for merchant in seed.merchants:
         enrollment.create_merchant(
             merchants,
@@ -210,15 +260,24 @@ def _apply_seed(settings: Settings, seed: Seed) -> None:
             merchant.notify_passphrase,
         )
     for terminal in seed.terminals:
-        enrollment.enroll_terminal(
-            terminals,
-            merchants,
-            terminal.merchant_id,
-            terminal.manufacturer,
-            terminal.serial_number,
-            passphrase=terminal.passphrase,
-            with_passphrase=terminal.passphrase is not None,
-        )
+        try:
+            enrollment.enroll_terminal(
+                terminals,
+                merchants,
+                terminal.merchant_id,
+                terminal.manufacturer,
+                terminal.serial_number,
+                passphrase=terminal.passphrase,
+                with_passphrase=terminal.passphrase is not None,
+            )
+        except ConditionFailed:
+            try:
+                terminals.set_passphrase(terminal.terminal_id, terminal.merchant_id, terminal.passphrase)
+            except ConditionFailed:
+                raise StackError(
+                    f"terminal {terminal.terminal_id} is enrolled for another merchant in the kept data; "
+                    "use another DATA_DIR or remove it"
+                ) from None
 
 
 def _start_handlers(stack: RunningStack) -> None:
@@ -227,7 +286,12 @@ def _start_handlers(stack: RunningStack) -> None:
     from local.bridge import TopicRuleBridge
     from local.waker import ThreadWaker
 
-    components = bootstrap.build(stack.settings)
+    if stack.store is not None:
+        from local.store import build_sqlite
+
+        components = build_sqlite(stack.settings, stack.store)
+    else:
+        components = bootstrap.build(stack.settings)
     components.waker = ThreadWaker()
     bootstrap.install(components)
     stack._parts.append(lambda: bootstrap.install(None))
@@ -237,12 +301,17 @@ def _start_handlers(stack: RunningStack) -> None:
     stack._parts.append(bridge.stop)
     bridge.wait_ready()
     stack.bridge = bridge
-    from local.pollers import start_pollers
+    from local.pollers import start_pollers, start_sqlite_pollers
 
-    stack.pollers = list(start_pollers(stack.settings, stack.stop_event))
+    if stack.store is not None:
+        stack.pollers = list(start_sqlite_pollers(stack.settings, stack.store, stack.stop_event))
+    else:
+        stack.pollers = list(start_pollers(stack.settings, stack.stop_event))
 
     def stop_pollers() -> None:
         stack.stop_event.set()
+        if stack.store is not None:
+            stack.store.db.notify()  # wake the idle ones now
         for poller in stack.pollers:
             poller.join(timeout=5)
 
@@ -298,7 +367,11 @@ def describe(stack: RunningStack) -> str:
         "Nepting Cloud API — local stack is ready",
         f"  API          {stack.api_url}   (OpenAPI: {stack.api_url}/openapi.json)",
         f"  MQTT broker  mqtt://{HOST}:{stack.mqtt_port}",
-        f"  AWS (moto)   {stack.moto_url}",
+        (
+            f"  AWS (moto)   {stack.moto_url}   (STORE=moto: nothing is kept on restart)"
+            if stack.store is None
+            else f"  Data         {stack.data_dir}   (SQLite; kept across restarts: rm -r it to start afresh)"
+        ),
         "",
         "Merchants (HTTP Basic login:password):",
     ]

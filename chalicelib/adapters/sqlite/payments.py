@@ -1,0 +1,271 @@
+"""SQLite repositories of the payment side: terminals, order heads and dispatches.
+
+The same conditions as ``adapters/dynamodb/payments.py``, carried by SQLite: a single conditional
+``UPDATE … WHERE`` where one row decides (claim, release, presence, transition), and one
+``BEGIN IMMEDIATE`` transaction where several rows move together (an attempt's head, its dispatch
+and the stream record the Console side reads).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict
+from typing import Any
+
+from chalicelib import jsonutil
+from chalicelib.adapters.sqlite.db import Database
+from chalicelib.exceptions import ConditionFailed
+from chalicelib.keys import order_key
+from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, Terminal
+
+# The stream the order-notification poller reads (the payments table's stream on AWS).
+PAYMENTS_STREAM = "payments"
+
+_TERMINAL_COLUMNS = (
+    "terminal_id",
+    "merchant_id",
+    "passphrase",
+    "online",
+    "last_seen_at",
+    "status_at_ms",
+    "busy_request_id",
+    "busy_until_ms",
+    "busy_order",
+)
+
+
+def _terminal(row: sqlite3.Row) -> Terminal:
+    values = {name: row[name] for name in _TERMINAL_COLUMNS}
+    values["online"] = bool(values["online"])
+    return Terminal(**values)
+
+
+class SqliteTerminalRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, terminal_id: str) -> Terminal | None:
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT * FROM terminals WHERE terminal_id = ?", (terminal_id,)).fetchone()
+        return _terminal(row) if row else None
+
+    def list_for_merchant(self, merchant_id: str) -> list[Terminal]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT * FROM terminals WHERE merchant_id = ? ORDER BY terminal_id", (merchant_id,)
+            ).fetchall()
+        return [_terminal(row) for row in rows]
+
+    def _insert(self, terminal: Terminal, verb: str) -> None:
+        values = asdict(terminal)
+        values["online"] = int(values["online"])
+        columns = ", ".join(_TERMINAL_COLUMNS)
+        marks = ", ".join("?" for _ in _TERMINAL_COLUMNS)
+        with self.db.write() as conn:
+            conn.execute(f"{verb} INTO terminals ({columns}) VALUES ({marks})", [values[c] for c in _TERMINAL_COLUMNS])
+
+    def put(self, terminal: Terminal) -> None:
+        self._insert(terminal, "INSERT OR REPLACE")
+
+    def create(self, terminal: Terminal) -> None:
+        """Enroll; ConditionFailed if the terminal id is taken (by this merchant or another)."""
+        try:
+            self._insert(terminal, "INSERT")
+        except sqlite3.IntegrityError as exc:
+            raise ConditionFailed(f"terminal {terminal.terminal_id} is already enrolled") from exc
+
+    def set_passphrase(self, terminal_id: str, merchant_id: str, passphrase: str | None) -> None:
+        """Rotate (or remove, disabling the Cloud API service) the passphrase of the merchant's terminal."""
+        if not self._update(
+            "UPDATE terminals SET passphrase = ? WHERE terminal_id = ? AND merchant_id = ?",
+            (passphrase or None, terminal_id, merchant_id),
+        ):
+            raise ConditionFailed(f"terminal {terminal_id} is not enrolled for {merchant_id}")
+
+    def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int, order_key: str = "") -> bool:
+        # An expired claim (its holder crashed or gave up) may be taken over.
+        return self._update(
+            "UPDATE terminals SET busy_request_id = ?, busy_until_ms = ?, busy_order = ? "
+            "WHERE terminal_id = ? AND (busy_request_id IS NULL OR busy_until_ms <= ?)",
+            (request_id, until_ms, order_key, terminal_id, now_ms),
+        )
+
+    def release(self, terminal_id: str, request_id: str) -> bool:
+        return self._update(
+            "UPDATE terminals SET busy_request_id = NULL, busy_until_ms = 0, busy_order = NULL "
+            "WHERE terminal_id = ? AND busy_request_id = ?",
+            (terminal_id, request_id),
+        )
+
+    def record_status(self, terminal_id: str, online: bool, sent_at_ms: int, seen_at: str) -> bool:
+        # Status messages may arrive out of order (retained, last will): newest wins.
+        return self._update(
+            "UPDATE terminals SET online = ?, status_at_ms = ?, last_seen_at = ? "
+            "WHERE terminal_id = ? AND status_at_ms <= ?",
+            (int(online), sent_at_ms, seen_at, terminal_id, sent_at_ms),
+        )
+
+    def _update(self, statement: str, parameters: tuple[Any, ...]) -> bool:
+        """One conditional statement: True when it changed the row."""
+        with self.db.write() as conn:
+            return conn.execute(statement, parameters).rowcount == 1
+
+
+_HEAD_COLUMNS = (
+    "merchant_id",
+    "order_id",
+    "attempt",
+    "request_id",
+    "terminal_id",
+    "payload_hash",
+    "request_json",
+    "created_at_ms",
+    "updated_at_ms",
+)
+_DISPATCH_COLUMNS = (
+    "request_id",
+    "merchant_id",
+    "order_id",
+    "attempt",
+    "terminal_id",
+    "transaction_type",
+    "amount",
+    "currency",
+    "state",
+    "created_at_ms",
+    "ack_deadline_ms",
+    "deadline_ms",
+    "acked_at_ms",
+    "finished_at_ms",
+    "reason",
+    "result_json",
+    "late",
+    "version",
+    "extra_json",
+)
+
+
+def head_image(head: OrderHead, expires_at: int) -> dict[str, Any]:
+    """The head as the payments table's stream shows it on AWS (``pk`` = ``ORDER#…``)."""
+    return {"pk": f"ORDER#{order_key(head.merchant_id, head.order_id)}", **asdict(head), "expires_at": expires_at}
+
+
+def _dispatch(row: sqlite3.Row) -> Dispatch:
+    values = {name: row[name] for name in _DISPATCH_COLUMNS}
+    result_json = values.pop("result_json")
+    extra_json = values.pop("extra_json")
+    values["state"] = DispatchState(values["state"])
+    values["late"] = bool(values["late"])
+    return Dispatch(
+        **values,
+        result=jsonutil.loads(result_json) if result_json is not None else None,
+        extra=jsonutil.loads(extra_json),
+    )
+
+
+class SqlitePaymentRepository:
+    def __init__(self, db: Database, retention_s: int) -> None:
+        self.db = db
+        self.retention_s = retention_s
+
+    def get_head(self, merchant_id: str, order_id: str) -> OrderHead | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT * FROM order_heads WHERE merchant_id = ? AND order_id = ?", (merchant_id, order_id)
+            ).fetchone()
+        return OrderHead(**{name: row[name] for name in _HEAD_COLUMNS}) if row else None
+
+    def get_dispatch(self, request_id: str) -> Dispatch | None:
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT * FROM dispatches WHERE request_id = ?", (request_id,)).fetchone()
+        return _dispatch(row) if row else None
+
+    def start_attempt(self, head: OrderHead, dispatch: Dispatch, previous_attempt: int | None) -> None:
+        """The head, its dispatch and the stream record, all or nothing."""
+        expires_at = head.updated_at_ms // 1000 + self.retention_s
+        head_values = [getattr(head, name) for name in _HEAD_COLUMNS] + [expires_at]
+        dispatch_values: dict[str, Any] = {
+            **asdict(dispatch),
+            "state": dispatch.state.value,
+            "late": int(dispatch.late),
+            "result_json": jsonutil.dumps(dispatch.result) if dispatch.result is not None else None,
+            "extra_json": jsonutil.dumps(dispatch.extra),
+        }
+        lost = ConditionFailed(f"order {head.order_id} attempt {head.attempt} lost a race")
+        with self.db.write() as conn:
+            current = conn.execute(
+                "SELECT attempt FROM order_heads WHERE merchant_id = ? AND order_id = ?",
+                (head.merchant_id, head.order_id),
+            ).fetchone()
+            # Only the attempt we read may be replaced: two retries racing start one attempt.
+            if (current is None) != (previous_attempt is None) or (
+                current is not None and current["attempt"] != previous_attempt
+            ):
+                raise lost
+            if conn.execute("SELECT 1 FROM dispatches WHERE request_id = ?", (dispatch.request_id,)).fetchone():
+                raise lost
+            conn.execute(
+                f"INSERT OR REPLACE INTO order_heads ({', '.join(_HEAD_COLUMNS)}, expires_at) "  # noqa: S608
+                f"VALUES ({', '.join('?' for _ in head_values)})",
+                head_values,
+            )
+            conn.execute(
+                f"INSERT INTO dispatches ({', '.join(_DISPATCH_COLUMNS)}, expires_at) "  # noqa: S608
+                f"VALUES ({', '.join('?' for _ in _DISPATCH_COLUMNS)}, ?)",
+                [dispatch_values[name] for name in _DISPATCH_COLUMNS] + [expires_at],
+            )
+            conn.execute(
+                "INSERT INTO outbox (stream, event_name, image_json, created_at_ms) VALUES (?, ?, ?, ?)",
+                (
+                    PAYMENTS_STREAM,
+                    "INSERT" if current is None else "MODIFY",
+                    jsonutil.dumps(head_image(head, expires_at)),
+                    head.updated_at_ms,
+                ),
+            )
+        self.db.notify()
+
+    def transition(
+        self,
+        request_id: str,
+        allowed_from: frozenset[DispatchState],
+        to: DispatchState,
+        now_ms: int,
+        terminal_id: str | None = None,
+        reason: str | None = None,
+        result: dict[str, Any] | None = None,
+        late: bool = False,
+        failed_for: frozenset[str] = frozenset(),
+    ) -> Dispatch:
+        sets = ["state = ?", "version = version + 1"]
+        values: list[Any] = [to.value]
+        sets.append("acked_at_ms = ?" if to == DispatchState.ACKNOWLEDGED else "finished_at_ms = ?")
+        values.append(now_ms)
+        if reason is not None:
+            sets.append("reason = ?")
+            values.append(reason)
+        if result is not None:
+            sets.append("result_json = ?")
+            values.append(jsonutil.dumps(result))
+        if late:
+            sets.append("late = 1")
+        allowed = sorted(state.value for state in allowed_from)
+        condition = f"state IN ({', '.join('?' for _ in allowed)})"
+        condition_values: list[Any] = list(allowed)
+        if failed_for:
+            reasons = sorted(failed_for)
+            condition = f"({condition} OR (state = ? AND reason IN ({', '.join('?' for _ in reasons)})))"
+            condition_values += [DispatchState.FAILED.value, *reasons]
+        if terminal_id is not None:
+            # An event may only move a dispatch sent to the terminal it came from.
+            condition += " AND terminal_id = ?"
+            condition_values.append(terminal_id)
+        with self.db.write() as conn:
+            # fetchall: the statement must finish before the commit. Only fixed fragments are joined.
+            rows = conn.execute(
+                f"UPDATE dispatches SET {', '.join(sets)} WHERE request_id = ? AND {condition} RETURNING *",  # noqa: S608
+                [*values, request_id, *condition_values],
+            ).fetchall()
+        if not rows:
+            raise ConditionFailed(f"dispatch {request_id} is not in {allowed}")
+        return _dispatch(rows[0])
