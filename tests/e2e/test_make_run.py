@@ -18,6 +18,12 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run keeps its data in its own directory, not in the checkout's ``.data/``."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+
+
 def _start(env_overrides: dict[str, str]) -> subprocess.Popen[str]:
     env = {**os.environ, "API_PORT": "0", "MQTT_PORT": "0", "PYTHONUNBUFFERED": "1", **env_overrides}
     env.pop("AWS_ENDPOINT_URL", None)
