@@ -1,8 +1,12 @@
-"""Operator commands, against moto/local endpoints and real AWS alike (same settings, same code).
+"""Operator commands, against AWS (or moto endpoints) and the local stack's data directory alike.
 
 python -m admin create-merchant --merchant-id M1 --login shop --password '…' [--notify-url URL]
 python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198
 python -m admin rotate-passphrase --merchant-id M1 --terminal PAX-1850320198
+python -m admin --data-dir .data enroll-terminal ...   # the local stack's embedded store (make run)
+
+With ``--data-dir`` every command works on the SQLite store the local stack keeps there, also while
+the stack runs; without it, on the AWS resources the settings name.
 """
 
 from __future__ import annotations
@@ -16,21 +20,27 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from admin import dlq, export
-from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
-from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
+from admin.local import NoLocalDataError, open_local_store
 from chalicelib.config import get_settings
 from chalicelib.exceptions import ConditionFailed
 from chalicelib.merchants import enrollment
+from chalicelib.merchants.ports import MerchantRepository
+from chalicelib.payments.ports import TerminalRepository
 
 
-# Other command groups register themselves when present.
-def _repositories() -> tuple[DynamoTerminalRepository, DynamoMerchantRepository]:
+def _repositories(args: argparse.Namespace) -> tuple[TerminalRepository, MerchantRepository]:
+    if args.data_dir:
+        store = open_local_store(args.data_dir)
+        return store.terminals, store.merchants
+    from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
+    from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
+
     settings = get_settings()
     return DynamoTerminalRepository(settings.terminals_table), DynamoMerchantRepository(settings.merchants_table)
 
 
 def create_merchant(args: argparse.Namespace) -> int:
-    _, merchants = _repositories()
+    _, merchants = _repositories(args)
     password = args.password or getpass.getpass("password: ")
     notify_passphrase = enrollment.create_merchant(
         merchants, args.merchant_id, args.login, password, args.notify_url, args.notify_passphrase
@@ -48,7 +58,7 @@ def create_merchant(args: argparse.Namespace) -> int:
 
 
 def enroll_terminal(args: argparse.Namespace) -> int:
-    terminals, merchants = _repositories()
+    terminals, merchants = _repositories(args)
     try:
         terminal_id, passphrase = enrollment.enroll_terminal(
             terminals,
@@ -67,7 +77,8 @@ def enroll_terminal(args: argparse.Namespace) -> int:
         output["note"] = "the passphrase is shown once: configure it on the terminal now"
     settings = get_settings()
     exit_code = 0
-    if settings.terminal_channel == "iot" and not args.no_iot:
+    # The local stack's terminals connect to its own broker: no IoT thing to provision.
+    if settings.terminal_channel == "iot" and not args.no_iot and not args.data_dir:
         from admin.iot import provision_thing
 
         try:
@@ -83,7 +94,7 @@ def enroll_terminal(args: argparse.Namespace) -> int:
 
 
 def rotate_passphrase(args: argparse.Namespace) -> int:
-    terminals, _ = _repositories()
+    terminals, _ = _repositories(args)
     try:
         passphrase = enrollment.rotate_passphrase(terminals, args.merchant_id, args.terminal)
     except ConditionFailed as exc:
@@ -105,6 +116,11 @@ def rotate_passphrase(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="the local stack's data directory (make run: .data): work on its embedded store instead of AWS",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -146,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except enrollment.EnrollmentError as exc:
+    except (enrollment.EnrollmentError, NoLocalDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
