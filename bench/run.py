@@ -63,6 +63,9 @@ class BenchConfig:
     groups: tuple[str, ...] = ("instant", "customer", "long", "concurrency")
     # Without the Console side (IPN gateway, stream and queue pollers): the payment path alone.
     console_side: bool = True
+    # The local stack's store: "sqlite" (make run's default) or "moto" (the AWS adapters, whose calls
+    # the cost model counts).
+    store: str = "sqlite"
 
     @classmethod
     def quick(cls) -> BenchConfig:
@@ -160,15 +163,27 @@ class Bench:
         self.probes.reset()
         log(f"{name} ({mode} mode)…")
         cpu_started = time.process_time()
+        ecr_started = load.ECR_CPU.seconds
         samples, wall_s = run()
         time.sleep(0.3)
         cpu_s = time.process_time() - cpu_started
-        result = summarize_scenario(name, mode, samples, wall_s, self.probes.snapshot(), cpu_s=round(cpu_s, 3), **extra)
+        ecr_cpu_s = load.ECR_CPU.seconds - ecr_started
+        result = summarize_scenario(
+            name,
+            mode,
+            samples,
+            wall_s,
+            self.probes.snapshot(),
+            cpu_s=round(cpu_s, 3),
+            ecr_cpu_s=round(ecr_cpu_s, 3),
+            **extra,
+        )
         latency = result["latency_ms"]
         log(
             f"  {result['payments']} payments, outcomes {result['outcomes']}, "
             f"latency p50 {latency.get('p50')} p99 {latency.get('p99')} ms, "
-            f"added p99 {result['added_ms'].get('p99')} ms, CPU {result['cpu_ms_per_payment']} ms/payment"
+            f"overhead p99 {result['overhead_ms'].get('p99')} ms, added p99 {result['added_ms'].get('p99')} ms, "
+            f"CPU {result['cpu_ms_per_payment']} ms/payment ({result['stack_cpu_ms_per_payment']} without the ECR)"
         )
         crash = self.stack.crash_report()
         if crash:
@@ -205,10 +220,13 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
         write_seed(seed_path, terminals)
         log(f"starting the local stack with {sum(len(g) for g in terminals.values())} simulated terminals…")
         environment = {"PAYMENT_DEADLINE_MS": "120000", "ACK_TIMEOUT_MS": "10000"}
-        stack = start_stack(StackConfig(api_port=0, mqtt_port=0, seed_path=seed_path, environment=environment))
+        stack = start_stack(
+            StackConfig(api_port=0, mqtt_port=0, seed_path=seed_path, environment=environment, store=config.store)
+        )
     bench = Bench(config, stack, probes, clock)
     results: dict[str, Any] = {
         "started_at": started_at.isoformat(timespec="seconds"),
+        "store": config.store,
         "config": asdict(config),
         "machine": {
             "cpus": os.cpu_count(),
@@ -297,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--local-poll-max-ms", type=int, help="poll cap in local mode (default: as configured)")
     parser.add_argument("--no-console", action="store_true", help="without the IPN gateway and event-source pollers")
     parser.add_argument("--only", help="comma-separated groups to run: instant,customer,long,concurrency")
+    parser.add_argument("--store", choices=("sqlite", "moto"), help="the local stack's store (default sqlite)")
     args = parser.parse_args(argv)
     config = BenchConfig.quick() if args.quick else BenchConfig()
     if args.steps:
@@ -307,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, console_side=False)
     if args.only:
         config = replace(config, groups=tuple(args.only.split(",")))
+    if args.store:
+        config = replace(config, store=args.store)
     if args.local_poll_max_ms:
         config = replace(config, local_poll_max_ms=args.local_poll_max_ms)
     started = time.monotonic()
