@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from chalicelib.adapters.channels import MqttChannel
 from chalicelib.adapters.sqlite.store import SqliteStore
-from chalicelib.bootstrap import Components, LazyChannel
+from chalicelib.bootstrap import Components
 from chalicelib.config import Settings
 from chalicelib.merchants.auth import Authenticator
 from chalicelib.ports import SystemClock
@@ -22,6 +23,7 @@ from local.waker import ThreadWaker
 
 STORES = ("sqlite", "moto")
 DEFAULT_DATA_DIR = Path(".data")
+CHANNEL_CONNECT_TIMEOUT_S = 10.0
 
 
 class StoreChoiceError(ValueError):
@@ -44,9 +46,16 @@ def open_store(data_dir: Path, settings: Settings) -> SqliteStore:
 
 
 def build_sqlite(settings: Settings, store: SqliteStore) -> Components:
-    """The same components as ``bootstrap.build()``, with every table and queue in the SQLite store."""
+    """The same components as ``bootstrap.build()``, with every table and queue in the SQLite store.
+
+    The channel to the broker connects now, while the stack starts, not on the first payment: a
+    burst of first payments (a load test right after start) would otherwise all wait for one connect
+    while their own threads keep the broker connection's thread from the CPU.
+    """
     from chalicelib.adapters.http_notifier import UrllibFormPoster
 
+    channel = MqttChannel(settings.mqtt_host, settings.mqtt_port, client_id="")
+    channel.wait_connected(CHANNEL_CONNECT_TIMEOUT_S)
     secret = settings.ipn_secret
     return Components(
         settings=settings,
@@ -56,7 +65,7 @@ def build_sqlite(settings: Settings, store: SqliteStore) -> Components:
         authenticator=Authenticator(store.merchants, settings.credential_cache_ttl_s),
         terminals=store.terminals,
         payments=store.payments,
-        channel=LazyChannel(settings),
+        channel=channel,
         transactions=store.transactions,
         order_details=store.order_details,
         ipn_inbox=store.ipn_inbox,
