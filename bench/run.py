@@ -150,8 +150,18 @@ class Bench:
         parts = components()
         parts.waker = TimingWaker(inner, self.probes)
         # AWS mode polls on the deployed schedule (the settings' defaults); local mode keeps the
-        # stack's long cap, since the in-process wake-up is what ends its waits.
-        parts.settings = replace(self.settings, poll_max_ms=Settings().poll_max_ms) if mode == "aws" else self.settings
+        # stack's own slow safety-net schedule, since the in-process wake-up is what ends its waits.
+        deployed = Settings()
+        parts.settings = (
+            replace(
+                self.settings,
+                poll_initial_ms=deployed.poll_initial_ms,
+                poll_growth_pct=deployed.poll_growth_pct,
+                poll_max_ms=deployed.poll_max_ms,
+            )
+            if mode == "aws"
+            else self.settings
+        )
         if mode == "local" and self.config.local_poll_max_ms is not None:
             parts.settings = replace(self.settings, poll_max_ms=self.config.local_poll_max_ms)
 
@@ -235,13 +245,11 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
             "loadavg_start": [round(x, 2) for x in load_start],
         },
         # The schedule the cost model extrapolates with is the deployed (AWS mode) one; the local
-        # stack's longer cap is recorded apart.
+        # stack's slower safety-net schedule is recorded apart.
         "settings": {
-            **{
-                key: getattr(stack.settings, key)
-                for key in ("poll_initial_ms", "poll_growth_pct", "ack_timeout_ms", "payment_deadline_ms")
-            },
-            "poll_max_ms": Settings().poll_max_ms,
+            **{key: getattr(stack.settings, key) for key in ("ack_timeout_ms", "payment_deadline_ms")},
+            **{key: getattr(Settings(), key) for key in ("poll_initial_ms", "poll_growth_pct", "poll_max_ms")},
+            "local_poll_initial_ms": stack.settings.poll_initial_ms,
             "local_poll_max_ms": config.local_poll_max_ms or stack.settings.poll_max_ms,
         },
         "console_side": {
