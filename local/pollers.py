@@ -215,14 +215,15 @@ class _SqlitePoller(Poller):
     """Polls the embedded store, and is woken at once when something is queued or streamed there."""
 
     db: Database
+    channel: str
 
     def activity(self) -> int:
-        return self.db.generation
+        return self.db.generation(self.channel)
 
     def idle(self, seen: int, timeout_s: float) -> None:
         # A delayed or retried message becomes visible by the clock alone: poll again after timeout_s
         # anyway (a SELECT on an index, microseconds).
-        self.db.wait_for_activity(seen, timeout_s)
+        self.db.wait_for_activity(self.channel, seen, timeout_s)
 
 
 class OutboxPoller(_SqlitePoller):
@@ -235,6 +236,7 @@ class OutboxPoller(_SqlitePoller):
         super().__init__(f"stream:{table}", handler, stop_event)
         self.outbox = outbox
         self.db = outbox.db
+        self.channel = outbox.stream
         self.table = table
         self.batch_size = batch_size
         self.position: int | None = None
@@ -288,6 +290,7 @@ class SqliteQueuePoller(_SqlitePoller):
         super().__init__(f"sqs:{queue.name}", handler, stop_event)
         self.queue = queue
         self.db = queue.db
+        self.channel = queue.name
         self.batch_size = batch_size
         region = os.environ.get("AWS_DEFAULT_REGION", "local")
         self.arn = f"arn:aws:sqs:{region}:000000000000:{queue.name}"

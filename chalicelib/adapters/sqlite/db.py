@@ -147,8 +147,9 @@ class Database:
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
         self._write_lock = threading.Lock()
+        # Per queue or stream: a poller is woken only by what it reads.
         self._activity = threading.Condition()
-        self._generation = 0
+        self._generations: dict[str, int] = {}
         with self.connection() as conn:
             # WAL is a property of the file: set once, kept by every later connection.
             conn.execute("PRAGMA journal_mode=WAL")
@@ -197,22 +198,26 @@ class Database:
                 raise
             conn.execute("COMMIT")
 
-    def notify(self) -> None:
-        """Something was queued or streamed: wake the pollers waiting in ``wait_for_activity``."""
+    def notify(self, channel: str = "") -> None:
+        """Something was queued on ``channel`` (a queue or stream name; "" wakes every poller)."""
         with self._activity:
-            self._generation += 1
+            if channel:
+                self._generations[channel] = self._generations.get(channel, 0) + 1
+            else:
+                for name in list(self._generations):
+                    self._generations[name] += 1
             self._activity.notify_all()
 
-    def wait_for_activity(self, seen: int, timeout_s: float) -> int:
-        """Wait until ``notify`` was called after generation ``seen`` (or the timeout); the new generation."""
+    def wait_for_activity(self, channel: str, seen: int, timeout_s: float) -> int:
+        """Wait until ``notify(channel)`` was called after generation ``seen`` (or the timeout); the
+        channel's generation then."""
         with self._activity:
-            if self._generation == seen:
-                self._activity.wait(timeout_s)
-            return self._generation
+            self._activity.wait_for(lambda: self._generations.get(channel, 0) != seen, timeout_s)
+            return self._generations.get(channel, 0)
 
-    @property
-    def generation(self) -> int:
-        return self._generation
+    def generation(self, channel: str) -> int:
+        with self._activity:
+            return self._generations.setdefault(channel, 0)
 
     def close(self) -> None:
         with self._pool_lock:

@@ -223,7 +223,7 @@ class SqlitePaymentRepository:
                     head.updated_at_ms,
                 ),
             )
-        self.db.notify()
+        self.db.notify(PAYMENTS_STREAM)
 
     def transition(
         self,

@@ -63,7 +63,7 @@ class SqliteQueue:
                 "INSERT INTO messages (message_id, queue, body, sent_at_ms, visible_at_ms) VALUES (?, ?, ?, ?, ?)",
                 (str(uuid.uuid4()), self.name, text, now, now + max(0, min(delay_s, MAX_DELAY_S)) * 1000),
             )
-        self.db.notify()
+        self.db.notify(self.name)
 
     def receive(self, max_messages: int = 10, visibility_s: int = 30) -> list[Message]:
         """Up to ``max_messages`` visible messages, oldest first, each invisible for ``visibility_s``."""
