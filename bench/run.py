@@ -50,7 +50,9 @@ class BenchConfig:
     long_terminals: int = 4
     long_customer_ms: int = 30_000
     # Stepped until one breaks (see max_error_rate, max_overhead_p99_ms): the report says which and why.
-    steps: tuple[int, ...] = (10, 50, 100, 200, 300, 400, 600)
+    # The simulated terminals are paho clients in this process, whose select() loops cannot watch a
+    # socket numbered past 1024: about 250 terminals (4 descriptors each) is the harness's own limit.
+    steps: tuple[int, ...] = (10, 50, 100, 150, 200, 230)
     step_payments: int = 3
     customer_min_ms: int = 2_000
     customer_max_ms: int = 5_000
