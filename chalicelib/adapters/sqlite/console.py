@@ -114,9 +114,10 @@ class SqliteTransactionRepository:
     def page(
         self, query: TransactionQuery, limit: int, after: Position | None
     ) -> tuple[list[Transaction], Position | None]:
-        """Newest first (``created_at``, then ``transaction_reference``, both descending), always within
-        the query's own merchant (or merchant and order), so a position never pages into another
-        merchant's data. The filters apply before the limit here: a page is short only at the end."""
+        """As DynamoDB's Query on the listing's index does it: ``limit`` transactions of the query's own
+        merchant (or merchant and order) and date range are read, newest first (``created_at``, then
+        ``transaction_reference``), then the status and terminal filters apply, so a page may come
+        back short and still continue. A position never pages into another merchant's data."""
         values: list[str | int]
         if query.order_id is not None:
             conditions, values = ["merchant_order = ?"], [order_key(query.merchant_id, query.order_id)]
@@ -128,27 +129,27 @@ class SqliteTransactionRepository:
         if query.created_to is not None:
             conditions.append("created_at <= ?")
             values.append(query.created_to)
-        if query.status_code is not None:
-            conditions.append("status_code = ?")
-            values.append(query.status_code)
-        if query.terminal_id is not None:
-            conditions.append("terminal_id = ?")
-            values.append(query.terminal_id)
         if after is not None:
             conditions.append("(created_at, transaction_reference) < (?, ?)")
             values += [after["created_at"], after["transaction_reference"]]
         with self.db.connection() as conn:
             rows = conn.execute(
                 # Only fixed fragments are joined; every value is a parameter.
-                f"SELECT body_json FROM transactions WHERE {' AND '.join(conditions)} "  # noqa: S608
-                "ORDER BY created_at DESC, transaction_reference DESC LIMIT ?",
+                f"SELECT created_at, transaction_reference, status_code, terminal_id, body_json FROM transactions "  # noqa: S608
+                f"WHERE {' AND '.join(conditions)} ORDER BY created_at DESC, transaction_reference DESC LIMIT ?",
                 [*values, limit + 1],
             ).fetchall()
-        items = [_transaction(row["body_json"]) for row in rows[:limit]]
-        if len(rows) <= limit or not items:
-            return items, None
-        last = items[-1]
-        return items, {"created_at": last.created_at, "transaction_reference": last.transaction_reference}
+        read = rows[:limit]
+        kept = [
+            _transaction(row["body_json"])
+            for row in read
+            if (query.status_code is None or row["status_code"] == query.status_code)
+            and (query.terminal_id is None or row["terminal_id"] == query.terminal_id)
+        ]
+        if len(rows) <= limit or not read:
+            return kept, None
+        last = read[-1]
+        return kept, {"created_at": last["created_at"], "transaction_reference": last["transaction_reference"]}
 
     def all_items(self) -> list[dict[str, Any]]:
         """Every transaction as a table item: the local finance export's source."""

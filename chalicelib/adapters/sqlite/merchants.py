@@ -11,16 +11,21 @@ class SqliteMerchantRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    # Read back as the DynamoDB items read, ``pk`` included; no notify_url attribute when none was given.
     def get_login(self, login: str) -> dict[str, Any] | None:
         with self.db.connection() as conn:
             row = conn.execute("SELECT * FROM logins WHERE login = ?", (login,)).fetchone()
-        return dict(row) if row else None
+        return {"pk": f"LOGIN#{login}", **dict(row)} if row else None
 
     def get_merchant(self, merchant_id: str) -> dict[str, Any] | None:
         with self.db.connection() as conn:
             row = conn.execute("SELECT * FROM merchants WHERE merchant_id = ?", (merchant_id,)).fetchone()
-        # As the DynamoDB item reads: no notify_url attribute when none was given.
-        return {key: value for key, value in dict(row).items() if value is not None} if row else None
+        if row is None:
+            return None
+        return {
+            "pk": f"MERCHANT#{merchant_id}",
+            **{key: value for key, value in dict(row).items() if value is not None},
+        }
 
     def put_merchant(self, merchant_id: str, notify_url: str | None, notify_passphrase: str) -> None:
         with self.db.write() as conn:
