@@ -397,6 +397,24 @@ def render_markdown(results: dict[str, Any], floor: dict[str, Any], models: dict
         lines += ["", f"Stepping stopped at {stopped['in_flight']} in flight: {stopped['reason']}."]
     elif results.get("concurrency"):
         lines += ["", "Every configured step passed (no step broke)."]
+    busiest = [name for name in ("instant_local",) if name in scenarios]
+    if results.get("concurrency"):
+        busiest.append(results["concurrency"][-1]["name"])
+    by_name = {**scenarios, **{s["name"]: s for s in results.get("concurrency", [])}}
+    shown = [name for name in busiest if by_name[name].get("cpu_ms_by_thread")]
+    if shown:
+        lines += [
+            "",
+            "## Where the CPU goes",
+            "",
+            "CPU ms per payment by thread group (each thread's own CPU clock; threads that ended, such as "
+            "API request threads, counted as they end).",
+            "",
+        ]
+        for name in shown:
+            groups = by_name[name]["cpu_ms_by_thread"]
+            listed = ", ".join(f"{group} {ms:.2f}" for group, ms in list(groups.items())[:12])
+            lines.append(f"- `{name}` ({_f(by_name[name]['cpu_ms_per_payment'])} ms in all): {listed}")
     lines += [
         "",
         "## Cost drivers per payment (counted)",

@@ -29,7 +29,7 @@ from typing import Any
 os.environ.setdefault("METRICS_EMF", "false")
 
 from bench import load
-from bench.probes import Probes, ResultClock, TimingWaker
+from bench.probes import Probes, ResultClock, ThreadCpu, TimingWaker
 from bench.report import summarize_scenario, write_outputs
 from chalicelib.config import Settings
 
@@ -134,7 +134,8 @@ def log(message: str) -> None:
 
 
 class Bench:
-    def __init__(self, config: BenchConfig, stack: Any, probes: Probes, clock: ResultClock) -> None:
+    def __init__(self, config: BenchConfig, stack: Any, probes: Probes, clock: ResultClock, threads: ThreadCpu) -> None:
+        self.threads = threads
         self.config = config
         self.stack = stack
         self.probes = probes
@@ -177,9 +178,11 @@ class Bench:
         log(f"{name} ({mode} mode)…")
         cpu_started = time.process_time()
         ecr_started = load.ECR_CPU.seconds
+        threads_before = self.threads.snapshot()
         samples, wall_s = run()
         time.sleep(0.3)
         cpu_s = time.process_time() - cpu_started
+        cpu_by_thread = ThreadCpu.per_payment(threads_before, self.threads.snapshot(), len(samples))
         ecr_cpu_s = load.ECR_CPU.seconds - ecr_started
         result = summarize_scenario(
             name,
@@ -189,6 +192,7 @@ class Bench:
             self.probes.snapshot(),
             cpu_s=round(cpu_s, 3),
             ecr_cpu_s=round(ecr_cpu_s, 3),
+            cpu_ms_by_thread=cpu_by_thread,
             **extra,
         )
         latency = result["latency_ms"]
@@ -228,6 +232,7 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
     terminals = terminals_for(config)
     probes = Probes().install()
     clock = ResultClock().install()
+    threads = ThreadCpu().install()
     with tempfile.TemporaryDirectory(prefix="bench-seed-") as tmp:
         seed_path = Path(tmp) / "seed.json"
         write_seed(seed_path, terminals)
@@ -236,7 +241,7 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
         stack = start_stack(
             StackConfig(api_port=0, mqtt_port=0, seed_path=seed_path, environment=environment, store=config.store)
         )
-    bench = Bench(config, stack, probes, clock)
+    bench = Bench(config, stack, probes, clock, threads)
     results: dict[str, Any] = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "store": config.store,
@@ -311,6 +316,7 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
         stack.stop()
         probes.uninstall()
         clock.uninstall()
+        threads.uninstall()
         if crash:
             results["crash"] = crash
     written = write_outputs(results, out_dir)

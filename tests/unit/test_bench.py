@@ -3,12 +3,14 @@ the per-payment drivers and the report. No load is run here."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
 
 from bench import cost
-from bench.probes import _request_units, api_component
+from bench.probes import ThreadCpu, _request_units, api_component
 from bench.report import (
     CONCURRENCY_GOAL,
     cost_model,
@@ -217,3 +219,29 @@ def test_the_200_step_is_judged_on_errors_overhead_and_cpu_without_the_ecr_threa
     rows = {row["goal"]: row for row in goals(results, {})}
     assert rows[CONCURRENCY_GOAL]["met"] is False
     assert rows["modeled AWS cost ≤ $0.0003 per payment, 30-s interaction (256 MB)"]["met"] is False
+
+
+def test_thread_cpu_groups_threads_by_role_and_counts_ended_threads() -> None:
+    group = ThreadCpu.group
+    assert group("Thread-12 (process_request_thread)") == "api request threads"
+    assert group("topic-rule-3_0") == "topic-rule"
+    assert group("mqtt-broker-41235") == "mqtt-broker"
+    assert group("paho-mqtt-client-BENCH-C0001") == "simulated terminals (paho)"
+    assert group("paho-mqtt-client-") == "broker channel (paho)"
+    assert group("sqs:ipn") == "sqs:ipn" and group("ecr-C0001") == "ECR threads (the load)"
+    probe = ThreadCpu().install()
+    try:
+        before = probe.snapshot()
+
+        def burn() -> None:
+            deadline = time.thread_time() + 0.02
+            while time.thread_time() < deadline:
+                pass
+
+        worker = threading.Thread(target=burn, name="gateway-ipn-0")
+        worker.start()
+        worker.join()
+        spent = ThreadCpu.per_payment(before, probe.snapshot(), 2)
+    finally:
+        probe.uninstall()
+    assert spent["gateway-ipn"] >= 10.0  # 20 ms of CPU over 2 payments, counted after the thread ended
