@@ -20,7 +20,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from admin import dlq, export
-from admin.local import NoLocalDataError, open_local_store
+from admin.local import NoLocalDataError, data_dir_of, open_local_store
 from chalicelib.config import get_settings
 from chalicelib.exceptions import ConditionFailed
 from chalicelib.merchants import enrollment
@@ -29,8 +29,9 @@ from chalicelib.payments.ports import TerminalRepository
 
 
 def _repositories(args: argparse.Namespace) -> tuple[TerminalRepository, MerchantRepository]:
-    if args.data_dir:
-        store = open_local_store(args.data_dir)
+    data_dir = data_dir_of(args)
+    if data_dir is not None:
+        store = open_local_store(data_dir)
         return store.terminals, store.merchants
     from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
     from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
@@ -78,7 +79,7 @@ def enroll_terminal(args: argparse.Namespace) -> int:
     settings = get_settings()
     exit_code = 0
     # The local stack's terminals connect to its own broker: no IoT thing to provision.
-    if settings.terminal_channel == "iot" and not args.no_iot and not args.data_dir:
+    if settings.terminal_channel == "iot" and not args.no_iot and not data_dir_of(args):
         from admin.iot import provision_thing
 
         try:

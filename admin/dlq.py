@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from admin.local import open_local_store
+from admin.local import data_dir_of, open_local_store
 from chalicelib import jsonutil
 from chalicelib.adapters import sqs
 from chalicelib.adapters.sqlite.queues import SqliteQueue
@@ -68,8 +68,9 @@ def replay_local(dead_letters: SqliteQueue, main: SqliteQueue, limit: int | None
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.data_dir:
-        store = open_local_store(args.data_dir)
+    data_dir = data_dir_of(args)
+    if data_dir is not None:
+        store = open_local_store(data_dir)
         dlq_name, main_name = LOCAL_QUEUE_PAIRS[args.queue]
         moved = replay_local(store.queue(dlq_name), store.queue(main_name), args.max)
         print(f"{moved} message(s) moved from {args.queue} dead-letter queue back to {args.queue}")

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from admin.local import open_local_store
+from admin.local import data_dir_of, open_local_store
 from chalicelib.adapters.exports import iter_export_items, iter_table_items
 from chalicelib.config import Settings
 
@@ -158,8 +158,8 @@ def run(args: argparse.Namespace) -> int:
     items: Iterable[dict[str, Any]]
     if args.s3_export:
         items = iter_export_items(args.s3_export)
-    elif args.data_dir:
-        items = open_local_store(args.data_dir).transactions.all_items()
+    elif (data_dir := data_dir_of(args)) is not None:
+        items = open_local_store(data_dir).transactions.all_items()
     else:
         items = iter_table_items(Settings.from_env().transactions_table)
     result = export(items, Path(args.out))
