@@ -217,6 +217,11 @@ def data(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
     yield tmp_path / "data", seed
 
 
+def online(stack: Stack) -> set[str]:
+    _, listed = stack.call("GET", "/v1/terminals")
+    return {t["terminal_id"] for t in listed.get("terminals", []) if t.get("online")}
+
+
 def queued_notifications(data_dir: Path) -> int:
     store = SqliteStore.open(data_dir)
     try:
@@ -240,6 +245,7 @@ def test_kill_9_mid_payment_then_restart_resolves_every_order_and_loses_nothing(
 
         out1 = Terminal(stack.mqtt_port, "OUT1", "p-out1")
         out2 = Terminal(stack.mqtt_port, "OUT2", "p-out2")
+        wait_for(lambda: online(stack) >= {"PAX-OUT1", "PAX-OUT2"})  # else the payments answer 502 offline
         in_background(lambda: stack.call("POST", "/v1/connector/order", order("OUT1", f"ACKED-{suffix}")))
         in_background(lambda: stack.call("POST", "/v1/connector/order", order("OUT2", f"SILENT-{suffix}")))
         wait_for(lambda: out1.requests and out2.requests)
