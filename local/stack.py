@@ -248,6 +248,8 @@ def _open_store(stack: RunningStack, data_dir: Path) -> None:
     stack.data_dir = data_dir
     stack.store = open_store(data_dir, stack.settings)
     stack._parts.append(stack.store.close)
+    # Kept data outlives its retention only until the next start (DynamoDB's TTL on AWS).
+    stack.store.payments.purge_expired(int(time.time()))
 
 
 def _apply_seed(seed: Seed, merchants: MerchantRepository, terminals: TerminalRepository) -> None:

@@ -376,6 +376,17 @@ def test_of_concurrent_results_exactly_one_lands(store: SqliteStore) -> None:
     assert store.payments.get_dispatch("r-1") == landed[0]
 
 
+def test_heads_and_dispatches_past_their_retention_are_purged_and_no_others(store: SqliteStore) -> None:
+    started(store, "r-old", order_id="O-old")
+    head, dispatch = head_and_dispatch("r-new", order_id="O-new")
+    store.payments.start_attempt(replace(head, updated_at_ms=NOW + 10_000), dispatch, None)
+    old_expiry = (NOW + 1) // 1000 + 90 * 86_400
+    assert store.payments.purge_expired(old_expiry) == 0
+    assert store.payments.purge_expired(old_expiry + 1) == 2
+    assert store.payments.get_head("M1", "O-old") is None and store.payments.get_dispatch("r-old") is None
+    assert store.payments.get_head("M1", "O-new") is not None and store.payments.get_dispatch("r-new") is not None
+
+
 def test_dispatch_extra_attributes_round_trip(store: SqliteStore) -> None:
     head, dispatch = head_and_dispatch()
     dispatch = replace(dispatch, extra={"notified_at_ms": NOW, "source": "ecr"})

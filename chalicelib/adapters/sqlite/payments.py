@@ -225,6 +225,13 @@ class SqlitePaymentRepository:
             )
         self.db.notify(PAYMENTS_STREAM)
 
+    def purge_expired(self, now_s: int) -> int:
+        """Drop heads and dispatches past their retention (what DynamoDB's TTL does on AWS); how many."""
+        with self.db.write() as conn:
+            heads = conn.execute("DELETE FROM order_heads WHERE expires_at < ?", (now_s,)).rowcount
+            dispatches = conn.execute("DELETE FROM dispatches WHERE expires_at < ?", (now_s,)).rowcount
+        return int(heads) + int(dispatches)
+
     def transition(
         self,
         request_id: str,
