@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # The CDK libraries are large and only synthesis needs them: `make run` does without.
 INFRA_STAMP := $(VENV)/.installed-infra
 
-.PHONY: install install-infra run test lint typecheck synth deploy bench clean
+.PHONY: install install-infra run admin test lint typecheck synth deploy bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,18 +26,28 @@ install-infra: $(INFRA_STAMP)
 run: install
 	$(BIN)/python -m local.stack
 
+# Operator commands against the stack `make run` started, e.g. make admin ARGS='create-merchant --merchant-id M3 …'
+# (make run writes the environment they need to $(ADMIN_ENV) and removes it when it stops).
+ADMIN_ENV ?= build/local-stack.env
+admin: install
+	@test -f $(ADMIN_ENV) || { echo "error: $(ADMIN_ENV) not found: start the local stack with make run first" >&2; exit 2; }
+	@set -a && . "$(abspath $(ADMIN_ENV))" && set +a && $(BIN)/python -m admin $(ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# tests/ is left out of the first run; the second holds the fakes, and every store the contract
+# tests run against, to the ports they implement.
 typecheck: install
 	$(BIN)/mypy app.py chalicelib local admin
+	$(BIN)/mypy tests/fakes.py tests/fakes_conform.py tests/contract/stores.py
 
 test: install-infra lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 synth: install-infra
-	cd infra && ../$(BIN)/python app.py
+	cd infra && ../$(BIN)/python app.py $(CDK_ARGS)
 
 deploy: install-infra
 	cd infra && npx --yes aws-cdk@2 deploy --app "../$(BIN)/python app.py" --require-approval broadening $(CDK_ARGS)
@@ -46,4 +56,4 @@ bench: install
 	$(BIN)/python -m bench.run
 
 clean:
-	rm -rf $(VENV) chalice.out infra/cdk.out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) chalice.out infra/cdk.out build/lambda-deps .mypy_cache .ruff_cache .pytest_cache

@@ -13,14 +13,24 @@ from chalice import Response
 from chalice.app import Request
 
 from chalicelib import openapi
-from chalicelib.adapters.exports import EXPORT_PREFIX, start_table_export
+from chalicelib.adapters.exports import start_table_export
 from chalicelib.bootstrap import components
 from chalicelib.console import ingest, ipn, notifications, queries
+from chalicelib.console_ui import pages
 from chalicelib.event_sources import BatchResult, new_image, sqs_batch, stream_batch
-from chalicelib.http import ANY_CONTENT, ThreadSafeChalice, api_handler, json_response, raw_body, read_json_body
+from chalicelib.http import (
+    ANY_CONTENT,
+    ThreadSafeChalice,
+    api_handler,
+    document_response,
+    json_response,
+    note_order_id,
+    raw_body,
+    read_json_body,
+)
+from chalicelib.payments import orders, terminal_events, terminals
 from chalicelib.payments import service as payments
-from chalicelib.payments import terminal_events, terminals
-from chalicelib.payments.schemas import parse_order_request
+from chalicelib.payments.schemas import Health, parse_order_request
 
 app = ThreadSafeChalice(app_name="nepting-cloud-api")
 
@@ -39,7 +49,7 @@ def _merchant() -> str:
 @app.route("/v1/connector/healthcheck", methods=["GET"])
 @api_handler
 def healthcheck() -> Response:
-    return json_response(200, {"status": "ok"})
+    return json_response(200, Health(status="ok"))
 
 
 @app.route("/v1/connector/order", methods=["POST"], content_types=ANY_CONTENT)
@@ -48,11 +58,12 @@ def send_order() -> Response:
     merchant_id = _merchant()
     raw = read_json_body(_request())
     request = parse_order_request(raw)
+    note_order_id(request.order.order_id)
     prefer = (_request().headers.get("prefer") or "").lower()
     reply = payments.request_payment(
         components().payment_deps(), merchant_id, request, raw, respond_async="respond-async" in prefer
     )
-    return json_response(reply.status, reply.body, reply.headers)
+    return json_response(reply.status, reply.response, reply.headers)
 
 
 @app.route("/v1/connector/order/{order_id}", methods=["GET"])
@@ -62,18 +73,61 @@ def get_order(order_id: str) -> Response:
     return json_response(200, payments.order_status(components().payment_deps(), merchant_id, order_id))
 
 
+@app.route("/v1/connector/orders", methods=["GET"])
+@api_handler
+def list_orders() -> Response:
+    merchant_id = _merchant()
+    params = {key: str(value) for key, value in (_request().query_params or {}).items()}
+    settings, now_ms = components().settings, components().clock.now_ms()
+    longest = max(settings.payment_deadline_ms, settings.async_payment_deadline_ms)
+    return json_response(200, orders.list_orders(components().payments, merchant_id, params, now_ms, longest))
+
+
 @app.route("/v1/terminals", methods=["GET"])
 @api_handler
 def list_terminals() -> Response:
     merchant_id = _merchant()
     found = terminals.list_terminals(components().terminals, merchant_id, components().clock.now_ms())
-    return json_response(200, {"terminals": found})
+    return json_response(200, found)
 
 
 @app.route("/openapi.json", methods=["GET"])
 @api_handler
 def openapi_document() -> Response:
-    return json_response(200, openapi.document())
+    return document_response(200, openapi.document())
+
+
+# --- Pages: the Console and the API reference, static files calling the JSON API above ---
+
+
+@app.route("/", methods=["GET"])
+@api_handler
+def home() -> Response:
+    return pages.redirect("console")
+
+
+@app.route("/console", methods=["GET"])
+@api_handler
+def console_page() -> Response:
+    return pages.page("console", _request().headers.get("if-none-match"))
+
+
+@app.route("/console/{name}", methods=["GET"])
+@api_handler
+def console_asset(name: str) -> Response:
+    return pages.asset("console", name, _request().headers.get("if-none-match"))
+
+
+@app.route("/docs", methods=["GET"])
+@api_handler
+def docs_page() -> Response:
+    return pages.page("docs", _request().headers.get("if-none-match"))
+
+
+@app.route("/docs/{name}", methods=["GET"])
+@api_handler
+def docs_asset(name: str) -> Response:
+    return pages.asset("docs", name, _request().headers.get("if-none-match"))
 
 
 def _iot_message(event: dict[str, Any]) -> tuple[str, bytes, int]:
@@ -145,5 +199,7 @@ def merchant_notifier_handler(event: dict[str, Any], context: Any) -> BatchResul
 def finance_export_handler(event: dict[str, Any], context: Any) -> dict[str, str]:
     settings = components().settings
     # The scheduled event's id makes a redelivered schedule start the same export, not a second one.
-    arn = start_table_export(settings.transactions_table, settings.export_bucket, EXPORT_PREFIX, event.get("id"))
+    arn = start_table_export(
+        settings.transactions_table, settings.export_bucket, settings.export_prefix, event.get("id")
+    )
     return {"export_arn": arn}

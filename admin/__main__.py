@@ -1,7 +1,8 @@
 """Operator commands, against AWS (or moto endpoints) and the local stack's data directory alike.
+Against the local stack: make admin ARGS='create-merchant …' (the environment make run printed).
 
 python -m admin create-merchant --merchant-id M1 --login shop --password '…' [--notify-url URL]
-python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198
+python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198 [--csr terminal.csr]
 python -m admin rotate-passphrase --merchant-id M1 --terminal PAX-1850320198
 python -m admin --data-dir .data enroll-terminal ...   # the local stack's embedded store (make run)
 
@@ -14,15 +15,22 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+)
 
 from admin import dlq, export
 from admin.local import NoLocalDataError, data_dir_of, open_local_store
 from chalicelib.config import get_settings
-from chalicelib.exceptions import ConditionFailed
+from chalicelib.exceptions import ConditionFailed, ConfigurationError
 from chalicelib.merchants import enrollment
 from chalicelib.merchants.ports import MerchantRepository
 from chalicelib.payments.ports import TerminalRepository
@@ -42,7 +50,7 @@ def _repositories(args: argparse.Namespace) -> tuple[TerminalRepository, Merchan
 
 def create_merchant(args: argparse.Namespace) -> int:
     _, merchants = _repositories(args)
-    password = args.password or getpass.getpass("password: ")
+    password = args.password or _prompt_password()
     notify_passphrase = enrollment.create_merchant(
         merchants, args.merchant_id, args.login, password, args.notify_url, args.notify_passphrase
     )
@@ -58,8 +66,32 @@ def create_merchant(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompt_password() -> str:
+    try:
+        return getpass.getpass("password: ")
+    except EOFError:
+        raise UsageError("no password given: pass --password, or type one at the prompt") from None
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called: one line, no traceback."""
+
+
+# The local stack's environment: `make admin ARGS=…` sets it; `make run` prints it.
+_LOCAL_HINT = "against the local stack use make admin ARGS='…' (it reads the environment make run wrote)"
+
+
 def enroll_terminal(args: argparse.Namespace) -> int:
     terminals, merchants = _repositories(args)
+    csr_pem = None
+    if args.csr:
+        from admin.iot import read_csr
+
+        try:
+            csr_pem = read_csr(Path(args.csr))
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     try:
         terminal_id, passphrase = enrollment.enroll_terminal(
             terminals,
@@ -80,11 +112,14 @@ def enroll_terminal(args: argparse.Namespace) -> int:
     exit_code = 0
     # The local stack's terminals connect to its own broker: no IoT thing to provision.
     if settings.terminal_channel == "iot" and not args.no_iot and not data_dir_of(args):
-        from admin.iot import provision_thing
+        from admin.iot import provision_thing, terminal_resource_name
 
         try:
-            policy = args.iot_policy or f"nepting-cloud-api-{settings.stage}-terminal"
-            output["iot"] = provision_thing(terminal_id, args.merchant_id, policy, Path(args.cert_dir))
+            policy = args.iot_policy or terminal_resource_name(settings.stage)
+            thing_type = args.thing_type or terminal_resource_name(settings.stage)
+            output["iot"] = provision_thing(
+                terminal_id, args.merchant_id, policy, thing_type, Path(args.cert_dir), csr_pem
+            )
         except (BotoCoreError, ClientError) as exc:
             # The terminal is enrolled either way: its passphrase must still be shown, once.
             output["iot_error"] = str(exc)
@@ -121,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--data-dir",
         type=Path,
+        # make admin sets it from the environment make run wrote.
+        default=os.environ.get("ADMIN_DATA_DIR") or None,
         help="the local stack's data directory (make run: .data): work on its embedded store instead of AWS",
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -146,7 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     terminal.add_argument(
         "--iot-policy", help="IoT policy to attach (default: the one infra/ deploys, nepting-cloud-api-STAGE-terminal)"
     )
-    terminal.add_argument("--cert-dir", default="certs", help="where the certificate and key are written")
+    terminal.add_argument(
+        "--thing-type", help="IoT thing type (default: the one infra/ deploys, nepting-cloud-api-STAGE-terminal)"
+    )
+    terminal.add_argument(
+        "--csr",
+        help="PEM certificate signing request made on the terminal: IoT Core signs it and the private key "
+        "never leaves the terminal (production). Without it a key pair is made here (development).",
+    )
+    terminal.add_argument("--cert-dir", default="certs", help="where the certificate (and key) are written")
     terminal.set_defaults(func=enroll_terminal)
 
     rotate = commands.add_parser("rotate-passphrase", help="give a terminal a new passphrase (shown once)")
@@ -163,8 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (enrollment.EnrollmentError, NoLocalDataError) as exc:
+    except (enrollment.EnrollmentError, UsageError, ConfigurationError, NoLocalDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except NoRegionError:
+        print(f"error: no AWS region: set AWS_DEFAULT_REGION; {_LOCAL_HINT}", file=sys.stderr)
+        return 2
+    except NoCredentialsError:
+        print(f"error: no AWS credentials: configure them (aws configure); {_LOCAL_HINT}", file=sys.stderr)
+        return 2
+    except EndpointConnectionError as exc:
+        print(f"error: cannot reach {exc.kwargs.get('endpoint_url')}: is make run still running?", file=sys.stderr)
         return 2
 
 

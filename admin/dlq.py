@@ -8,6 +8,7 @@ skipped by the notifier, so replaying twice sends nothing twice.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from admin.local import data_dir_of, open_local_store
@@ -79,7 +80,11 @@ def run(args: argparse.Namespace) -> int:
     dlq_setting, main_setting = QUEUE_PAIRS[args.queue]
     dlq_url, main_url = getattr(settings, dlq_setting), getattr(settings, main_setting)
     if not dlq_url or not main_url:
-        print(f"error: set {dlq_setting.upper()} and {main_setting.upper()}")
+        print(
+            f"error: set {dlq_setting.upper()} and {main_setting.upper()} (the queue URLs: the stack's outputs on "
+            "AWS; make admin ARGS='…' sets them for the local stack)",
+            file=sys.stderr,
+        )
         return 2
     moved = replay(dlq_url, main_url, args.max)
     print(f"{moved} message(s) moved from {args.queue} dead-letter queue back to {args.queue}")

@@ -11,10 +11,14 @@ Pure functions only (no I/O), so ``tests/unit/test_bench.py`` checks the arithme
 
 from __future__ import annotations
 
+import bisect
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+from chalicelib.config import Settings
+from chalicelib.payments.poll_schedule import next_interval_ms
 
 # -- DynamoDB item sizes and request units ---------------------------------------------------------
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/CapacityUnitCalculations.html
@@ -81,38 +85,76 @@ def write_units(size_bytes: int, transactional: bool = False) -> float:
 # -- the poll schedule -----------------------------------------------------------------------------
 
 
-def poll_reads(
-    result_after_ms: float,
-    initial_ms: float = 5,
-    growth_pct: float = 150,
-    cap_ms: float = 40,
-    ack_after_ms: float = 0,
-    read_ms: float = 0.0,
-) -> int:
-    """How many correlation-record reads ``wait_for_final`` makes when the ack lands ``ack_after_ms``
-    and the result ``result_after_ms`` after its first read (each read taking ``read_ms``).
+def schedule(**overrides: int) -> Settings:
+    """The wait's poll schedule: the service's defaults (what is deployed), with ``overrides``."""
+    return replace(Settings(), **overrides)
 
-    Mirrors chalicelib/payments/service.py: read; stop if final; restart at ``initial_ms`` when the
-    state moved; sleep; grow by ``growth_pct`` up to ``cap_ms``. With ``read_ms=0`` it is an upper bound.
+
+def read_times(until_ms: int, plan: Settings, ack_after_ms: int = 0, read_ms: int = 0) -> list[int]:
+    """When each read of a wait completes, up to ``until_ms``, while no result has landed.
+
+    Mirrors chalicelib/payments/service.py ``wait_for_final`` step by step and takes each next
+    interval from chalicelib/payments/poll_schedule.py itself: read; restart at the initial interval when the
+    state moved; sleep; next interval by the phase the wait is in.
+    """
+    now, interval, times = 0, plan.poll_initial_ms, []
+    seen_acked: bool | None = None
+    state_since = 0
+    while True:
+        now += read_ms
+        times.append(now)
+        if now >= until_ms:
+            return times
+        acked = now >= ack_after_ms
+        if acked != seen_acked:
+            seen_acked, interval, state_since = acked, plan.poll_initial_ms, now
+        acknowledged_for = now - state_since if acked else None
+        now += interval
+        interval = next_interval_ms(plan, interval, acknowledged_for)
+
+
+def _polls(result_after_ms: int, plan: Settings, ack_after_ms: int, read_ms: int) -> tuple[int, int]:
+    """(reads, ms from the result landing to the end of the read that sees it) of one wait."""
+    times = read_times(result_after_ms, plan, ack_after_ms, read_ms)
+    return len(times), times[-1] - result_after_ms
+
+
+def poll_reads(result_after_ms: int, plan: Settings | None = None, ack_after_ms: int = 0, read_ms: int = 0) -> int:
+    """How many correlation-record reads a wait makes when the ack lands ``ack_after_ms`` and the
+    result ``result_after_ms`` after its first read, each read taking ``read_ms`` (0: an upper bound).
 
     >>> poll_reads(0)
     1
-    >>> poll_reads(30_000) in range(750, 760)
+    >>> poll_reads(30_000) in range(205, 220)
     True
     """
-    now, interval, reads = 0.0, int(initial_ms), 0
-    seen_acked: bool | None = None
-    while True:
-        reads += 1
-        now += read_ms
-        if now >= result_after_ms:
-            return reads
-        acked = now >= ack_after_ms
-        if acked != seen_acked:
-            seen_acked, interval = acked, int(initial_ms)
-        now += interval
-        # integer milliseconds, as the service computes them
-        interval = min(int(cap_ms), interval * int(growth_pct) // 100)
+    return _polls(result_after_ms, plan or Settings(), ack_after_ms, read_ms)[0]
+
+
+def added_latency_ms(
+    result_after_ms: int, plan: Settings | None = None, ack_after_ms: int = 0, read_ms: int = 0
+) -> int:
+    """How long after the result lands the wait has read it: the latency the schedule adds."""
+    return _polls(result_after_ms, plan or Settings(), ack_after_ms, read_ms)[1]
+
+
+def phase_latency(
+    plan: Settings | None = None, read_ms: int = 0, ack_after_ms: int = 500
+) -> dict[str, dict[str, float]]:
+    """Added latency for results landing in each phase of the wait, every millisecond of a window:
+    ``result`` 1–5 s after the ack (a tap), ``typing`` 10–60 s after it (a PIN, a second card)."""
+    plan = plan or Settings()
+    windows = {"result": (1_000, 5_000), "typing": (10_000, 60_000)}
+    found = {}
+    for phase, (start, end) in windows.items():
+        times = read_times(ack_after_ms + end, plan, ack_after_ms, read_ms)
+        samples = [times[bisect.bisect_left(times, at)] - at for at in range(ack_after_ms + start, ack_after_ms + end)]
+        found[phase] = {
+            "window_ms": [start, end],
+            "mean_ms": round(sum(samples) / len(samples), 1),
+            "max_ms": max(samples),
+        }
+    return found
 
 
 # -- prices ----------------------------------------------------------------------------------------
@@ -129,11 +171,14 @@ class Price:
     source: str
 
 
-# Public on-demand list prices, us-east-1, x86, free tiers ignored. Taken from the AWS pricing pages
+# Public on-demand list prices, us-east-1, free tiers ignored. Taken from the AWS pricing pages
 # as of PRICES_AS_OF (the DynamoDB on-demand figures include the 50 % cut of 2024-11-01); the bench
 # machine has no network to re-check them, so verify before quoting.
 PRICES: dict[str, Price] = {
     "lambda_gb_s": Price("Lambda duration (x86)", 0.0000166667, "GB-second", "aws.amazon.com/lambda/pricing"),
+    "lambda_gb_s_arm64": Price(
+        "Lambda duration (arm64, Graviton)", 0.0000133334, "GB-second", "aws.amazon.com/lambda/pricing"
+    ),
     "lambda_request": Price("Lambda requests", 0.20, "million requests", "aws.amazon.com/lambda/pricing"),
     "apigw_rest_request": Price(
         "API Gateway REST API requests (first 333 M/month)",
@@ -196,6 +241,8 @@ class PaymentUsage:
     connection_minutes: float = 0.0
     api_requests: float = 1.0
     sqs_requests: float = 0.0
+    # Of every function on the payment path: "x86_64" or "arm64".
+    architecture: str = "x86_64"
 
 
 def lambda_gb_s(duration_ms: float, memory_mb: int) -> float:
@@ -205,11 +252,12 @@ def lambda_gb_s(duration_ms: float, memory_mb: int) -> float:
 
 def payment_cost(usage: PaymentUsage) -> dict[str, float]:
     """USD per payment, line by line, and ``total``."""
+    gb_s = unit_price("lambda_gb_s_arm64" if usage.architecture == "arm64" else "lambda_gb_s")
     lines = {
-        "api_lambda_duration": lambda_gb_s(usage.api_duration_ms, usage.api_memory_mb) * unit_price("lambda_gb_s"),
+        "api_lambda_duration": lambda_gb_s(usage.api_duration_ms, usage.api_memory_mb) * gb_s,
         "event_lambda_duration": usage.event_invocations
         * lambda_gb_s(usage.event_duration_ms, usage.event_memory_mb)
-        * unit_price("lambda_gb_s"),
+        * gb_s,
         "lambda_requests": (usage.api_requests + usage.event_invocations) * unit_price("lambda_request"),
         "api_gateway_requests": usage.api_requests * unit_price("apigw_rest_request"),
         "dynamodb_reads": usage.rru * unit_price("dynamodb_rru"),

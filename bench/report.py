@@ -23,8 +23,12 @@ IDLE_OPERATIONS = {("dynamodbstreams", op) for op in ("GetRecords", "GetShardIte
     ("dynamodb", "DescribeTable"),
     ("sqs", "GetQueueAttributes"),
 }
-API_MEMORY_MB = {"deployed_256": 256, "at_512": 512}
-EVENT_MEMORY_MB = 256
+# What the payment path runs on: as deployed by infra/ (nepting_infra/functions.py and chalice_app.py;
+# tests/infra checks these agree), and as it was before the move to arm64 and the phased schedule.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "deployed": {"architecture": "arm64", "api_memory_mb": 128, "event_memory_mb": 512, "phased": True},
+    "before": {"architecture": "x86_64", "api_memory_mb": 256, "event_memory_mb": 256, "phased": False},
+}
 # IoT connectivity is paid per connected minute, whatever the traffic: spread over this many payments.
 PAYMENTS_PER_TERMINAL_DAY = 50
 LONG_INTERACTION_MS = 30_000
@@ -34,7 +38,7 @@ GOALS = {
     "concurrent_in_flight": 200,
     "concurrent_overhead_p99_ms": 100.0,
     "cpu_ms_per_payment": 10.0,
-    "cost_usd_30s": 0.0003,
+    "cost_usd_30s": 0.00010,
 }
 
 
@@ -139,7 +143,7 @@ def per_payment(counts: dict[str, Any], payments: int) -> dict[str, Any]:
 
 
 def usage_from(
-    drivers: dict[str, Any], api_memory_mb: int, reads: float | None = None, api_ms: float | None = None
+    drivers: dict[str, Any], config: dict[str, Any], reads: float | None = None, api_ms: float | None = None
 ) -> cost.PaymentUsage:
     """AWS usage of one payment from its counted drivers; ``reads``/``api_ms`` override for extrapolation."""
     rru = drivers["rru"]
@@ -149,10 +153,10 @@ def usage_from(
     events = drivers["mqtt"]["events"]
     return cost.PaymentUsage(
         api_duration_ms=api_ms if api_ms is not None else drivers["api_request"]["mean_ms"],
-        api_memory_mb=api_memory_mb,
+        api_memory_mb=config["api_memory_mb"],
         event_invocations=drivers["terminal_events"]["per_payment"],
         event_duration_ms=drivers["terminal_events"]["mean_ms"],
-        event_memory_mb=EVENT_MEMORY_MB,
+        event_memory_mb=config["event_memory_mb"],
         rru=rru,
         wru=drivers["wru"],
         # A request is published (iot-data Publish) and delivered to the terminal: two messages.
@@ -161,37 +165,41 @@ def usage_from(
         rule_actions=events,
         connection_minutes=1440 / PAYMENTS_PER_TERMINAL_DAY,
         sqs_requests=drivers["sqs_requests"],
+        architecture=config["architecture"],
     )
 
 
-def extrapolated_reads(scenario: dict[str, Any], interaction_ms: float, settings: dict[str, Any]) -> dict[str, float]:
+def run_schedule(settings: dict[str, Any], phased: bool = True) -> Any:
+    """The poll schedule a run used (its recorded settings); ``phased=False``: the flat cap it replaced."""
+    keys = ("poll_initial_ms", "poll_growth_pct", "poll_max_ms", "poll_typing_after_ms", "poll_typing_max_ms")
+    plan = cost.schedule(**{k: int(settings[k]) for k in keys if k in settings})
+    return plan if phased else cost.schedule(**{**plan.__dict__, "poll_typing_max_ms": plan.poll_max_ms})
+
+
+def extrapolated_reads(scenario: dict[str, Any], interaction_ms: int, settings: dict[str, Any]) -> dict[str, Any]:
     """Reads for a longer interaction from the poll schedule, checked against what was measured."""
     drivers = scenario["per_payment"]
-    read_ms = drivers["poll_read_ms_mean"]
-    schedule = {
-        "initial_ms": settings["poll_initial_ms"],
-        "growth_pct": settings["poll_growth_pct"],
-        "cap_ms": settings["poll_max_ms"],
-        "read_ms": read_ms,
-    }
-    modeled_at_measured = cost.poll_reads(scenario["customer_ms_mean"], **schedule)
+    read_ms = round(drivers["poll_read_ms_mean"])
+    phased, flat = run_schedule(settings), run_schedule(settings, phased=False)
     return {
         "measured_customer_ms": scenario["customer_ms_mean"],
         "measured_reads": drivers["poll_reads"],
-        "schedule_reads_at_measured": modeled_at_measured,
+        "schedule_reads_at_measured": cost.poll_reads(round(scenario["customer_ms_mean"]), phased, read_ms=read_ms),
         "read_ms": read_ms,
         "interaction_ms": interaction_ms,
-        "schedule_reads": cost.poll_reads(interaction_ms, **schedule),
-        "upper_bound_reads": cost.poll_reads(
-            interaction_ms, schedule["initial_ms"], schedule["growth_pct"], schedule["cap_ms"]
-        ),
+        "schedule_reads": cost.poll_reads(interaction_ms, phased, read_ms=read_ms),
+        "flat_schedule_reads": cost.poll_reads(interaction_ms, flat, read_ms=read_ms),
+        "upper_bound_reads": cost.poll_reads(interaction_ms, phased),
+        "added_latency_by_phase": cost.phase_latency(phased, read_ms=read_ms),
+        "flat_added_latency_by_phase": cost.phase_latency(flat, read_ms=read_ms),
     }
 
 
 def cost_model(results: dict[str, Any]) -> dict[str, Any]:
     scenarios = results["scenarios"]
     models: dict[str, Any] = {}
-    cases: list[tuple[str, dict[str, Any], float | None, float | None]] = []
+    # (label, drivers, reads by config (None: as measured), API duration)
+    cases: list[tuple[str, dict[str, Any], dict[str, float] | None, float | None]] = []
     if "instant_aws" in scenarios:
         cases.append(("instant terminal (measured)", scenarios["instant_aws"]["per_payment"], None, None))
     if "long_aws" in scenarios:
@@ -204,18 +212,13 @@ def cost_model(results: dict[str, Any]) -> dict[str, Any]:
         reads = extrapolated_reads(base, LONG_INTERACTION_MS, results["settings"])
         models["extrapolation"] = reads
         api_ms = base["per_payment"]["api_request"]["mean_ms"] - base["customer_ms_mean"] + LONG_INTERACTION_MS
-        cases.append(
-            (
-                "30-s interaction (extrapolated by the poll schedule)",
-                base["per_payment"],
-                reads["schedule_reads"],
-                api_ms,
-            )
-        )
-    for label, drivers, reads, api_ms in cases:
-        for memory_label, memory in API_MEMORY_MB.items():
-            usage = usage_from(drivers, memory, reads, api_ms)
-            models[f"{label} @ {memory_label}"] = {"usage": usage.__dict__, "usd": cost.payment_cost(usage)}
+        by_config = {"deployed": reads["schedule_reads"], "before": reads["flat_schedule_reads"]}
+        cases.append(("30-s interaction (extrapolated by the poll schedule)", base["per_payment"], by_config, api_ms))
+    for label, drivers, reads_by_config, api_ms in cases:
+        for name, config in CONFIGS.items():
+            reads = None if reads_by_config is None else reads_by_config[name]
+            usage = usage_from(drivers, config, reads, api_ms)
+            models[f"{label} @ {name}"] = {"usage": usage.__dict__, "usd": cost.payment_cost(usage)}
     return models
 
 
@@ -238,7 +241,9 @@ def goals(results: dict[str, Any], models: dict[str, Any]) -> list[dict[str, Any
     steps = results.get("concurrency", [])
     target = next((s for s in steps if s["in_flight"] == GOALS["concurrent_in_flight"]), None)
     thirty = [
-        m["usd"]["total"] for label, m in models.items() if label.startswith("30-s") and "usd" in m and "256" in label
+        m["usd"]["total"]
+        for label, m in models.items()
+        if label.startswith("30-s") and label.endswith("@ deployed") and "usd" in m
     ]
     rows = [
         {
@@ -274,7 +279,7 @@ def goals(results: dict[str, Any], models: dict[str, Any]) -> list[dict[str, Any
         ]
     rows.append(
         {
-            "goal": "modeled AWS cost ≤ $0.0003 per payment, 30-s interaction (256 MB)",
+            "goal": "modeled AWS cost ≤ $0.00010 per payment, 30-s interaction (as deployed: arm64, API 128 MB)",
             "result": max(thirty) if thirty else "not modeled (store without AWS calls: see a --store moto run)",
             "met": bool(thirty) and max(thirty) <= GOALS["cost_usd_30s"],
         }
@@ -453,13 +458,28 @@ def render_markdown(results: dict[str, Any], floor: dict[str, Any], models: dict
     if extrapolation:
         lines += [
             "",
-            "Reads for a 30-s interaction, from the poll schedule (bench/cost.py `poll_reads`) with the measured "
-            f"read time {extrapolation['read_ms']:.2f} ms: {extrapolation['schedule_reads']} (upper bound with "
-            f"instant reads: {extrapolation['upper_bound_reads']}). Check of the model at the measured customer "
+            "Reads for a 30-s interaction, from the poll schedule (bench/cost.py `poll_reads`, which steps through "
+            "chalicelib/payments/poll_schedule.py) with the measured read time "
+            f"{extrapolation['read_ms']} ms: {extrapolation['schedule_reads']} "
+            "(the flat-cap schedule it replaced: "
+            f"{extrapolation['flat_schedule_reads']}; upper bound with instant reads: "
+            f"{extrapolation['upper_bound_reads']}). Check of the model at the measured customer "
             f"time {extrapolation['measured_customer_ms']:.0f} ms: "
             f"schedule {extrapolation['schedule_reads_at_measured']}, "
             f"measured {extrapolation['measured_reads']:.1f}.",
+            "",
+            "Added latency by phase of the wait (from the schedule, with the measured read time; a result landing "
+            "at every millisecond of the window):",
+            "",
+            *_header("phase (after the ack)", "phased mean / max ms", "flat cap mean / max ms"),
         ]
+        for phase, found in extrapolation["added_latency_by_phase"].items():
+            flat = extrapolation["flat_added_latency_by_phase"][phase]
+            start, end = (ms // 1000 for ms in found["window_ms"])
+            lines.append(
+                f"| {phase} ({start}–{end} s) | {found['mean_ms']} / {found['max_ms']} | "
+                f"{flat['mean_ms']} / {flat['max_ms']} |"
+            )
     if not models:
         lines += [
             "",
@@ -475,8 +495,13 @@ def render_markdown(results: dict[str, Any], floor: dict[str, Any], models: dict
         "",
         "## Modeled AWS cost per payment",
         "",
-        f"us-east-1 on-demand, prices below. API Lambda billed for its whole request (it waits for the customer); "
-        f"terminal_events at {EVENT_MEMORY_MB} MB with the measured local duration; IoT: 2 messages per request "
+        "us-east-1 on-demand, prices below. API Lambda billed for its whole request (it waits for the customer); "
+        "terminal_events with the measured local duration; `deployed` = "
+        + ", ".join(f"{k} {v}" for k, v in CONFIGS["deployed"].items())
+        + "; `before` = "
+        + ", ".join(f"{k} {v}" for k, v in CONFIGS["before"].items())
+        + " (the 30-s extrapolation uses each one's schedule; measured rows keep the reads of the run). "
+        "IoT: 2 messages per request "
         f"(publish + delivery), 1 per terminal event, 1 rule + 1 Lambda action per event; connectivity spread "
         f"over {PAYMENTS_PER_TERMINAL_DAY} payments per terminal per day. Payment path only.",
         "",

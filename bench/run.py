@@ -162,6 +162,8 @@ class Bench:
                 poll_initial_ms=deployed.poll_initial_ms,
                 poll_growth_pct=deployed.poll_growth_pct,
                 poll_max_ms=deployed.poll_max_ms,
+                poll_typing_after_ms=deployed.poll_typing_after_ms,
+                poll_typing_max_ms=deployed.poll_typing_max_ms,
             )
             if mode == "aws"
             else self.settings
@@ -256,7 +258,16 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
         # stack's slower safety-net schedule is recorded apart.
         "settings": {
             **{key: getattr(stack.settings, key) for key in ("ack_timeout_ms", "payment_deadline_ms")},
-            **{key: getattr(Settings(), key) for key in ("poll_initial_ms", "poll_growth_pct", "poll_max_ms")},
+            **{
+                key: getattr(Settings(), key)
+                for key in (
+                    "poll_initial_ms",
+                    "poll_growth_pct",
+                    "poll_max_ms",
+                    "poll_typing_after_ms",
+                    "poll_typing_max_ms",
+                )
+            },
             "local_poll_initial_ms": stack.settings.poll_initial_ms,
             "local_poll_max_ms": config.local_poll_max_ms or stack.settings.poll_max_ms,
         },

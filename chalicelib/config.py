@@ -31,6 +31,8 @@ class Settings:
     notifications_queue_url: str = ""
     notifications_dlq_url: str = ""
     export_bucket: str = "nepting-exports"
+    # Where in the bucket exports go; infra/ sets it with the bucket, its lifecycle rule and the policy.
+    export_prefix: str = "exports/"
     # IPN secret: given directly (local stack, tests) or by an SSM SecureString parameter name (AWS).
     ipn_secret: str = ""
     ipn_secret_parameter: str = ""
@@ -47,10 +49,14 @@ class Settings:
     # The deadline of a payment started with ``Prefer: respond-async``: nobody holds an HTTP request
     # open, so the customer gets the contract's full default.
     async_payment_deadline_ms: int = 120_000
-    # Poll schedule of the synchronous wait: start fast, grow geometrically, cap.
+    # Poll schedule of the synchronous wait (chalicelib/payments/poll_schedule.py): start fast, grow
+    # geometrically, cap at poll_max_ms while an answer is likely (the ack, then the first
+    # poll_typing_after_ms after it), at poll_typing_max_ms while the customer is still typing.
     poll_initial_ms: int = 5
     poll_growth_pct: int = 150
     poll_max_ms: int = 40
+    poll_typing_after_ms: int = 6_000
+    poll_typing_max_ms: int = 500
     # Events whose ``sent_at`` is further than this from now are refused.
     event_freshness_ms: int = 300_000
     # How long a verified Basic credential stays in the per-process cache.
@@ -88,13 +94,21 @@ class Settings:
     def validate(self) -> None:
         if self.terminal_channel not in ("iot", "mqtt"):
             raise ConfigurationError("TERMINAL_CHANNEL must be 'iot' or 'mqtt'")
-        if (
-            self.ack_timeout_ms <= 0
-            or min(self.payment_deadline_ms, self.async_payment_deadline_ms) < self.ack_timeout_ms
+        if self.ack_timeout_ms <= 0:
+            raise ConfigurationError(f"ACK_TIMEOUT_MS must be positive, got {self.ack_timeout_ms}")
+        for name, deadline in (
+            ("PAYMENT_DEADLINE_MS", self.payment_deadline_ms),
+            ("ASYNC_PAYMENT_DEADLINE_MS", self.async_payment_deadline_ms),
         ):
-            raise ConfigurationError("need 0 < ACK_TIMEOUT_MS <= PAYMENT_DEADLINE_MS and ASYNC_PAYMENT_DEADLINE_MS")
+            if deadline < self.ack_timeout_ms:
+                raise ConfigurationError(
+                    f"{name} is {deadline}; it must be at least ACK_TIMEOUT_MS ({self.ack_timeout_ms}), "
+                    "the time a terminal has to acknowledge"
+                )
         if not 0 < self.poll_initial_ms <= self.poll_max_ms or self.poll_growth_pct < 100:
             raise ConfigurationError("need 0 < POLL_INITIAL_MS <= POLL_MAX_MS and POLL_GROWTH_PCT >= 100")
+        if self.poll_typing_after_ms < 0 or self.poll_typing_max_ms <= 0:
+            raise ConfigurationError("need POLL_TYPING_AFTER_MS >= 0 and POLL_TYPING_MAX_MS > 0")
 
 
 @lru_cache(maxsize=1)

@@ -9,7 +9,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
+
+from chalicelib.wire import SkipJsonSchema, WireModel, omitted_if_none
+
+
+class ErrorDetails(WireModel):
+    path: str = Field(description="dotted path of the first bad field, e.g. order.price.amount")
+
+
+class ErrorDetail(WireModel):
+    status: int = Field(description="the HTTP status, repeated")
+    code: str = Field(description="stable dotted identifier, e.g. validation.int_type")
+    message: str = Field(description="for humans")
+    description: str
+    details: ErrorDetails | SkipJsonSchema[None] = omitted_if_none("only when a field is at fault")
+
+
+class ErrorBody(WireModel):
+    """The contract's error format, for every error status of every route."""
+
+    error: ErrorDetail
 
 
 class ApiError(Exception):
@@ -32,16 +52,16 @@ class ApiError(Exception):
         self.path = path
         self.headers = headers or {}
 
+    def response(self) -> ErrorBody:
+        details = ErrorDetails(path=self.path) if self.path is not None else None
+        return ErrorBody(
+            error=ErrorDetail(
+                status=self.status, code=self.code, message=self.message, description=self.description, details=details
+            )
+        )
+
     def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {
-            "status": self.status,
-            "code": self.code,
-            "message": self.message,
-            "description": self.description,
-        }
-        if self.path is not None:
-            error["details"] = {"path": self.path}
-        return {"error": error}
+        return self.response().wire()
 
 
 def unauthorized(message: str = "Missing or invalid credentials") -> ApiError:

@@ -1,4 +1,5 @@
-"""The OpenAPI 3.1 description of the HTTP API, generated from the pydantic models."""
+"""The OpenAPI 3.1 description of the HTTP API, generated from the pydantic models that validate
+every request and build every response: a route's schema is the model its answer is made of."""
 
 from __future__ import annotations
 
@@ -6,75 +7,40 @@ from decimal import Decimal
 from functools import lru_cache
 from typing import Any
 
-from pydantic import BaseModel, Field
-from pydantic.json_schema import models_json_schema
+from pydantic import BaseModel
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue, models_json_schema
+from pydantic_core import core_schema
 
+from chalicelib.console.domain import STATUS_LABELS
 from chalicelib.console.schemas import IpnAccepted, IpnBody, TransactionPage, TransactionView
-from chalicelib.payments.schemas import OrderRequest
+from chalicelib.errors import ErrorBody
+from chalicelib.payments.domain import DispatchState
+from chalicelib.payments.orders import IN_FLIGHT_FILTER
+from chalicelib.payments.schemas import (
+    Health,
+    OrderAccepted,
+    OrderPage,
+    OrderRequest,
+    OrderStatus,
+    PaymentResponse,
+    TerminalList,
+)
+from chalicelib.wire import REF_TEMPLATE
 
-
-class ErrorDetail(BaseModel):
-    status: int
-    code: str = Field(description="stable dotted identifier, e.g. validation.int_type")
-    message: str
-    description: str
-    details: dict[str, str] | None = Field(default=None, description="path: dotted path of the first bad field")
-
-
-class ErrorBody(BaseModel):
-    error: ErrorDetail
-
-
-class TransactionInfo(BaseModel):
-    reference: str | None = None
-    authorization_code: str | None = None
-    card_brand: str | None = None
-    masked_pan: str | None = None
-    authorized_online: bool | None = None
-
-
-class PaymentResponse(BaseModel):
-    paymentStatus: str = Field(description="Success or Failed")
-    receipt: str | None = Field(default=None, description="base64 text")
-    errorCode: str | None = None
-    errorData: dict[str, Any] | None = None
-    order: dict[str, Any] | None = None
-    customer: dict[str, Any] | None = None
-    technical_pos_info: dict[str, Any] | None = None
-    transaction: TransactionInfo | None = None
-    attempt: int | None = None
-
-
-class OrderStatus(BaseModel):
-    order_id: str
-    attempt: int
-    request_id: str
-    terminal_id: str
-    state: str = Field(description="pending, acknowledged, succeeded, failed, timed_out, cancelled")
-    reason: str | None = None
-    late_result: bool
-    created_at: str
-    acknowledged_at: str | None = None
-    finished_at: str | None = None
-    ack_deadline: str
-    deadline: str
-    payment: PaymentResponse | None = None
-
-
-class TerminalView(BaseModel):
-    terminal_id: str
-    online: bool
-    last_seen_at: str | None = None
-    busy: bool
-    cloud_api_enabled: bool
-
-
-class TerminalList(BaseModel):
-    terminals: list[TerminalView]
-
-
-class Health(BaseModel):
-    status: str
+# What clients send, described as it is validated; what the API answers, described as it is written.
+_REQUESTS: list[type[BaseModel]] = [OrderRequest, IpnBody]
+_RESPONSES: list[type[BaseModel]] = [
+    PaymentResponse,
+    OrderAccepted,
+    OrderStatus,
+    OrderPage,
+    TerminalList,
+    Health,
+    ErrorBody,
+    IpnAccepted,
+    TransactionView,
+    TransactionPage,
+]
 
 
 def _ref(name: str) -> dict[str, Any]:
@@ -114,7 +80,10 @@ _PATHS: dict[str, Any] = {
             "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("OrderRequest")}}},
             "responses": {
                 "200": _json("PaymentResponse", "the terminal answered, or was busy"),
-                "202": {"description": "accepted (Prefer: respond-async); see Location"},
+                "202": {
+                    **_json("OrderAccepted", "accepted (Prefer: respond-async); the outcome is read at Location"),
+                    "headers": {"Location": {"required": True, "schema": {"type": "string"}}},
+                },
                 "403": _json("ErrorBody", "Cloud API service not enabled on the terminal"),
                 "409": _json("ErrorBody", "order_id already used for a different payload"),
                 "413": _json("ErrorBody", "body too large"),
@@ -130,6 +99,37 @@ _PATHS: dict[str, Any] = {
             "summary": "The order's latest attempt",
             "parameters": [{"name": "order_id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "responses": {"200": _json("OrderStatus", "the latest attempt"), **_ERRORS},
+        }
+    },
+    "/v1/connector/orders": {
+        "get": {
+            "summary": "The merchant's orders, latest attempt first, each with its timeline",
+            "description": "The state filter applies after the store's page: a page may be short (even empty) "
+            "and still carry a next_cursor.",
+            "parameters": [
+                {
+                    "name": "state",
+                    "in": "query",
+                    "required": False,
+                    "description": "in_flight (pending or acknowledged), or one state",
+                    "schema": {"type": "string", "enum": [IN_FLIGHT_FILTER, *(state.value for state in DispatchState)]},
+                },
+                {"name": "terminal_id", "in": "query", "required": False, "schema": {"type": "string"}},
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "required": False,
+                    "description": "next_cursor of the previous page",
+                    "schema": {"type": "string"},
+                },
+            ],
+            "responses": {"200": _json("OrderPage", "one page"), **_ERRORS},
         }
     },
     "/v1/terminals": {
@@ -155,7 +155,11 @@ _CONSOLE_PATHS: dict[str, Any] = {
             "parameters": [
                 _query("from", "RFC 3339, inclusive", {"type": "string", "format": "date-time"}),
                 _query("to", "RFC 3339, exclusive", {"type": "string", "format": "date-time"}),
-                _query("status", "status code (118) or label (Captured)", {"type": "string"}),
+                _query(
+                    "status",
+                    "status code (118) or label (Captured; any case)",
+                    {"type": "string", "enum": [*map(str, STATUS_LABELS), *STATUS_LABELS.values()]},
+                ),
                 _query("terminal_id", "terminal id", {"type": "string"}),
                 _query("order_id", "order id", {"type": "string"}),
                 _query("limit", "page size", {"type": "integer", "minimum": 1, "maximum": 100, "default": 50}),
@@ -187,7 +191,7 @@ _CONSOLE_PATHS: dict[str, Any] = {
             ],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/IpnBody"}}},
+                "content": {"application/json": {"schema": _ref("IpnBody")}},
             },
             "responses": {
                 "200": _json("IpnAccepted", "stored (or already stored)"),
@@ -200,13 +204,36 @@ _CONSOLE_PATHS: dict[str, Any] = {
 }
 
 
+class _ExactNumbers(GenerateJsonSchema):
+    """pydantic writes a ``Decimal`` bound as a float (``99999999.0``) and a ``Decimal`` default as a
+    string (``"0"``); the document says them as the exact numbers they are (and the API's JSON
+    writer refuses floats)."""
+
+    def decimal_schema(self, schema: core_schema.DecimalSchema) -> JsonSchemaValue:
+        exact: JsonSchemaValue = _exact(super().decimal_schema(schema))
+        return exact
+
+    def encode_default(self, dft: Any) -> Any:
+        return _exact(dft) if isinstance(dft, Decimal) else super().encode_default(dft)
+
+
+def _exact(value: Any) -> Any:
+    if isinstance(value, float):
+        value = Decimal(repr(value))
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else value
+    if isinstance(value, dict):
+        return {key: _exact(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_exact(item) for item in value]
+    return value
+
+
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
-    models: list[type[BaseModel]] = [OrderRequest, PaymentResponse, ErrorBody, OrderStatus, TerminalList, Health]
-    models += [IpnBody, IpnAccepted, TransactionView, TransactionPage]
-    _, schemas = models_json_schema(
-        [(model, "validation") for model in models], ref_template="#/components/schemas/{model}"
-    )
+    modes: list[tuple[type[BaseModel], JsonSchemaMode]] = [(model, "validation") for model in _REQUESTS]
+    modes += [(model, "serialization") for model in _RESPONSES]
+    _, schemas = models_json_schema(modes, ref_template=REF_TEMPLATE, schema_generator=_ExactNumbers)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -215,22 +242,13 @@ def document() -> dict[str, Any]:
             "description": "Wire-compatible with HiPay's Cloud API for Nepting v1.2, plus order look-up, "
             "asynchronous mode, terminals and transactions.",
         },
+        # Relative to where this document is served, which is the API's own base URL (on API
+        # Gateway including the stage, locally the local stack's address).
+        "servers": [{"url": ".", "description": "this deployment"}],
         "components": {
-            "schemas": _without_floats(schemas.get("$defs", {})),
+            "schemas": schemas.get("$defs", {}),
             "securitySchemes": {"basic": {"type": "http", "scheme": "basic"}},
         },
         "security": [{"basic": []}],
         "paths": {**_PATHS, **_CONSOLE_PATHS},
     }
-
-
-def _without_floats(value: Any) -> Any:
-    """pydantic writes Decimal bounds as floats (99999999.0), which the API's JSON writer refuses:
-    they are written as the exact numbers their shortest repr names."""
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else Decimal(repr(value))
-    if isinstance(value, dict):
-        return {key: _without_floats(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without_floats(item) for item in value]
-    return value

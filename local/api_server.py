@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -18,6 +19,7 @@ from chalice.local import LocalGateway, LocalGatewayException
 
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError
+from chalicelib.http import log_request
 
 
 class ApiPortInUseError(OSError):
@@ -36,14 +38,18 @@ class _Handler(BaseHTTPRequestHandler):
         return None
 
     def _handle(self) -> None:
+        started = time.perf_counter()
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length > 0 else None
         headers = {key.lower(): value for key, value in self.headers.items()}
         try:
             response = self.server.gateway.handle_request(self.command, self.path, headers, body)
         except LocalGatewayException:
-            error = ApiError(404, "route.not_found", f"No route {self.command} {self.path.split('?')[0]}")
+            path = self.path.split("?")[0]
+            error = ApiError(404, "route.not_found", f"No route {self.command} {path}")
             self._send(404, {"Content-Type": "application/json"}, jsonutil.dumps(error.body()).encode())
+            # The routes log their own request line; this one never reached a route.
+            log_request(self.command, path, 404, error.code, started)
             return
         out_headers = dict(response.get("headers") or {})
         out_headers.update(response.get("multiValueHeaders") or {})

@@ -1,15 +1,17 @@
-"""The simulated Nepting payment gateway: after each simulated card payment, it sends the IPN
-(CONTRACT §3) to the local API, signed with the seed's IPN secret, as the real gateway would.
+"""The simulated Nepting payment gateway: after each terminal result the cloud records, it sends
+the IPN to the local API, signed with the seed's IPN secret, as the real gateway would.
 
-A payment the terminal declined or failed is reported too (declined / error); a cancelled one as
-cancelled. The IPN goes out a little after the terminal's result, like the real thing, from a few
-workers holding keep-alive connections to the API (a thread and a TCP connection per IPN cost more
-CPU than the IPN route itself), and is retried a few times if the API does not answer 200 or cannot
-be reached — then reported, never dropped silently.
+Whatever the terminal: a simulated one, an outside app, or one enrolled while the stack runs. A
+payment the terminal declined or failed is reported too (declined / error); a cancelled one as
+cancelled. The IPN goes out a little after the result, like the real thing, from a few workers
+holding keep-alive connections to the API (a thread and a TCP connection per IPN cost more CPU than
+the IPN route itself), and is retried a few times if the API does not answer 200 or cannot be
+reached — then reported, never dropped silently.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import logging
@@ -17,10 +19,12 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.console.ipn import ipn_signature
+from chalicelib.payments.ports import Dispatch, PaymentRepository
 from chalicelib.protocol import format_timestamp
 
 if TYPE_CHECKING:
@@ -31,13 +35,21 @@ _ATTEMPTS = 5
 # How long after the terminal's result the gateway sends its IPN (the first try).
 _DELAY_S = 0.05
 _WORKERS = 4
+Handler = Callable[[dict[str, Any], Any], Any]
 
 
-def ipn_body(merchant_id: str, request: dict[str, Any], result: dict[str, Any]) -> dict[str, Any] | None:
-    """The IPN for one terminal result; None when there is nothing the gateway processed."""
-    body = request["body"]
-    reference = result.get("transaction_reference")
-    if not reference:
+# The terminal event handler's outcomes for a result the cloud recorded (on time or late).
+RECORDED_RESULTS = frozenset({"succeeded", "failed", "late_succeeded", "late_failed"})
+
+
+def ipn_body(dispatch: Dispatch) -> dict[str, Any] | None:
+    """The IPN for a dispatch whose terminal result the cloud recorded; None without one.
+
+    A result without the terminal's transaction reference (a decline, an error) gets the gateway's
+    own, derived from the request so that a repeated result sends the same IPN again, not another.
+    """
+    result = dispatch.result
+    if not result:
         return None
     error_code = result.get("error_code")
     if result.get("payment_status") == "Success":
@@ -48,22 +60,19 @@ def ipn_body(merchant_id: str, request: dict[str, Any], result: dict[str, Any]) 
         status = "declined"
     else:
         status = "error"
+    card = {"brand": result.get("card_brand"), "masked_pan": result.get("masked_pan"), "entry_mode": "contactless"}
     return {
-        "transaction_reference": reference,
-        "merchant_id": merchant_id,
-        "order_id": body["order_id"],
-        "terminal_id": request["terminal_id"],
-        "operation": body["transaction_type"],
+        "transaction_reference": result.get("transaction_reference") or f"GW-{dispatch.request_id[:20].upper()}",
+        "merchant_id": dispatch.merchant_id,
+        "order_id": dispatch.order_id,
+        "terminal_id": dispatch.terminal_id,
+        "operation": dispatch.transaction_type,
         "status": status,
-        "amount": body["amount"],
-        "currency": body["currency"],
+        "amount": dispatch.amount,
+        "currency": dispatch.currency,
         "authorization_code": result.get("authorization_code"),
         "authorized_online": bool(result.get("authorized_online", False)),
-        "card": {
-            "brand": result.get("card_brand"),
-            "masked_pan": result.get("masked_pan"),
-            "entry_mode": "contactless",
-        },
+        "card": card if result.get("card_brand") or result.get("masked_pan") else None,
         "processed_at": format_timestamp(datetime.now(UTC)),
     }
 
@@ -71,9 +80,9 @@ def ipn_body(merchant_id: str, request: dict[str, Any], result: dict[str, Any]) 
 class IpnPoster:
     """One keep-alive HTTP connection to the local API, Nagle off; reconnects after any failure."""
 
-    def __init__(self, api_url: str, secret: str) -> None:
-        host, port = api_url.removeprefix("http://").rsplit(":", 1)
-        self.host, self.port, self.secret = host, int(port), secret
+    def __init__(self, api_url: Callable[[], str], secret: str) -> None:
+        # The URL is read at each connect: the workers start before the API server has its port.
+        self.api_url, self.secret = api_url, secret
         self._conn: http.client.HTTPConnection | None = None
 
     def post(self, body: dict[str, Any]) -> int:
@@ -99,7 +108,8 @@ class IpnPoster:
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
+            host, port = self.api_url().removeprefix("http://").rsplit(":", 1)
+            conn = http.client.HTTPConnection(host, int(port), timeout=10)
             conn.connect()
             if conn.sock is not None:
                 conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -112,8 +122,9 @@ class IpnPoster:
             self._conn = None
 
 
-def ipn_hook(stack: RunningStack, workers: int = _WORKERS) -> Any:
-    merchants = {t.terminal_id: t.merchant_id for t in stack.seed.terminals}
+def observing_results(stack: RunningStack, events_handler: Handler, payments: PaymentRepository) -> Handler:
+    """The terminal event handler, followed by the gateway: after each result the cloud records,
+    from any terminal (simulated, an outside app, one enrolled since), the IPN goes out."""
     secret = stack.seed.ipn_secret
     # (when to send, body), in the order the results came: the due times only grow.
     pending: queue.Queue[tuple[float, dict[str, Any]]] = queue.Queue()
@@ -134,7 +145,7 @@ def ipn_hook(stack: RunningStack, workers: int = _WORKERS) -> Any:
         log.error("IPN for %s not accepted after %d attempts", body["transaction_reference"], _ATTEMPTS)
 
     def work() -> None:
-        poster = IpnPoster(stack.api_url, secret)
+        poster = IpnPoster(lambda: stack.api_url, secret)
         try:
             while not stack.stop_event.is_set():
                 try:
@@ -145,13 +156,17 @@ def ipn_hook(stack: RunningStack, workers: int = _WORKERS) -> Any:
         finally:
             poster.close()
 
-    for index in range(workers):
+    for index in range(_WORKERS):
         threading.Thread(target=work, name=f"gateway-ipn-{index}", daemon=True).start()
 
-    def on_result(terminal_id: str, request: dict[str, Any], result: dict[str, Any]) -> None:
-        merchant_id = merchants.get(terminal_id)
-        body = ipn_body(merchant_id, request, result) if merchant_id else None
-        if body is not None:
-            pending.put((time.monotonic() + _DELAY_S, body))
+    def handler(event: dict[str, Any], context: Any) -> Any:
+        answer = events_handler(event, context)
+        if (answer or {}).get("outcome") in RECORDED_RESULTS:
+            envelope = json.loads(base64.b64decode(event["payload"]))
+            dispatch = payments.get_dispatch(str(envelope["request_id"]))
+            body = ipn_body(dispatch) if dispatch is not None else None
+            if body is not None:
+                pending.put((time.monotonic() + _DELAY_S, body))
+        return answer
 
-    return on_result
+    return handler

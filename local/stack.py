@@ -14,11 +14,13 @@ a half-working system.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -34,7 +36,7 @@ from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
 from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
 from chalicelib.adapters.dynamodb.tables import create_tables
 from chalicelib.config import Settings, get_settings
-from chalicelib.exceptions import ConditionFailed
+from chalicelib.exceptions import ConditionFailed, ConfigurationError
 from chalicelib.merchants import enrollment
 from chalicelib.merchants.ports import MerchantRepository
 from chalicelib.payments.ports import TerminalRepository
@@ -53,6 +55,22 @@ QUEUES = {
     "NOTIFICATIONS_QUEUE_URL": "nepting-merchant-notifications",
     "NOTIFICATIONS_DLQ_URL": "nepting-merchant-notifications-dlq",
 }
+# Where `make run` writes the environment the operator commands need (`make admin` reads it).
+ADMIN_ENV_FILE = Path(os.environ.get("LOCAL_STACK_ENV_FILE") or "build/local-stack.env")
+USAGE = """Start the whole system on this machine: the embedded store (SQLite, kept in DATA_DIR), the
+MQTT broker, the API with the Console (/console) and API docs (/docs), and simulated terminals.
+Ctrl-C stops it; starting again on the same DATA_DIR carries on where it stopped.
+
+Settings (environment variables):
+  API_PORT        HTTP port of the API, Console and docs (default 8000)
+  MQTT_PORT       port of the MQTT broker terminals connect to (default 1883)
+  DATA_DIR        where the embedded store keeps its file (default .data); remove it to start afresh
+  STORE           sqlite (default) or moto: the AWS adapters against moto, in memory
+  MOTO_PORT       with STORE=moto, port of moto for outside AWS tools (default: a free one)
+  SEED_FILE       merchants and terminals to create (default local/seed.json)
+  LOCAL_STACK_ENV_FILE  where the operator commands' environment is written (build/local-stack.env)
+  and every handler setting, e.g. PAYMENT_DEADLINE_MS, ACK_TIMEOUT_MS (README, Configuration).
+"""
 
 
 class StackError(RuntimeError):
@@ -160,6 +178,10 @@ def start_stack(config: StackConfig) -> RunningStack:
     seed = load_seed(config.seed_path)  # a bad seed stops before anything starts
     if config.store not in ("sqlite", "moto"):
         raise StackError(f"store must be sqlite or moto, got {config.store!r}")
+    # A port in use is named with its setting, before amqtt can log a traceback about it.
+    _check_port_free(config.mqtt_port, "MQTT_PORT")
+    if config.store == "moto":
+        _check_port_free(config.moto_port, "MOTO_PORT")
     from local.broker import start_broker
 
     saved: dict[str, str | None] = {}
@@ -224,6 +246,17 @@ def start_stack(config: StackConfig) -> RunningStack:
                 stop()
         _restore_env(saved)
         raise
+
+
+def _check_port_free(port: int, setting: str) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            raise StackError(f"port {port} is already in use: set {setting} to another port") from None
 
 
 def _queue_url(queue: str) -> str:
@@ -300,9 +333,11 @@ def _start_handlers(stack: RunningStack) -> None:
     components.waker = ThreadWaker()
     bootstrap.install(components)
     stack._parts.append(lambda: bootstrap.install(None))
-    bridge = TopicRuleBridge(
-        HOST, stack.mqtt_port, chalice_app.terminal_events_handler, chalice_app.terminal_status_handler
-    )
+    from local.gateway import observing_results
+
+    # The simulated payment gateway follows the terminal results the event handler records.
+    events = observing_results(stack, chalice_app.terminal_events_handler, components.payments)
+    bridge = TopicRuleBridge(HOST, stack.mqtt_port, events, chalice_app.terminal_status_handler)
     stack._parts.append(bridge.stop)
     bridge.wait_ready()
     stack.bridge = bridge
@@ -341,16 +376,8 @@ def _start_simulators(stack: RunningStack) -> None:
         for t in stack.seed.terminals
         if t.simulator is not None
     ]
-    hook = _gateway_hook(stack)
-    stack.fleet = run_terminals(specs, HOST, stack.mqtt_port, on_result=hook)
+    stack.fleet = run_terminals(specs, HOST, stack.mqtt_port)
     stack._parts.append(stack.fleet.stop)
-
-
-def _gateway_hook(stack: RunningStack) -> Any:
-    """The simulated payment gateway: sends the IPN for each simulated card payment, when served."""
-    from local.gateway import ipn_hook
-
-    return ipn_hook(stack)
 
 
 def _wait_ready(api_url: str, timeout_s: float = 30.0) -> None:
@@ -370,7 +397,9 @@ def describe(stack: RunningStack) -> str:
     """What is where, the demo credentials, and a payment to paste."""
     lines = [
         "Nepting Cloud API — local stack is ready",
-        f"  API          {stack.api_url}   (OpenAPI: {stack.api_url}/openapi.json)",
+        f"  Console      {stack.api_url}/console   (sign in with a merchant below)",
+        f"  API docs     {stack.api_url}/docs   (OpenAPI: {stack.api_url}/openapi.json)",
+        f"  API          {stack.api_url}",
         f"  MQTT broker  mqtt://{HOST}:{stack.mqtt_port}",
         (
             f"  AWS (moto)   {stack.moto_url}   (STORE=moto: nothing is kept on restart)"
@@ -413,21 +442,62 @@ def describe(stack: RunningStack) -> str:
             f"  curl -s -u {merchant.login}:{merchant.password} -H 'Content-Type: application/json' \\",
             f"    {stack.api_url}/v1/connector/order -d '{payload}'",
         ]
+    lines += [
+        "",
+        "Operator commands against this stack (in another shell):",
+        "  make admin ARGS='enroll-terminal --merchant-id M1 --manufacturer PAX --serial 123'",
+        f"  or set this environment (also in {ADMIN_ENV_FILE}) and run .venv/bin/python -m admin …",
+    ]
+    lines += [f"    export {name}={value}" for name, value in admin_environment(stack).items()]
     lines += ["", "Ctrl-C stops everything."]
     return "\n".join(lines)
 
 
-def main() -> int:
+def admin_environment(stack: RunningStack) -> dict[str, str]:
+    """What ``python -m admin`` needs to reach this stack: its data directory (the embedded store),
+    or with ``STORE=moto`` moto's URL, a region, dummy keys, the queue URLs; and the MQTT channel
+    (no IoT thing to provision locally)."""
+    if stack.data_dir is not None:
+        return {"ADMIN_DATA_DIR": str(Path(stack.data_dir).resolve()), "TERMINAL_CHANNEL": "mqtt"}
+    env = {
+        "AWS_ENDPOINT_URL": stack.moto_url,
+        "AWS_DEFAULT_REGION": os.environ["AWS_DEFAULT_REGION"],
+        "AWS_ACCESS_KEY_ID": "local",
+        "AWS_SECRET_ACCESS_KEY": "local",
+        "TERMINAL_CHANNEL": "mqtt",
+    }
+    env.update({name: os.environ[name] for name in QUEUES})
+    return env
+
+
+def _write_admin_env(stack: RunningStack) -> None:
+    ADMIN_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
+    where = f"moto at {stack.moto_url}" if stack.store is None else f"data in {stack.data_dir}"
+    lines = [f"# written by make run for make admin; valid while that stack runs ({where})"]
+    lines += [f"{name}={value}" for name, value in admin_environment(stack).items()]
+    ADMIN_ENV_FILE.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m local.stack", description=USAGE, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.parse_args(argv)
     started = time.monotonic()
     from local.broker import BrokerStartError
 
     try:
         config = StackConfig.from_env()
         stack = start_stack(config)
-    except (SeedError, StackError, BrokerStartError, OSError) as exc:
-        # Start-up problems a user can fix (bad seed, port in use) read as one line, not a traceback.
+    except (SeedError, StackError, BrokerStartError, ConfigurationError, OSError) as exc:
+        # Start-up problems a user can fix (bad seed or setting, port in use) read as one line that
+        # names the setting, not a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    try:
+        _write_admin_env(stack)
+    except OSError as exc:
+        print(f"note: could not write {ADMIN_ENV_FILE} for make admin: {exc}", file=sys.stderr)
     print(describe(stack))
     print(f"(ready in {time.monotonic() - started:.1f} s)", flush=True)
 
@@ -445,6 +515,7 @@ def main() -> int:
             break
     print("stopping…", flush=True)
     stack.stop()
+    ADMIN_ENV_FILE.unlink(missing_ok=True)
     return code
 
 

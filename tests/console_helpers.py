@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ from chalicelib.bootstrap import Components, build, install
 from chalicelib.config import Settings
 from chalicelib.console.ipn import ipn_signature
 from chalicelib.merchants.auth import hash_password
+from chalicelib.merchants.ports import MerchantRepository
 
 IPN_SECRET = "ipn-secret-for-tests"
 NOTIFY_PASSPHRASE = "merchant notify passphrase"
@@ -40,6 +42,7 @@ def ipn_body(**overrides: Any) -> dict[str, Any]:
 
 
 def signed_headers(raw: bytes, secret: str = IPN_SECRET, timestamp: int | None = None) -> dict[str, str]:
+    """The gateway's headers for ``raw``, signed at ``timestamp`` (seconds; default: now)."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     return {
         "Content-Type": "application/json",
@@ -56,12 +59,30 @@ def seed_merchant(
     password: str = "pw",
     passphrase: str = NOTIFY_PASSPHRASE,
 ) -> dict[str, str]:
-    """The merchant, its login, and the Basic Authorization header for it."""
+    """The merchant, its login, and the Basic Authorization header for it, in the merchants table."""
     merchants = DynamoMerchantRepository(settings.merchants_table)
+    return add_merchant(merchants, merchant_id, notify_url, login, password, passphrase)
+
+
+def add_merchant(
+    merchants: MerchantRepository,
+    merchant_id: str = "M1",
+    notify_url: str | None = None,
+    login: str | None = None,
+    password: str = "pw",
+    passphrase: str = NOTIFY_PASSPHRASE,
+) -> dict[str, str]:
+    """The merchant, its login, and the Basic Authorization header for it, in any merchant store."""
     merchants.put_merchant(merchant_id, notify_url, passphrase)
     login = login or f"login-{merchant_id}"
-    merchants.put_login(login, merchant_id, hash_password(password))
+    merchants.put_login(login, merchant_id, _hashed(password))
     return {"Authorization": "Basic " + base64.b64encode(f"{login}:{password}".encode()).decode()}
+
+
+@functools.cache
+def _hashed(password: str) -> str:
+    # scrypt is slow on purpose; one salted hash per test password is enough for tests.
+    return hash_password(password)
 
 
 def order_request(order_id: str = "ORDER_1537532589264", amount: int = 899, **order: Any) -> dict[str, Any]:

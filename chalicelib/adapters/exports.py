@@ -15,7 +15,6 @@ from typing import Any
 
 from chalicelib.adapters.aws import client, from_item
 
-EXPORT_PREFIX = "exports/"
 _MARKER = "AWSDynamoDB/"
 
 

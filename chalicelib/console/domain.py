@@ -4,8 +4,8 @@ No I/O here. A transaction is the IPN's facts (CONTRACT §3) plus, whenever they
 order's details; both halves are applied by pure functions, so the result does not depend on
 which half came first:
 
-    >>> ipn = IpnFacts("T1", "M1", "O1", "PAX-1", "Debit", "approved", 899, "EUR", None, None,
-    ...                None, None, None, "2026-11-28T03:12:00.123Z")
+    >>> ipn = IpnBody(transaction_reference="T1", merchant_id="M1", order_id="O1", terminal_id="PAX-1",
+    ...     operation="Debit", status="approved", amount=899, processed_at="2026-11-28T03:12:00.123Z")
     >>> tx = apply_ipn(None, ipn, "2026-11-28T03:12:01.000Z")
     >>> (tx.status_code, tx.status)
     (118, 'Captured')
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from chalicelib import jsonutil
+from chalicelib.console.schemas import IpnBody, IpnCard
 from chalicelib.keys import order_key
 
 AMOUNT_MISMATCH = "amount_mismatch"
@@ -55,26 +56,6 @@ class TransactionQuery:
     created_to: str | None = None
     status_code: int | None = None
     terminal_id: str | None = None
-
-
-@dataclass(frozen=True)
-class IpnFacts:
-    """What the gateway's IPN says about one transaction; its figures always stand."""
-
-    transaction_reference: str
-    merchant_id: str
-    order_id: str
-    terminal_id: str
-    operation: str
-    status: str
-    amount: int
-    currency: str
-    authorization_code: str | None
-    authorized_online: bool | None
-    card_brand: str | None
-    masked_pan: str | None
-    entry_mode: str | None
-    processed_at: str
 
 
 @dataclass(frozen=True)
@@ -183,9 +164,11 @@ class Transaction:
         return values
 
 
-def apply_ipn(current: Transaction | None, ipn: IpnFacts, now: str) -> Transaction:
-    """The transaction with the IPN's facts; an existing transaction keeps its order details."""
+def apply_ipn(current: Transaction | None, ipn: IpnBody, now: str) -> Transaction:
+    """The transaction with the IPN's facts (they always stand); an existing transaction keeps its
+    order details."""
     code = status_for(ipn.status, ipn.operation)
+    card = ipn.card or IpnCard()
     facts: dict[str, Any] = {
         "merchant_id": ipn.merchant_id,
         "order_id": ipn.order_id,
@@ -198,9 +181,9 @@ def apply_ipn(current: Transaction | None, ipn: IpnFacts, now: str) -> Transacti
         "currency": ipn.currency,
         "authorization_code": ipn.authorization_code,
         "authorized_online": ipn.authorized_online,
-        "card_brand": ipn.card_brand,
-        "masked_pan": ipn.masked_pan,
-        "entry_mode": ipn.entry_mode,
+        "card_brand": card.brand,
+        "masked_pan": card.masked_pan,
+        "entry_mode": card.entry_mode,
     }
     if current is None:
         # created_at is the payment's time, not the merge's: the same whichever half came first.
@@ -236,27 +219,3 @@ def _with_flags(tx: Transaction) -> Transaction:
         # The IPN's figures stand; the flag tells finance the ECR asked for something else.
         flags.append(AMOUNT_MISMATCH)
     return replace(tx, flags=sorted(flags))
-
-
-def console_view(tx: Transaction) -> dict[str, Any]:
-    """The Console's JSON shape of a transaction (see ``console.schemas.TransactionView``)."""
-    return {
-        "reference": tx.transaction_reference,
-        "merchant_id": tx.merchant_id,
-        "order_id": tx.order_id,
-        "terminal_id": tx.terminal_id,
-        "operation": tx.operation,
-        "status_code": tx.status_code,
-        "status": tx.status,
-        "amount_minor": tx.amount_minor,
-        "currency": tx.currency,
-        "authorization_code": tx.authorization_code,
-        "card": {"brand": tx.card_brand, "masked_pan": tx.masked_pan, "entry_mode": tx.entry_mode},
-        "description": tx.description,
-        "basket": jsonutil.loads(tx.basket_json) if tx.basket_json else None,
-        "customer": jsonutil.loads(tx.customer_json) if tx.customer_json else None,
-        "custom_data": jsonutil.loads(tx.custom_data_json) if tx.custom_data_json else None,
-        "flags": list(tx.flags),
-        "created_at": tx.created_at,
-        "updated_at": tx.updated_at,
-    }

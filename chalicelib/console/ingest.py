@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from chalicelib import jsonutil, protocol
-from chalicelib.console.domain import IpnFacts, OrderDetails, Transaction, apply_details, apply_ipn, details_from_head
+from chalicelib.console.domain import OrderDetails, Transaction, apply_details, apply_ipn, details_from_head
 from chalicelib.console.ports import IpnInbox, OrderDetailsRepository, TransactionRepository
 from chalicelib.console.schemas import IpnBody
 from chalicelib.exceptions import ConditionFailed, IpnMissingError, TransactionMissingError
@@ -69,7 +69,7 @@ def ingest_ipn(deps: IngestDeps, reference: str) -> Transaction:
     stored = deps.inbox.get(reference)
     if stored is None:
         raise IpnMissingError(f"no stored IPN for {reference}")
-    ipn = ipn_facts(IpnBody.model_validate(jsonutil.loads(stored["body_json"])))
+    ipn = IpnBody.model_validate(jsonutil.loads(stored["body_json"]))
     details = deps.order_details.get(ipn.merchant_id, ipn.order_id)
     tx = merge(deps, reference, ipn=ipn, details=details)
     # Read again after our write: details stored meanwhile may have missed this transaction on the
@@ -81,28 +81,8 @@ def ingest_ipn(deps: IngestDeps, reference: str) -> Transaction:
     return tx
 
 
-def ipn_facts(body: IpnBody) -> IpnFacts:
-    card = body.card
-    return IpnFacts(
-        transaction_reference=body.transaction_reference,
-        merchant_id=body.merchant_id,
-        order_id=body.order_id,
-        terminal_id=body.terminal_id,
-        operation=body.operation,
-        status=body.status,
-        amount=body.amount,
-        currency=body.currency,
-        authorization_code=body.authorization_code,
-        authorized_online=body.authorized_online,
-        card_brand=card.brand if card else None,
-        masked_pan=card.masked_pan if card else None,
-        entry_mode=card.entry_mode if card else None,
-        processed_at=body.processed_at,
-    )
-
-
 def merge(
-    deps: IngestDeps, reference: str, ipn: IpnFacts | None = None, details: OrderDetails | None = None
+    deps: IngestDeps, reference: str, ipn: IpnBody | None = None, details: OrderDetails | None = None
 ) -> Transaction:
     """Apply the IPN and/or the details to the stored transaction; a repeat writes nothing."""
     for _ in range(_MAX_RACES):

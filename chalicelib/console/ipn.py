@@ -10,10 +10,11 @@ import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from chalicelib import jsonutil
 from chalicelib.console.ports import IpnInbox
-from chalicelib.console.schemas import parse_ipn
+from chalicelib.console.schemas import IpnAccepted, parse_ipn
 from chalicelib.errors import ApiError
 from chalicelib.merchants.ports import MerchantReader
 from chalicelib.observability import count, log_event
@@ -60,7 +61,7 @@ def verify(deps: IpnDeps, headers: Mapping[str, str], body: bytes) -> None:
         raise _unauthorized("signature_invalid", "X-Nepting-Signature does not match")
 
 
-def receive_ipn(deps: IpnDeps, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
+def receive_ipn(deps: IpnDeps, headers: Mapping[str, str], body: bytes) -> IpnAccepted:
     """The route's whole job; returns the 200 body."""
     verify(deps, headers, body)
     try:
@@ -80,6 +81,7 @@ def receive_ipn(deps: IpnDeps, headers: Mapping[str, str], body: bytes) -> dict[
     reference = ipn.transaction_reference
     body_json = jsonutil.dumps(ipn.model_dump(mode="python"))
     digest = hashlib.sha256(body_json.encode("utf-8")).hexdigest()
+    outcome: Literal["stored", "duplicate"]
     if deps.inbox.store(reference, ipn.merchant_id, body_json, digest, deps.clock.now_ms()):
         count("IpnStored")
         outcome = "stored"
@@ -93,9 +95,9 @@ def receive_ipn(deps: IpnDeps, headers: Mapping[str, str], body: bytes) -> dict[
         else:
             count("IpnDuplicate", reason="same_body")
         if stored.get("merged_at_ms") is not None:
-            return {"status": "duplicate", "transaction_reference": reference}
+            return IpnAccepted(status="duplicate", transaction_reference=reference)
         # Stored but never merged (we failed between storing and queueing): queue it again.
         outcome = "duplicate"
     deps.queue.send({"transaction_reference": reference})
     log_event("ipn accepted", transaction_reference=reference, order_id=ipn.order_id, terminal_id=ipn.terminal_id)
-    return {"status": outcome, "transaction_reference": reference}
+    return IpnAccepted(status=outcome, transaction_reference=reference)

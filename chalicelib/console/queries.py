@@ -12,11 +12,11 @@ import binascii
 import json
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from chalicelib import protocol
-from chalicelib.console.domain import Transaction, TransactionQuery, console_view, status_code_from_filter
+from chalicelib.console.domain import Transaction, TransactionQuery, status_code_from_filter
 from chalicelib.console.ports import Position, TransactionRepository
+from chalicelib.console.schemas import TransactionPage, TransactionView
 from chalicelib.errors import transaction_not_found, validation_error
 from chalicelib.exceptions import EnvelopeError
 
@@ -27,17 +27,17 @@ _LIMIT = re.compile(r"^[0-9]{1,3}$")
 _POSITION_KEYS = frozenset({"created_at", "transaction_reference"})
 
 
-def get_transaction(transactions: TransactionRepository, merchant_id: str, reference: str) -> dict[str, Any]:
+def get_transaction(transactions: TransactionRepository, merchant_id: str, reference: str) -> TransactionView:
     tx = transactions.get(reference)
     if tx is None or tx.merchant_id != merchant_id:
         # Another merchant's transaction is answered as unknown, never as forbidden.
         raise transaction_not_found()
-    return console_view(tx)
+    return TransactionView.from_transaction(tx)
 
 
 def list_transactions(
     transactions: TransactionRepository, merchant_id: str, params: Mapping[str, str]
-) -> dict[str, Any]:
+) -> TransactionPage:
     limit = _limit(params.get("limit"))
     status_code = None
     if params.get("status"):
@@ -62,10 +62,10 @@ def list_transactions(
         found.extend(items)
         if after is None:
             break
-    return {
-        "transactions": [console_view(tx) for tx in found],
-        "next_cursor": _encode_cursor(scope, after) if after else None,
-    }
+    return TransactionPage(
+        transactions=[TransactionView.from_transaction(tx) for tx in found],
+        next_cursor=_encode_cursor(scope, after) if after else None,
+    )
 
 
 def _limit(raw: str | None) -> int:

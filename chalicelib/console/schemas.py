@@ -9,17 +9,21 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, field_validator
 from pydantic_core import PydanticCustomError
 
+from chalicelib import jsonutil
 from chalicelib.cards import is_masked_pan
 from chalicelib.errors import first_error, validation_error
 from chalicelib.exceptions import EnvelopeError
 from chalicelib.money import MAX_AMOUNT
 from chalicelib.protocol import parse_timestamp_ms, timestamp_from_ms
+from chalicelib.wire import Timestamp, WireModel, echo
+
+if TYPE_CHECKING:
+    from chalicelib.console.domain import Transaction
 
 Id = Annotated[StrictStr, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -78,49 +82,75 @@ def parse_ipn(body: Any) -> IpnBody:
         raise first_error(exc) from None
 
 
-class IpnAccepted(BaseModel):
-    status: str = Field(description="stored (new IPN) or duplicate (transaction_reference already received)")
+class IpnAccepted(WireModel):
+    status: Literal["stored", "duplicate"] = Field(
+        description="stored (new IPN) or duplicate (transaction_reference already received)"
+    )
     transaction_reference: str
 
 
-class CardView(BaseModel):
-    brand: str | None = None
-    masked_pan: str | None = None
-    entry_mode: str | None = None
+class CardView(WireModel):
+    brand: str | None
+    masked_pan: str | None = Field(description="at most the first 6 and last 4 digits shown")
+    entry_mode: str | None
 
 
-class BasketLineView(BaseModel):
-    product_reference: str
-    name: str
-    type: str
-    quantity: int
-    unit_price: Decimal
-    tax_rate: Decimal
-    discount: Decimal | None = None
-    total_amount: Decimal
+# CONTRACT §3's status codes and labels, as ``console.domain.STATUS_LABELS`` maps them.
+StatusCode = Literal[118, 125, 113, 115]
+StatusLabel = Literal["Captured", "Refunded", "Refused", "Cancelled"]
 
 
-class TransactionView(BaseModel):
+class TransactionView(WireModel):
+    """A Console transaction as the API shows it: the IPN's facts, and the order's details once known."""
+
     reference: str
     merchant_id: str
     order_id: str
     terminal_id: str
-    operation: str = Field(description="Debit or Credit")
-    status_code: int = Field(description="118 Captured, 125 Refunded, 113 Refused, 115 Cancelled")
-    status: str
-    amount_minor: int = Field(description="integer, currency minor units (IPN figure)")
+    operation: Literal["Debit", "Credit"]
+    status_code: StatusCode = Field(description="118 Captured, 125 Refunded, 113 Refused, 115 Cancelled")
+    status: StatusLabel
+    amount_minor: StrictInt = Field(description="integer, currency minor units (IPN figure)")
     currency: str
-    authorization_code: str | None = None
+    authorization_code: str | None
     card: CardView
-    description: str | None = None
-    basket: list[BasketLineView] | None = None
-    customer: dict[str, Any] | None = None
-    custom_data: dict[str, Any] | None = None
+    description: str | None
+    # The order's basket and customer exactly as the cash register sent them.
+    basket: list[Annotated[dict[str, Any], echo("BasketLine")]] | None
+    customer: Annotated[dict[str, Any], echo("Customer")] | None
+    custom_data: dict[str, Any] | None
     flags: list[str] = Field(description="amount_mismatch: the order asked for another amount or currency")
-    created_at: str = Field(description="RFC 3339 UTC with milliseconds")
-    updated_at: str
+    created_at: Timestamp
+    updated_at: Timestamp
+
+    @classmethod
+    def from_transaction(cls, tx: Transaction) -> TransactionView:
+        return cls(
+            reference=tx.transaction_reference,
+            merchant_id=tx.merchant_id,
+            order_id=tx.order_id,
+            terminal_id=tx.terminal_id,
+            operation=tx.operation,
+            status_code=tx.status_code,
+            status=tx.status,
+            amount_minor=tx.amount_minor,
+            currency=tx.currency,
+            authorization_code=tx.authorization_code,
+            card=CardView(brand=tx.card_brand, masked_pan=tx.masked_pan, entry_mode=tx.entry_mode),
+            description=tx.description,
+            basket=_parsed(tx.basket_json),
+            customer=_parsed(tx.customer_json),
+            custom_data=_parsed(tx.custom_data_json),
+            flags=list(tx.flags),
+            created_at=tx.created_at,
+            updated_at=tx.updated_at,
+        )
 
 
-class TransactionPage(BaseModel):
+def _parsed(text: str | None) -> Any:
+    return jsonutil.loads(text) if text else None
+
+
+class TransactionPage(WireModel):
     transactions: list[TransactionView]
-    next_cursor: str | None = Field(default=None, description="opaque; pass as cursor for the next page")
+    next_cursor: str | None = Field(description="opaque; pass as cursor for the next page")

@@ -95,6 +95,10 @@ class OrderHead:
     updated_at_ms: int
 
 
+# Where a listing of order heads stopped: (updated_at_ms, order_id) of the last head returned.
+OrderPosition = tuple[int, str]
+
+
 @dataclass
 class Dispatch:
     """The correlation record: one attempt on one terminal, small so that polling it stays cheap."""

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, Terminal
+from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal
 
 __all__ = [
     "Dispatch",
     "DispatchState",
     "OrderHead",
+    "OrderPosition",
     "PaymentRepository",
     "Terminal",
     "TerminalChannel",
@@ -53,6 +54,20 @@ class PaymentRepository(Protocol):
     def get_head(self, merchant_id: str, order_id: str) -> OrderHead | None: ...
 
     def get_dispatch(self, request_id: str) -> Dispatch | None: ...
+
+    def list_heads(
+        self, merchant_id: str, limit: int, after: OrderPosition | None = None, terminal_id: str | None = None
+    ) -> tuple[list[OrderHead], OrderPosition | None]:
+        """One page of the merchant's order heads, latest attempt first (``updated_at_ms`` descending;
+        heads of the same millisecond in an order of the store's choosing, stable across pages),
+        with the position to continue from (None: no more).
+
+        At most ``limit`` heads; with ``terminal_id`` only that terminal's, and the page may then come
+        back shorter than ``limit`` (even empty) while a position says there is more, as a filtered
+        DynamoDB query does. ``after`` is a position this method returned, for the same filter.
+        Only the merchant's own heads, never the correlation records.
+        """
+        ...
 
     def start_attempt(self, head: OrderHead, dispatch: Dispatch, previous_attempt: int | None) -> None:
         """Write the new head and its dispatch atomically; ConditionFailed if another attempt won."""

@@ -4,11 +4,12 @@ and the contract's 502/504 errors for the ways a dispatch can end without the te
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError
 from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, Reason
+from chalicelib.payments.schemas import OrderAccepted, PaymentResponse, TransactionInfo
 
 
 @dataclass
@@ -16,8 +17,12 @@ class Reply:
     """An HTTP answer of the payment API that is not an error."""
 
     status: int
-    body: dict[str, Any]
+    response: PaymentResponse | OrderAccepted
     headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.response.wire()
 
 
 _ERRORS_BY_REASON: dict[str, tuple[int, str, str]] = {
@@ -40,33 +45,36 @@ def reply_for(head: OrderHead, dispatch: Dispatch) -> Reply:
     return Reply(200, payment_response(jsonutil.loads(head.request_json), dispatch))
 
 
-def payment_response(raw: dict[str, Any], dispatch: Dispatch) -> dict[str, Any]:
+def payment_response(raw: dict[str, Any], dispatch: Dispatch) -> PaymentResponse:
     result = dispatch.result or {}
+    found = {key: result[source] for key, source in _TRANSACTION_FIELDS if source in result}
+    transaction = TransactionInfo(**found) if found else None
     if dispatch.state == DispatchState.SUCCEEDED:
-        response = payment_body(raw, "Success", receipt=result.get("receipt"))
-    else:
-        error_code = result.get("error_code") or dispatch.reason or "payment_failed"
-        response = payment_body(
-            raw, "Failed", error_code=error_code, error_data=result.get("error_data"), receipt=result.get("receipt")
+        return payment_body(
+            raw, "Success", receipt=result.get("receipt"), transaction=transaction, attempt=dispatch.attempt
         )
-    transaction = {
-        key: result[source]
-        for key, source in (
-            ("reference", "transaction_reference"),
-            ("authorization_code", "authorization_code"),
-            ("card_brand", "card_brand"),
-            ("masked_pan", "masked_pan"),
-            ("authorized_online", "authorized_online"),
-        )
-        if source in result
-    }
-    if transaction:
-        response["transaction"] = transaction
-    response["attempt"] = dispatch.attempt
-    return response
+    return payment_body(
+        raw,
+        "Failed",
+        error_code=result.get("error_code") or dispatch.reason or "payment_failed",
+        error_data=result.get("error_data"),
+        receipt=result.get("receipt"),
+        transaction=transaction,
+        attempt=dispatch.attempt,
+    )
 
 
-def busy_response(raw: dict[str, Any]) -> dict[str, Any]:
+# PaymentResponse.transaction's keys, and the result fields they come from.
+_TRANSACTION_FIELDS = (
+    ("reference", "transaction_reference"),
+    ("authorization_code", "authorization_code"),
+    ("card_brand", "card_brand"),
+    ("masked_pan", "masked_pan"),
+    ("authorized_online", "authorized_online"),
+)
+
+
+def busy_response(raw: dict[str, Any]) -> PaymentResponse:
     return payment_body(
         raw, "Failed", error_code="terminal_busy", error_data={"message": "The terminal is already handling a payment"}
     )
@@ -74,7 +82,7 @@ def busy_response(raw: dict[str, Any]) -> dict[str, Any]:
 
 def accepted_reply(order_id: str) -> Reply:
     location = f"/v1/connector/order/{order_id}"
-    return Reply(202, {"order_id": order_id, "state": "pending", "location": location}, {"Location": location})
+    return Reply(202, OrderAccepted(order_id=order_id, state="pending", location=location), {"Location": location})
 
 
 def raw_echo(raw: dict[str, Any]) -> dict[str, Any]:
@@ -84,17 +92,21 @@ def raw_echo(raw: dict[str, Any]) -> dict[str, Any]:
 
 def payment_body(
     raw: dict[str, Any],
-    status: str,
+    status: Literal["Success", "Failed"],
     error_code: str | None = None,
     error_data: dict[str, Any] | None = None,
     receipt: str | None = None,
-) -> dict[str, Any]:
-    return {
-        "paymentStatus": status,
-        "receipt": receipt,
-        "errorCode": error_code,
-        "errorData": error_data,
-        "order": raw.get("order"),
-        "customer": raw.get("customer"),
-        "technical_pos_info": raw.get("pos_technical_info"),
-    }
+    transaction: TransactionInfo | None = None,
+    attempt: int | None = None,
+) -> PaymentResponse:
+    return PaymentResponse(
+        payment_status=status,
+        receipt=receipt,
+        error_code=error_code,
+        error_data=error_data,
+        order=raw["order"],
+        customer=raw.get("customer"),
+        technical_pos_info=raw["pos_technical_info"],
+        transaction=transaction,
+        attempt=attempt,
+    )

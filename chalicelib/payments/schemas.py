@@ -1,4 +1,5 @@
-"""Request and message shapes of CONTRACT §1 and §2: the single source of truth for validation.
+"""Request, response and message shapes of CONTRACT §1 and §2: the single source of truth for
+validation, for what the API answers, and for the OpenAPI document.
 
 A request body is parsed with :func:`chalicelib.jsonutil.loads` (fractions as ``Decimal``) and then
 validated here; the first error becomes a ``400`` whose ``details.path`` is the field's dotted path.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -33,8 +34,11 @@ from pydantic_core import PydanticCustomError
 
 from chalicelib import jsonutil
 from chalicelib.errors import first_error, validation_error
+from chalicelib.exceptions import EventRefused
 from chalicelib.money import CENT, MAX_AMOUNT
+from chalicelib.payments.domain import DispatchState, Reason
 from chalicelib.protocol import canonical_json, terminal_id_for
+from chalicelib.wire import SkipJsonSchema, Timestamp, WireModel, echo, omitted_if_none
 
 MAX_BASKET_LINES = 200
 MAX_CUSTOM_DATA_BYTES = 8 * 1024
@@ -160,7 +164,8 @@ class DeviceInformation(_Model):
 
 
 class TerminalTransactionDisplay(_Model):
-    protocol: StrictStr
+    # A plain string checked below, so that HiPay's other protocols get their own error code.
+    protocol: StrictStr = Field(json_schema_extra={"enum": [SUPPORTED_PROTOCOL]})
     force_authorization: StrictBool = False
 
     @field_validator("protocol")
@@ -229,3 +234,151 @@ def parse_order_request(body: Any) -> OrderRequest:
         return OrderRequest.model_validate(body)
     except ValidationError as exc:
         raise first_error(exc, _PATH_SUFFIX) from None
+
+
+# --- Terminal message bodies (CONTRACT §2): what the cloud sends, and what it accepts back -------
+
+
+class PaymentRequestBody(_Model):
+    order_id: StrictStr
+    transaction_type: Literal["Debit", "Credit"]
+    amount: StrictInt
+    currency: StrictStr
+    force_authorization: StrictBool
+    description: StrictStr
+    expires_at: Timestamp
+
+
+class CancelRequestBody(_Model):
+    order_id: StrictStr
+    target_request_id: StrictStr
+
+
+class AckBody(_Model):
+    # {} shows the payment screen; {"accepted": false, "reason": "busy"} cannot. The reason is
+    # informational and not read, so an odd one does not turn a busy terminal into a timeout.
+    accepted: StrictBool = True
+
+
+class ResultBody(_Model):
+    payment_status: Literal["Success", "Failed"]
+    error_code: StrictStr | None = None
+    error_data: dict[str, Any] | None = None
+    receipt: StrictStr | None = None
+    transaction_reference: StrictStr | None = None
+    authorization_code: StrictStr | None = None
+    card_brand: StrictStr | None = None
+    masked_pan: StrictStr | None = None
+    authorized_online: StrictBool | None = None
+
+
+class StatusBody(_Model):
+    state: Literal["online", "offline"]
+
+
+TerminalBody = TypeVar("TerminalBody", AckBody, ResultBody, StatusBody)
+
+
+def terminal_body(model: type[TerminalBody], body: dict[str, Any]) -> TerminalBody:
+    """A terminal message's body, validated; one of the wrong shape is refused as ``bad_body``."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise EventRefused("bad_body", f"{model.__name__} {where}: {first['msg']}") from None
+
+
+# --- What the payment API answers (CONTRACT §1) ----------------------------------------------------
+
+
+class TransactionInfo(WireModel):
+    """The terminal's facts about the card transaction; a key is there only when the terminal gave it."""
+
+    reference: StrictStr | SkipJsonSchema[None] = omitted_if_none()
+    authorization_code: StrictStr | SkipJsonSchema[None] = omitted_if_none()
+    card_brand: StrictStr | SkipJsonSchema[None] = omitted_if_none()
+    masked_pan: StrictStr | SkipJsonSchema[None] = omitted_if_none("at most the first 6 and last 4 digits shown")
+    authorized_online: StrictBool | SkipJsonSchema[None] = omitted_if_none()
+
+
+class PaymentResponse(WireModel):
+    """HiPay's PaymentResponse: the outcome, and the request's order, customer and device echoed back."""
+
+    payment_status: Literal["Success", "Failed"] = Field(alias="paymentStatus")
+    receipt: StrictStr | None = Field(default=None, description="base64 text, when the terminal gives one")
+    error_code: StrictStr | None = Field(default=None, alias="errorCode")
+    error_data: dict[str, Any] | None = Field(default=None, alias="errorData")
+    order: Annotated[dict[str, Any], echo(Order, "the request's order, as sent")]
+    customer: Annotated[dict[str, Any], echo(Customer, "the request's customer, as sent")] | None = None
+    technical_pos_info: Annotated[dict[str, Any], echo(PosTechnicalInfo, "the request's pos_technical_info, as sent")]
+    transaction: TransactionInfo | SkipJsonSchema[None] = omitted_if_none("when the terminal reported a transaction")
+    attempt: StrictInt | SkipJsonSchema[None] = omitted_if_none("which attempt of the order this is, from 1")
+
+
+class OrderAccepted(WireModel):
+    """The ``202`` of ``Prefer: respond-async``: where to read the order's outcome."""
+
+    order_id: str
+    state: Literal["pending"]
+    location: str = Field(description="the order resource, also in the Location header")
+
+
+class OrderStatus(WireModel):
+    """The order's latest attempt (``GET /v1/connector/order/{order_id}``)."""
+
+    order_id: str
+    attempt: StrictInt
+    request_id: str
+    terminal_id: str
+    state: DispatchState
+    reason: Reason | None = Field(description="why the attempt ended without the terminal's own result")
+    late_result: StrictBool = Field(description="the result landed after the attempt had timed out or dropped")
+    created_at: Timestamp
+    acknowledged_at: Timestamp | None
+    finished_at: Timestamp | None
+    ack_deadline: Timestamp
+    deadline: Timestamp
+    payment: PaymentResponse | None = Field(description="once the attempt succeeded, failed or was cancelled")
+
+
+class OrderSummary(WireModel):
+    """One order of the listing (``GET /v1/connector/orders``): its latest attempt and timeline."""
+
+    order_id: str
+    attempt: StrictInt
+    terminal_id: str
+    transaction_type: str
+    amount: StrictInt = Field(description="minor units")
+    currency: str
+    state: DispatchState
+    reason: Reason | None = Field(description="why the attempt ended without the terminal's own result")
+    late_result: StrictBool
+    error_code: str | None = Field(description="the terminal's, when it answered Failed")
+    transaction_reference: str | None = Field(description="the terminal's, when it gave one")
+    received_at: Timestamp = Field(description="when the latest attempt was received")
+    dispatched_at: Timestamp = Field(description="when it was recorded and sent to the terminal")
+    acknowledged_at: Timestamp | None
+    finished_at: Timestamp | None
+    deadline: Timestamp
+
+
+class OrderPage(WireModel):
+    orders: list[OrderSummary]
+    next_cursor: str | None = Field(description="opaque; pass as cursor for the next page")
+
+
+class TerminalView(WireModel):
+    terminal_id: str
+    online: StrictBool
+    last_seen_at: Timestamp | None
+    busy: StrictBool = Field(description="handling a payment now")
+    cloud_api_enabled: StrictBool = Field(description="has a passphrase: payments can be sent to it")
+
+
+class TerminalList(WireModel):
+    terminals: list[TerminalView]
+
+
+class Health(WireModel):
+    status: Literal["ok"]

@@ -15,7 +15,7 @@ from chalicelib.config import Settings
 from chalicelib.errors import ApiError, order_not_found, terminal_not_found
 from chalicelib.exceptions import ChannelError, ConditionFailed, DispatchMissingError, TerminalBusyError
 from chalicelib.keys import order_key
-from chalicelib.observability import count, log_event
+from chalicelib.observability import count, log_event, traced
 from chalicelib.payments.domain import (
     FINAL,
     IN_FLIGHT,
@@ -25,6 +25,7 @@ from chalicelib.payments.domain import (
     Reason,
     Terminal,
 )
+from chalicelib.payments.poll_schedule import next_interval_ms
 from chalicelib.payments.ports import PaymentRepository, TerminalChannel, TerminalRepository
 from chalicelib.payments.replies import (
     Reply,
@@ -35,7 +36,7 @@ from chalicelib.payments.replies import (
     raw_echo,
     reply_for,
 )
-from chalicelib.payments.schemas import OrderRequest
+from chalicelib.payments.schemas import CancelRequestBody, OrderRequest, OrderStatus, PaymentRequestBody
 from chalicelib.ports import Clock, Waker
 
 # Two requests for the same new order may race; the loser re-reads and joins. Bounded, not a loop.
@@ -43,6 +44,8 @@ _MAX_START_RACES = 3
 # A duplicate that finds the terminal claimed by its own order waits this long for the attempt record.
 _JOIN_WINDOW_MS = 2_000
 _JOIN_POLL_S = 0.01
+# A payment waiting on its terminal says so this often in the logs, so a silent terminal shows.
+_PROGRESS_EVERY_MS = 10_000
 
 
 @dataclass
@@ -94,7 +97,9 @@ def request_payment(
             continue
         if respond_async:
             return accepted_reply(order_id)
-        return reply_for(head, wait_for_final(deps, dispatch.request_id))
+        with traced("payment wait", order_id=order_id, request_id=dispatch.request_id):
+            final = wait_for_final(deps, dispatch.request_id)
+        return reply_for(head, final)
     raise ApiError(409, "order.contended", "The order is being started by another request; retry")
 
 
@@ -192,16 +197,16 @@ def _start_attempt(
     log_event(
         "payment dispatched", order_id=head.order_id, terminal_id=terminal_id, request_id=request_id, attempt=attempt
     )
-    body = {
-        "order_id": request.order.order_id,
-        "transaction_type": request.order.transaction_type,
-        "amount": request.order.price.amount,
-        "currency": request.order.price.currency,
-        "force_authorization": request.pos_technical_info.terminal_transaction_display.force_authorization,
-        "description": request.order.description,
-        "expires_at": protocol.timestamp_from_ms(deadline),
-    }
-    _send(deps, dispatch, "payment_request", body, terminal)
+    body = PaymentRequestBody(
+        order_id=request.order.order_id,
+        transaction_type=request.order.transaction_type,
+        amount=request.order.price.amount,
+        currency=request.order.price.currency,
+        force_authorization=request.pos_technical_info.terminal_transaction_display.force_authorization,
+        description=request.order.description,
+        expires_at=protocol.timestamp_from_ms(deadline),
+    )
+    _send(deps, dispatch, "payment_request", body.model_dump(), terminal)
     return dispatch, head
 
 
@@ -236,14 +241,16 @@ def _send(deps: PaymentDeps, dispatch: Dispatch, kind: str, body: dict[str, Any]
 def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
     """Poll the correlation record until it is final, writing the timeout when a deadline passes.
 
-    The schedule starts at ``poll_initial_ms`` and grows by ``poll_growth_pct`` up to ``poll_max_ms``,
-    restarting fast whenever the state moves: an instant terminal answers within a few short polls,
-    a customer taking 30 s costs about 30 s / poll_max_ms reads, and the delay between the result
-    landing and the answer never exceeds the cap (plus one read).
+    The schedule (chalicelib/payments/poll_schedule.py) restarts fast whenever the state moves and caps the
+    interval by phase: an instant terminal answers within a few short polls, a tap payment's result
+    is read within ``poll_max_ms``, and a customer typing for 30 s costs a few reads a second.
     """
     settings = deps.settings
     interval = settings.poll_initial_ms
     seen_state: DispatchState | None = None
+    started = deps.clock.now_ms()
+    next_progress = started + _PROGRESS_EVERY_MS
+    state_since_ms = 0
     while True:
         dispatch = deps.payments.get_dispatch(request_id)
         if dispatch is None:
@@ -251,18 +258,30 @@ def wait_for_final(deps: PaymentDeps, request_id: str) -> Dispatch:
         if dispatch.state in FINAL:
             # Whoever wrote the final state (event handler, timeout, cancel) released the claim.
             return dispatch
-        if dispatch.state != seen_state:
-            seen_state, interval = dispatch.state, settings.poll_initial_ms
         now = deps.clock.now_ms()
+        if dispatch.state != seen_state:
+            seen_state, interval, state_since_ms = dispatch.state, settings.poll_initial_ms, now
         overdue = dispatch.overdue_reason(now)
         if overdue is not None:
             timed_out = _time_out(deps, dispatch, overdue, now)
             if timed_out is not None:
                 return timed_out
             continue
+        if now >= next_progress:
+            next_progress = now + _PROGRESS_EVERY_MS
+            log_event(
+                "payment waiting",
+                order_id=dispatch.order_id,
+                terminal_id=dispatch.terminal_id,
+                request_id=request_id,
+                state=dispatch.state.value,
+                waited_s=(now - started) // 1000,
+                deadline_in_s=(dispatch.deadline_ms - now) // 1000,
+            )
         next_deadline = dispatch.ack_deadline_ms if dispatch.state == DispatchState.PENDING else dispatch.deadline_ms
         deps.waker.wait(request_id, max(0.001, min(interval, next_deadline - now)) / 1000)
-        interval = min(settings.poll_max_ms, interval * settings.poll_growth_pct // 100)
+        acknowledged_for = now - state_since_ms if dispatch.state == DispatchState.ACKNOWLEDGED else None
+        interval = next_interval_ms(settings, interval, acknowledged_for)
 
 
 def _time_out(deps: PaymentDeps, dispatch: Dispatch, reason: Reason, now: int) -> Dispatch | None:
@@ -291,7 +310,7 @@ def _send_cancel(deps: PaymentDeps, dispatch: Dispatch) -> bool:
     terminal = deps.terminals.get(dispatch.terminal_id)
     if terminal is None or not terminal.passphrase:
         return False
-    body = {"order_id": dispatch.order_id, "target_request_id": dispatch.request_id}
+    body = CancelRequestBody(order_id=dispatch.order_id, target_request_id=dispatch.request_id).model_dump()
     try:
         deps.channel.publish(
             dispatch.terminal_id,
@@ -335,12 +354,10 @@ def cancel_payment(
     log_event(
         "payment cancelled", order_id=order_id, terminal_id=cancelled.terminal_id, request_id=cancelled.request_id
     )
-    response = payment_body(raw, "Success")
-    response["attempt"] = cancelled.attempt
-    return Reply(200, response)
+    return Reply(200, payment_body(raw, "Success", attempt=cancelled.attempt))
 
 
-def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> dict[str, Any]:
+def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> OrderStatus:
     """The order's latest attempt: how an ECR recovers after a lost or timed-out response."""
     head = deps.payments.get_head(merchant_id, order_id)
     dispatch = deps.payments.get_dispatch(head.request_id) if head else None
@@ -348,24 +365,24 @@ def order_status(deps: PaymentDeps, merchant_id: str, order_id: str) -> dict[str
         raise order_not_found()
     overdue = dispatch.overdue_reason(deps.clock.now_ms())
     state = DispatchState.TIMED_OUT if overdue else dispatch.state
-    status: dict[str, Any] = {
-        "order_id": order_id,
-        "attempt": dispatch.attempt,
-        "request_id": dispatch.request_id,
-        "terminal_id": dispatch.terminal_id,
-        "state": state.value,
-        "reason": overdue.value if overdue else dispatch.reason,
-        "late_result": dispatch.late,
-        "created_at": protocol.timestamp_from_ms(dispatch.created_at_ms),
-        "acknowledged_at": _ts(dispatch.acked_at_ms),
-        "finished_at": _ts(dispatch.finished_at_ms),
-        "ack_deadline": protocol.timestamp_from_ms(dispatch.ack_deadline_ms),
-        "deadline": protocol.timestamp_from_ms(dispatch.deadline_ms),
-        "payment": None,
-    }
+    payment = None
     if state in (DispatchState.SUCCEEDED, DispatchState.FAILED, DispatchState.CANCELLED):
-        status["payment"] = payment_response(jsonutil.loads(head.request_json), dispatch)
-    return status
+        payment = payment_response(jsonutil.loads(head.request_json), dispatch)
+    return OrderStatus(
+        order_id=order_id,
+        attempt=dispatch.attempt,
+        request_id=dispatch.request_id,
+        terminal_id=dispatch.terminal_id,
+        state=state,
+        reason=overdue or dispatch.reason,
+        late_result=dispatch.late,
+        created_at=protocol.timestamp_from_ms(dispatch.created_at_ms),
+        acknowledged_at=_ts(dispatch.acked_at_ms),
+        finished_at=_ts(dispatch.finished_at_ms),
+        ack_deadline=protocol.timestamp_from_ms(dispatch.ack_deadline_ms),
+        deadline=protocol.timestamp_from_ms(dispatch.deadline_ms),
+        payment=payment,
+    )
 
 
 def _ts(epoch_ms: int | None) -> str | None:

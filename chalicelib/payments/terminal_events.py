@@ -24,6 +24,7 @@ from chalicelib.payments.domain import (
     clean_result,
 )
 from chalicelib.payments.ports import PaymentRepository, TerminalRepository
+from chalicelib.payments.schemas import AckBody, ResultBody, StatusBody, terminal_body
 from chalicelib.ports import Clock, Waker
 
 
@@ -95,9 +96,7 @@ def handle_event(deps: EventDeps, topic: str, payload: bytes) -> str:
 
 
 def _apply_ack(deps: EventDeps, request_id: str, terminal_id: str, body: dict[str, Any]) -> str:
-    accepted = body.get("accepted", True)
-    if not isinstance(accepted, bool):
-        raise EventRefused("bad_body", "ack.accepted must be a boolean")
+    accepted = terminal_body(AckBody, body).accepted
     now = deps.clock.now_ms()
     pending = frozenset({DispatchState.PENDING})
     try:
@@ -117,16 +116,9 @@ def _apply_ack(deps: EventDeps, request_id: str, terminal_id: str, body: dict[st
 
 
 def _apply_result(deps: EventDeps, request_id: str, terminal_id: str, body: dict[str, Any]) -> str:
-    status = body.get("payment_status")
-    if status not in ("Success", "Failed"):
-        raise EventRefused("bad_body", "result.payment_status must be Success or Failed")
-    for key, kind in (("error_data", dict), ("authorized_online", bool)):
-        if key in body and body[key] is not None and not isinstance(body[key], kind):
-            raise EventRefused("bad_body", f"result.{key} has the wrong type")
-    for key in ("error_code", "receipt", "transaction_reference", "authorization_code", "card_brand", "masked_pan"):
-        if key in body and body[key] is not None and not isinstance(body[key], str):
-            raise EventRefused("bad_body", f"result.{key} must be a string")
-    result = clean_result(body)
+    parsed = terminal_body(ResultBody, body)
+    status = parsed.payment_status
+    result = clean_result(parsed.model_dump(exclude_none=True))
     if result.pop("masked_pan_refused", False):
         count("EventsRefused", reason="unmasked_pan")
         log_event("unmasked PAN dropped from a result", level="warning", request_id=request_id)
@@ -172,9 +164,7 @@ def handle_status(deps: EventDeps, topic: str, payload: bytes, received_at_ms: i
         envelope, terminal = _verified(deps, topic, payload, "status")
         if envelope["type"] != "status":
             raise EventRefused("unexpected_type", f"{envelope['type']!r} on a status topic")
-        state = envelope["body"].get("state")
-        if state not in ("online", "offline"):
-            raise EventRefused("bad_body", "status.state must be online or offline")
+        state = terminal_body(StatusBody, envelope["body"]).state
     except EventRefused as exc:
         return _refuse(exc, topic)
     online = state == "online"

@@ -14,6 +14,8 @@ from .stack import NeptingCloudApiStack
 FEATURE_FLAGS = {
     # Server access logs are delivered under a bucket policy, not the legacy log-delivery ACL.
     "@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True,
+    # CDK's built-in CloudFormation validation of the template: a finding fails the synthesis.
+    "@aws-cdk/core:validateAgainstDefaultRules": True,
 }
 
 

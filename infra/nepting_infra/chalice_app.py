@@ -19,19 +19,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import RemovalPolicy, Stack
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from chalice.cdk import Chalice
 from constructs import Construct
 
+from .front_door import RETRY_AFTER_S
 from .functions import API_HANDLER, FUNCTIONS_BY_LOGICAL_ID, FunctionSpec
 from .settings import APP_NAME, INFRA_DIR, DeploymentSettings
 
 # Where the construct writes its intermediate packages (under the current directory).
 CHALICE_WORKDIR = INFRA_DIR / ".build"
 REST_API_ID = "RestAPI"
+API_STAGE = "api"
+# Graviton: 20 % cheaper per GB-second than x86_64 at the same memory. Chalice downloads the
+# manylinux aarch64 wheels for it (pydantic_core is the one binary dependency).
+LAMBDA_ARCHITECTURE = "arm64"
 
 
 class UnknownFunctionError(RuntimeError):
@@ -88,7 +93,8 @@ class ChaliceApp(Construct):
                 "Chalice",
                 source_dir=str(settings.source_dir),
                 stage_config={
-                    "api_gateway_stage": "api",
+                    "api_gateway_stage": API_STAGE,
+                    "lambda_architecture": LAMBDA_ARCHITECTURE,
                     # Only regional (and private) REST APIs can have their integration timeout
                     # raised above 29 s.
                     "api_gateway_endpoint_type": "REGIONAL",
@@ -121,6 +127,14 @@ class ChaliceApp(Construct):
     def function_name(self, spec: FunctionSpec) -> str:
         return self._settings.resource_name(spec.slug)
 
+    def memory_of(self, spec: FunctionSpec) -> int:
+        if spec.name == API_HANDLER and self._settings.api_memory_mb is not None:
+            return self._settings.api_memory_mb
+        return spec.memory_mb
+
+    def concurrency_of(self, spec: FunctionSpec) -> int | None:
+        return None if spec.concurrency is None else int(getattr(self._settings, spec.concurrency))
+
     def timeout_of(self, spec: FunctionSpec) -> int:
         return self._settings.api_lambda_timeout_s if spec.name == API_HANDLER else spec.timeout_s
 
@@ -135,16 +149,30 @@ class ChaliceApp(Construct):
             f"{spec.logical_id}Logs",
             log_group_name=f"/aws/lambda/{name}",
             retention=_retention(self._settings.log_retention_days),
+            # Kept when the stack goes or replaces it, but removed when the very first deployment
+            # rolls back, so that the retry does not stop at "already exists".
+            removal_policy=RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE,
         )
         log_group.grant_write(role)
         self.log_groups[spec.name] = log_group
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="WriteTraces",
+                # X-Ray's write actions have no resource-level permissions.
+                actions=["xray:PutTraceSegments", "xray:PutTelemetryRecords"],
+                resources=["*"],
+            )
+        )
 
         cfn = self.chalice.get_resource(spec.logical_id)
         cfn.add_property_override("FunctionName", name)
         cfn.add_property_override("Role", role.role_arn)
         cfn.add_property_override("Timeout", self.timeout_of(spec))
-        cfn.add_property_override("MemorySize", spec.memory_mb)
+        cfn.add_property_override("MemorySize", self.memory_of(spec))
         cfn.add_property_override("LoggingConfig", {"LogGroup": log_group.log_group_name})
+        cfn.add_property_override("Tracing", "Active")
+        if spec.concurrency is not None:
+            cfn.add_property_override("ReservedConcurrentExecutions", self.concurrency_of(spec))
         # The role's policy must exist before Lambda validates event sources against it (the role
         # itself is already a dependency through the Role property).
         cfn.node.add_dependency(role.node.find_child("DefaultPolicy"))
@@ -193,6 +221,10 @@ def gateway_responses() -> dict[str, Any]:
             "statusCode": status,
             "responseTemplates": {"application/json": json.dumps(body, separators=(",", ":"))},
         }
+        if status == 429:
+            responses[response_type]["responseParameters"] = {
+                "gatewayresponse.header.Retry-After": f"'{RETRY_AFTER_S}'"
+            }
     return responses
 
 

@@ -6,12 +6,20 @@ from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
 
 from .settings import DeploymentSettings
 
 S = dynamodb.AttributeType.STRING
+N = dynamodb.AttributeType.NUMBER
+# Kept when the stack is deleted or replaces them, but removed when the very first deployment
+# rolls back: a retry then creates them again instead of failing on "already exists".
+KEEP = RemovalPolicy.RETAIN_ON_UPDATE_OR_DELETE
+# Tables whose items hold secrets: terminal passphrases (the HMAC key of every message), merchants'
+# password hashes and notification passphrases. Encrypted under a key of the deployment's own.
+SECRET_TABLES = ("merchants", "terminals")
 
 # DynamoDB writes its exports under this prefix; finance_export may write nothing else.
 EXPORT_PREFIX = "exports/"
@@ -20,20 +28,35 @@ PRIVATE_BUCKET: dict[str, Any] = {
     "encryption": s3.BucketEncryption.S3_MANAGED,
     "block_public_access": s3.BlockPublicAccess.BLOCK_ALL,
     "enforce_ssl": True,
-    "removal_policy": RemovalPolicy.RETAIN,
+    "removal_policy": KEEP,
 }
 
 
 class Tables(Construct):
-    """The six tables, on demand, encrypted with the AWS-managed key, with point-in-time recovery.
+    """The six tables, on demand, encrypted, with point-in-time recovery.
 
     PITR is on for every table, not only transactions: the terminals and merchants tables hold
-    enrolment secrets that cannot be recreated, and at this system's sizes PITR costs cents.
+    enrolment secrets that cannot be recreated, and at this system's sizes PITR costs cents. Those
+    two are encrypted with a customer-managed key (``secrets_key``) whose use is logged in
+    CloudTrail and granted to exactly the functions that read them; the others with the
+    AWS-managed one.
     """
 
     def __init__(self, scope: Construct, construct_id: str, *, settings: DeploymentSettings) -> None:
         super().__init__(scope, construct_id)
         self._settings = settings
+        self.secrets_key = kms.Key(
+            self,
+            "SecretsKey",
+            alias=f"alias/{settings.resource_name('secrets')}",
+            description="Encrypts the terminals and merchants tables (passphrases, password hashes)",
+            # New key material every year; DynamoDB keeps decrypting with the old one, nothing to re-encrypt.
+            enable_key_rotation=True,
+            rotation_period=Duration.days(365),
+            # The tables' backups (PITR) need it as long as they exist.
+            removal_policy=KEEP,
+            pending_window=Duration.days(30),
+        )
 
         self.merchants = self._table("merchants", "pk")
         self.terminals = self._table("terminals", "terminal_id")
@@ -50,6 +73,14 @@ class Tables(Construct):
             "pk",
             stream=dynamodb.StreamViewType.NEW_AND_OLD_IMAGES,
             time_to_live_attribute="expires_at",
+        )
+        # The Console's orders listing: order heads per merchant, latest attempt first. Sparse:
+        # correlation records carry no updated_at_ms, so only heads are indexed.
+        self.payments.add_global_secondary_index(
+            index_name="by-merchant-updated",
+            partition_key=dynamodb.Attribute(name="merchant_id", type=S),
+            sort_key=dynamodb.Attribute(name="updated_at_ms", type=N),
+            projection_type=dynamodb.ProjectionType.ALL,
         )
         self.transactions = self._table(
             "transactions",
@@ -87,7 +118,7 @@ class Tables(Construct):
         stream: dynamodb.StreamViewType | None = None,
         time_to_live_attribute: str | None = None,
     ) -> dynamodb.Table:
-        return dynamodb.Table(
+        table = dynamodb.Table(
             self,
             key.replace("_", "-").title().replace("-", ""),
             table_name=self._settings.resource_name(key.replace("_", "-")),
@@ -99,9 +130,21 @@ class Tables(Construct):
             ),
             stream=stream,
             time_to_live_attribute=time_to_live_attribute,
-            deletion_protection=True,
-            removal_policy=RemovalPolicy.RETAIN,
+            # Off by default: a protected table cannot be deleted by the rollback of a failed first
+            # deployment either. Stack deletion keeps the tables anyway (KEEP), and a deleted table's
+            # PITR backup stays restorable for 35 days; turn it on once the stage is deployed.
+            deletion_protection=self._settings.table_deletion_protection,
+            removal_policy=KEEP,
         )
+        if key in SECRET_TABLES:
+            # Set underneath the L2 table, whose grants would otherwise add kms:ReEncrypt* and
+            # kms:GenerateDataKey* for every reader: the stack grants the key explicitly instead,
+            # only through DynamoDB (stack.py, _grant_secrets_key).
+            cfn = table.node.default_child
+            assert isinstance(cfn, dynamodb.CfnTable)
+            cfn.add_property_override("SSESpecification.SSEType", "KMS")
+            cfn.add_property_override("SSESpecification.KMSMasterKeyId", self.secrets_key.key_arn)
+        return table
 
 
 class ExportBucket(Construct):

@@ -36,7 +36,11 @@ class FunctionSpec:
     # CloudFormation logical id that ``chalice package`` gives the function.
     logical_id: str
     timeout_s: int
+    # Chosen from measured import and handler times (bench/lambda_sizing.py, infra/README.md).
     memory_mb: int = 256
+    # DeploymentSettings attribute holding this function's reserved concurrency; None: it draws
+    # on the account's unreserved pool.
+    concurrency: str | None = None
     reads: tuple[str, ...] = ()
     read_writes: tuple[str, ...] = ()
     sends_to: tuple[str, ...] = ()
@@ -63,9 +67,11 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         name=API_HANDLER,
         logical_id="APIHandler",
         timeout_s=API_TIMEOUT_FROM_SETTINGS,
-        # It waits for the customer most of its life, and the slow credential hash runs once per
-        # credential per warm container (cached): 256 MB keeps a 30-s payment's wait cheap (bench/).
-        memory_mb=256,
+        # It waits for the customer most of its life, billed by memory x time: the smallest size
+        # whose memory holds its measured peak with 25 % headroom (bench/lambda_sizing.py);
+        # -c api_memory_mb trades cost for a faster first request per container.
+        memory_mb=128,
+        concurrency="api_concurrency",
         reads=("merchants", "transactions"),
         read_writes=("terminals", "payments", "ipn"),
         sends_to=("ipn",),
@@ -76,12 +82,18 @@ FUNCTIONS: tuple[FunctionSpec, ...] = (
         name="terminal_events",
         logical_id="TerminalEvents",
         timeout_s=10,
+        # Acks and results: their handling time is added latency, their cost is a few ms each; the
+        # smallest size that stretches a warm ack's CPU by at most 20 ms (bench/lambda_sizing.py).
+        memory_mb=512,
+        concurrency="terminal_events_concurrency",
         read_writes=("terminals", "payments"),
     ),
     FunctionSpec(
         name="terminal_status",
         logical_id="TerminalStatus",
         timeout_s=10,
+        memory_mb=512,
+        concurrency="terminal_status_concurrency",
         read_writes=("terminals", "payments"),
     ),
     FunctionSpec(

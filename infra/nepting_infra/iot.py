@@ -13,12 +13,14 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_iot as iot
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_sqs as sqs
+from aws_cdk import aws_ssm as ssm
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from .settings import DeploymentSettings
 
-THING_TYPE_NAME = "NeptingTerminal"
+# An account-wide parameter only one stage can create: see StageClaim.
+STAGE_CLAIM_PARAMETER = "/nepting-cloud-api/terminal-topics-owner"
 # Construct id of the Lambda that every AwsCustomResource in a stack shares (fixed by the CDK).
 AWS_CUSTOM_RESOURCE_PROVIDER_ID = "AWS679f53fac002430cb0da5b7982bd2287"
 TOPIC_ROOT = "nepting/v1/terminals"
@@ -73,6 +75,33 @@ def terminal_policy_document(stack: Stack) -> dict[str, object]:
     }
 
 
+def thing_type_name(settings: DeploymentSettings) -> str:
+    """``nepting-cloud-api-prod-terminal``: what ``python -m admin enroll-terminal`` gives each thing."""
+    return settings.resource_name("terminal")
+
+
+class StageClaim(Construct):
+    """One stage per account and region, enforced at deployment.
+
+    The terminal protocol fixes the topics (``nepting/v1/terminals/{id}/…``, CONTRACT §2) and IoT
+    topics are shared by the whole account and region, so two stages there would each receive
+    every terminal's events and presence: each would count the other's as refused, and a load
+    test on one would draw on the other's reserved concurrency. Every resource name carries the
+    stage, except this parameter: a second stage's deployment stops at it ("already exists") before
+    anything else is created, naming the stage that owns the account.
+    """
+
+    def __init__(self, scope: Construct, construct_id: str, *, settings: DeploymentSettings) -> None:
+        super().__init__(scope, construct_id)
+        self.parameter = ssm.StringParameter(
+            self,
+            "Parameter",
+            parameter_name=STAGE_CLAIM_PARAMETER,
+            string_value=Stack.of(self).stack_name,
+            description="The Nepting Cloud API stage that owns the terminal topics of this account and region",
+        )
+
+
 class TerminalFleet(Construct):
     """Thing type and the per-terminal policy; enrolment attaches them to each thing."""
 
@@ -81,7 +110,7 @@ class TerminalFleet(Construct):
         self.thing_type = iot.CfnThingType(
             self,
             "ThingType",
-            thing_type_name=THING_TYPE_NAME,
+            thing_type_name=thing_type_name(settings),
             thing_type_properties=iot.CfnThingType.ThingTypePropertiesProperty(
                 thing_type_description="Nepting payment terminal speaking the Cloud API MQTT protocol",
                 searchable_attributes=["merchant_id", "manufacturer"],

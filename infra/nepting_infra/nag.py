@@ -47,8 +47,10 @@ ROLE_WILDCARDS = [
     NagPackSuppression(
         id="AwsSolutions-IAM5",
         applies_to=["Resource::*"],
-        reason="dynamodb:ListStreams, needed by the payments-stream event source mapping, has no "
-        "resource-level permissions; the stream itself is granted by its ARN.",
+        reason="Actions without resource-level permissions, each on its own statement: "
+        "xray:PutTraceSegments and xray:PutTelemetryRecords (every function's traces), and "
+        "dynamodb:ListStreams for the payments-stream event source mapping (whose stream is granted "
+        "by its ARN).",
     ),
     NagPackSuppression(
         id="AwsSolutions-IAM5",
@@ -60,9 +62,22 @@ ROLE_WILDCARDS = [
 
 
 def add_suppressions(stack: NeptingCloudApiStack) -> None:
-    for name, role in stack.app.roles.items():
-        allowed = [s for s in ROLE_WILDCARDS if name == "order_notifications" or s.applies_to != ["Resource::*"]]
-        NagSuppressions.add_resource_suppressions(role, allowed, apply_to_children=True)
+    for role in stack.app.roles.values():
+        NagSuppressions.add_resource_suppressions(role, ROLE_WILDCARDS, apply_to_children=True)
+    NagSuppressions.add_resource_suppressions(
+        stack.front_door,
+        [
+            NagPackSuppression(
+                id="AwsSolutions-IAM4",
+                applies_to=[
+                    "Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs"
+                ],
+                reason="The account-wide role API Gateway assumes to write access logs; AWS keeps this "
+                "policy to exactly the log actions API Gateway needs, for any API's log group.",
+            )
+        ],
+        apply_to_children=True,
+    )
 
     for queue in (
         stack.queues.order_notifications_dlq,

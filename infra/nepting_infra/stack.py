@@ -11,14 +11,21 @@ from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_lambda_event_sources as sources
 from constructs import Construct
 
-from .chalice_app import ChaliceApp
-from .data import EXPORT_PREFIX, ExportBucket, Tables
+from .chalice_app import API_STAGE, REST_API_ID, ChaliceApp
+from .data import EXPORT_PREFIX, SECRET_TABLES, ExportBucket, Tables
+from .front_door import FrontDoor
 from .functions import FUNCTIONS_BY_NAME, QUEUE_ENV, TABLE_ENV, FunctionSpec
-from .iot import TOPIC_ROOT, IotDataEndpoint, TerminalFleet, TerminalMessageRules
+from .iot import TOPIC_ROOT, IotDataEndpoint, StageClaim, TerminalFleet, TerminalMessageRules
 from .messaging import Queues
 from .nag import add_suppressions
-from .observability import Observability
+from .observability import Observability, Watched
 from .settings import ACK_TIMEOUT_MS, APP_NAME, METRICS_NAMESPACE, DeploymentSettings
+
+# SQS consumers whose oldest message, past this age in seconds, is a backlog. The notifier delays
+# its own retries by up to 900 s, so its queue holds messages that old by design.
+QUEUE_BACKLOG_S = {"ipn": 300, "merchant-notifications": 1_800}
+# Functions that answer ReportBatchItemFailures; their name is the metric's ``source``.
+BATCH_CONSUMERS = ("order_notifications", "ipn_ingest", "merchant_notifier")
 
 # Prefix of the payments table's keys for order heads (the records order notifications follow).
 ORDER_KEY_PREFIX = "ORDER#"
@@ -28,6 +35,7 @@ class NeptingCloudApiStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, *, settings: DeploymentSettings, **kwargs: object) -> None:
         super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
         self.settings = settings
+        self.stage_claim = StageClaim(self, "StageClaim", settings=settings)
         self.tables = Tables(self, "Tables", settings=settings)
         self.queues = Queues(self, "Queues", settings=settings)
         self.exports = ExportBucket(self, "Exports", settings=settings)
@@ -44,15 +52,23 @@ class NeptingCloudApiStack(Stack):
                 "TERMINAL_CHANNEL": "iot",
                 "ACK_TIMEOUT_MS": str(ACK_TIMEOUT_MS),
                 "PAYMENT_DEADLINE_MS": str(settings.payment_deadline_ms),
+                "ASYNC_PAYMENT_DEADLINE_MS": str(settings.async_payment_deadline_ms),
             },
         )
         if settings.deadline_was_capped:
             Annotations.of(self).add_warning_v2(
                 "nepting:payment-deadline-capped",
-                f"PAYMENT_DEADLINE_MS is {settings.payment_deadline_ms} ms, not the contract's default "
-                f"120000, to end before the {settings.integration_timeout_ms} ms API Gateway integration "
-                "timeout; see infra/README.md",
+                f"PAYMENT_DEADLINE_MS is {settings.payment_deadline_ms} ms, not the "
+                f"{settings.async_payment_deadline_ms} asked for, to end before the "
+                f"{settings.integration_timeout_ms} ms API Gateway integration timeout: a customer gets "
+                f"at most {settings.max_customer_time_s} s synchronously; see infra/README.md",
             )
+        self.front_door = FrontDoor(
+            self,
+            "FrontDoor",
+            settings=settings,
+            rest_api=self.app.chalice.get_resource(REST_API_ID),
+        )
 
         for name in self.app.functions:
             self._grant(FUNCTIONS_BY_NAME[name])
@@ -60,13 +76,27 @@ class NeptingCloudApiStack(Stack):
         self._wire_terminal_messages()
         self._wire_daily_export()
 
+        specs = [FUNCTIONS_BY_NAME[name] for name in self.app.functions]
         self.observability = Observability(
             self,
             "Observability",
             settings=settings,
-            function_names={name: self.app.function_name(FUNCTIONS_BY_NAME[name]) for name in self.app.functions},
-            dead_letter_queues=self.queues.dead_letter_queues,
-            api_name=settings.resource_name("api"),
+            watched=Watched(
+                function_names={spec.name: self.app.function_name(spec) for spec in specs},
+                reserved_concurrency={
+                    spec.name: reserved for spec in specs if (reserved := self.app.concurrency_of(spec)) is not None
+                },
+                dead_letter_queues=self.queues.dead_letter_queues,
+                work_queues={
+                    "ipn": (self.queues.ipn, QUEUE_BACKLOG_S["ipn"]),
+                    "merchant-notifications": (self.queues.notifications, QUEUE_BACKLOG_S["merchant-notifications"]),
+                },
+                iot_rules={topic: rule.rule_name or "" for topic, rule in self.terminal_rules.rules.items()},
+                batch_consumers=tuple(name for name in BATCH_CONSUMERS if name in self.app.functions),
+                api_name=settings.resource_name("api"),
+                api_stage=API_STAGE,
+                web_acl_name=self.front_door.web_acl.name if self.front_door.web_acl else None,
+            ),
         )
         self._outputs()
         add_suppressions(self)
@@ -81,6 +111,7 @@ class NeptingCloudApiStack(Stack):
             self.tables.by_key[key].grant_read_write_data(role)
         for key in spec.tables:
             self.app.add_environment(spec, TABLE_ENV[key], self.tables.by_key[key].table_name)
+        self._grant_secrets_key(spec, role)
         for key in spec.sends_to:
             self.queues.by_key[key].grant_send_messages(role)
             self.app.add_environment(spec, QUEUE_ENV[key], self.queues.by_key[key].queue_url)
@@ -101,6 +132,23 @@ class NeptingCloudApiStack(Stack):
             self._grant_ipn_secret(spec, role)
         if spec.exports_transactions:
             self._grant_export(spec, role)
+
+    def _grant_secrets_key(self, spec: FunctionSpec, role: iam.IRole) -> None:
+        """The key of the tables holding secrets, usable only by DynamoDB on this role's behalf."""
+        reads = [key for key in spec.tables if key in SECRET_TABLES]
+        if not reads:
+            return
+        actions = ["kms:Decrypt", "kms:DescribeKey"]
+        if any(key in SECRET_TABLES for key in spec.read_writes):
+            actions += ["kms:Encrypt", "kms:GenerateDataKey"]
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="UseSecretsKeyThroughDynamoDB",
+                actions=actions,
+                resources=[self.tables.secrets_key.key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"dynamodb.{Aws.REGION}.amazonaws.com"}},
+            )
+        )
 
     def _grant_ipn_secret(self, spec: FunctionSpec, role: iam.IRole) -> None:
         name = self.settings.ipn_secret_parameter
@@ -154,6 +202,7 @@ class NeptingCloudApiStack(Stack):
         )
         self.app.add_environment(spec, "TRANSACTIONS_TABLE", table.table_name)
         self.app.add_environment(spec, "EXPORT_BUCKET", bucket.bucket_name)
+        self.app.add_environment(spec, "EXPORT_PREFIX", EXPORT_PREFIX)
 
     # --- event sources ------------------------------------------------------------------------
 
@@ -236,8 +285,25 @@ class NeptingCloudApiStack(Stack):
         )
 
     def _outputs(self) -> None:
-        CfnOutput(self, "ApiUrl", value=self.app.chalice.sam_template.get_output("EndpointURL").value)
-        CfnOutput(self, "PaymentDeadlineMs", value=str(self.settings.payment_deadline_ms))
+        s = self.settings
+        url = (
+            f"https://{s.domain_name}/"
+            if s.domain_name
+            else self.app.chalice.sam_template.get_output("EndpointURL").value
+        )
+        CfnOutput(self, "ApiUrl", value=url)
+        CfnOutput(self, "PaymentDeadlineMs", value=str(s.payment_deadline_ms))
+        CfnOutput(
+            self,
+            "MaxSynchronousCustomerSeconds",
+            value=str(s.max_customer_time_s),
+            description="The longest a customer can take at the terminal and get a synchronous answer",
+        )
+        CfnOutput(self, "ApiReservedConcurrency", value=str(s.api_concurrency))
+        CfnOutput(self, "PaymentRouteRateLimit", value=str(s.order_rate_limit))
+        CfnOutput(self, "AlarmTopicArn", value=self.observability.topic.topic_arn)
+        CfnOutput(self, "SecretsKeyArn", value=self.tables.secrets_key.key_arn)
+        CfnOutput(self, "AccessLogGroup", value=self.front_door.access_logs.log_group_name)
         CfnOutput(self, "TerminalPolicyName", value=self.fleet.policy.ref)
         CfnOutput(self, "TerminalThingType", value=self.fleet.thing_type.ref)
         CfnOutput(self, "ExportBucketName", value=self.exports.bucket.bucket_name)

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,11 +25,19 @@ def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
 
 
-def _start(env_overrides: dict[str, str]) -> subprocess.Popen[str]:
-    env = {**os.environ, "API_PORT": "0", "MQTT_PORT": "0", "PYTHONUNBUFFERED": "1", **env_overrides}
+def _start(env_overrides: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    env = {
+        **os.environ,
+        "API_PORT": "0",
+        "MQTT_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+        # Never the developer's own build/local-stack.env, which a running `make run` owns.
+        "LOCAL_STACK_ENV_FILE": os.path.join(tempfile.mkdtemp(prefix="stack-env-"), "local-stack.env"),
+        **env_overrides,
+    }
     env.pop("AWS_ENDPOINT_URL", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "local.stack"],
+        [sys.executable, "-m", "local.stack", *args],
         cwd=ROOT,
         env=env,
         text=True,
@@ -96,4 +105,65 @@ def test_port_in_use_is_reported_as_such() -> None:
         process = _start({"MQTT_PORT": str(port)})
         _, err = process.communicate(timeout=60)
     assert process.returncode == 2
-    assert f"port {port}" in err and "in use" in err
+    assert f"port {port}" in err and "in use" in err and "MQTT_PORT" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_describes_the_settings_and_starts_nothing() -> None:
+    process = _start({"API_PORT": "1"}, "--help")  # a port it could not bind: starting would fail
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "API_PORT" in out and "MQTT_PORT" in out and "/console" in out
+    assert "ready" not in out
+
+
+def test_a_deadline_shorter_than_the_ack_timeout_is_one_line_naming_both_settings() -> None:
+    process = _start({"PAYMENT_DEADLINE_MS": "5000"})
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 2
+    assert "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    assert line.startswith("error: PAYMENT_DEADLINE_MS is 5000") and "ACK_TIMEOUT_MS" in line
+
+
+def test_make_run_prints_and_writes_the_environment_operator_commands_need(tmp_path: Path) -> None:
+    env_file = tmp_path / "local-stack.env"
+    process = _start({"LOCAL_STACK_ENV_FILE": str(env_file)})
+    try:
+        banner = _read_until_ready(process)
+        assert "/console" in banner and "/docs" in banner and "make admin ARGS=" in banner
+        written = dict(
+            line.split("=", 1) for line in env_file.read_text().splitlines() if line and not line.startswith("#")
+        )
+        # The embedded store's data directory (STORE=moto would name moto's URL, region and queues).
+        assert Path(written["ADMIN_DATA_DIR"]) == (Path(os.environ["DATA_DIR"])).resolve()
+        for name in ("ADMIN_DATA_DIR", "TERMINAL_CHANNEL"):
+            assert f"export {name}={written[name]}" in banner
+        # What make admin does: the operator command with that environment, nothing else.
+        clean = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+        enroll = ["enroll-terminal", "--merchant-id", "M1", "--manufacturer", "PAX", "--serial", "ADMIN1"]
+        admin = subprocess.run(
+            [sys.executable, "-m", "admin", *enroll],
+            cwd=ROOT,
+            env={**clean, **written},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert admin.returncode == 0, admin.stderr
+        assert json.loads(admin.stdout)["terminal_id"] == "PAX-ADMIN1"
+        replay = subprocess.run(
+            [sys.executable, "-m", "admin", "replay-dlq", "--queue", "merchant-notifications"],
+            cwd=ROOT,
+            env={**clean, **written},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert replay.returncode == 0, replay.stderr
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    assert not env_file.exists()  # a stopped stack leaves no stale environment behind

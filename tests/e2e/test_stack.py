@@ -306,8 +306,30 @@ def test_outside_terminal_and_simulator_pay_side_by_side(stack: RunningStack) ->
         assert replies["simulated"][2]["paymentStatus"] == "Success"
         # the outside terminal received its own requests topic only (no other terminal's retained status)
         assert outside.topics == {protocol.topic_for("INGENICO-OUTSIDE1", "requests")}
+        # the simulated gateway reports the outside terminal's payment too: it is a Console transaction
+        transaction = wait_for(lambda: _transaction(stack, "OUT-1"))
+        assert (transaction["terminal_id"], transaction["status_code"]) == ("INGENICO-OUTSIDE1", 118)
     finally:
         outside.stop()
+
+
+def _transaction(stack: RunningStack, reference: str) -> dict[str, Any] | None:
+    status, _, found = call(stack, "GET", f"/v1/transactions/{reference}")
+    return found if status == 200 else None
+
+
+def test_a_declined_payment_becomes_a_refused_transaction(stack: RunningStack) -> None:
+    request = order("DECLINE1", amount=777)
+    order_id = request["order"]["order_id"]
+    assert call(stack, "POST", "/v1/connector/order", request)[2]["errorCode"] == "declined"
+
+    def refused() -> list[dict[str, Any]]:
+        _, _, page = call(stack, "GET", f"/v1/transactions?order_id={order_id}")
+        return page.get("transactions", [])
+
+    (transaction,) = wait_for(refused)
+    assert (transaction["status_code"], transaction["status"]) == (113, "Refused")
+    assert (transaction["terminal_id"], transaction["amount_minor"]) == ("PAX-DECLINE1", 777)
 
 
 def test_forged_result_from_outside_cannot_change_a_finished_payment(stack: RunningStack) -> None:

@@ -21,6 +21,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 INFRA_DIR = REPO_ROOT / "infra"
 STACK_NAME = "nepting-cloud-api-prod"
+ALARM_EMAIL = "oncall@example.com"
+# The deployment as documented for production: the defaults plus the one required setting.
+DEFAULT_CONTEXT = {"alarm_email": ALARM_EMAIL}
 
 
 @dataclass
@@ -50,7 +53,7 @@ class Synthesis:
         ]
 
 
-def _synthesize(outdir: Path) -> Synthesis:
+def _synthesize(outdir: Path, context: dict[str, str]) -> Synthesis:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CDK_", "AWS_"))}
     env.update(
         CDK_OUTDIR=str(outdir),
@@ -61,8 +64,15 @@ def _synthesize(outdir: Path) -> Synthesis:
         AWS_DEFAULT_REGION="eu-west-3",
     )
     started = time.monotonic()
+    args = [arg for key, value in context.items() for arg in ("-c", f"{key}={value}")]
     done = subprocess.run(
-        [sys.executable, "app.py"], cwd=INFRA_DIR, env=env, capture_output=True, text=True, timeout=600, check=False
+        [sys.executable, "app.py", *args],
+        cwd=INFRA_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     return Synthesis(done.returncode, done.stdout, done.stderr, outdir, time.monotonic() - started)
 
@@ -71,7 +81,7 @@ def _synthesize(outdir: Path) -> Synthesis:
 def synthesis(tmp_path_factory: pytest.TempPathFactory) -> Synthesis:
     if shutil.which("node") is None:
         pytest.skip("Node.js is not installed: the CDK (jsii) needs it to synthesize (see infra/README.md)")
-    result = _synthesize(tmp_path_factory.mktemp("cdk.out"))
+    result = _synthesize(tmp_path_factory.mktemp("cdk.out"), DEFAULT_CONTEXT)
     if not result.template_path.exists():
         pytest.fail(f"synthesis produced no template (exit {result.returncode}):\n{result.stderr[-4000:]}")
     return result

@@ -76,15 +76,22 @@ def test_function_sends_to_and_consumes_only_its_own_queues(template, function_i
     assert targets_of(template, statements, "sqs:DeleteMessage") == CONSUMES.get(function_id, set())
 
 
+# Actions without resource-level permissions, and who may have them on every resource.
+UNSCOPABLE = {
+    ("xray:PutTelemetryRecords", "xray:PutTraceSegments"): set(TABLES),
+    # The payments-stream event source mapping needs it.
+    ("dynamodb:ListStreams",): {"OrderNotifications"},
+}
+
+
 @pytest.mark.parametrize("function_id", sorted(TABLES))
 def test_no_function_is_granted_a_whole_service_or_every_resource(template, function_id):
     for s in _statements(template, function_id):
         for action in actions(s):
             assert not action.endswith("*"), f"{function_id}: {action}"
         if "*" in as_list(s["Resource"]):
-            # The one action without resource-level permissions that an event source needs.
-            assert actions(s) == ["dynamodb:ListStreams"], f"{function_id}: {s}"
-            assert function_id == "OrderNotifications"
+            granted = tuple(sorted(actions(s)))
+            assert function_id in UNSCOPABLE.get(granted, set()), f"{function_id}: {s}"
 
 
 def _granted(template, function_id, action):
@@ -105,16 +112,48 @@ def test_only_the_api_publishes_to_terminals_and_only_on_request_topics(template
 def test_only_the_api_reads_the_ipn_secret_and_decrypts_it_only_through_ssm(template):
     for function_id in TABLES:
         ssm = _granted(template, function_id, "ssm:GetParameter")
-        kms = _granted(template, function_id, "kms:Decrypt")
+        through_ssm = [
+            s
+            for s in _granted(template, function_id, "kms:Decrypt")
+            if "kms:EncryptionContext:PARAMETER_ARN" in s.get("Condition", {}).get("StringEquals", {})
+        ]
         if function_id != "APIHandler":
-            assert ssm == [] and kms == []
+            assert ssm == [] and through_ssm == []
             continue
         (get_parameter,) = ssm
         assert get_parameter["Resource"]["Fn::Join"][1][-1] == ":parameter/nepting-cloud-api/prod/ipn-secret"
-        (decrypt,) = kms
+        (decrypt,) = through_ssm
         conditions = decrypt["Condition"]["StringEquals"]
         assert set(conditions) == {"kms:ViaService", "kms:EncryptionContext:PARAMETER_ARN"}
         assert conditions["kms:EncryptionContext:PARAMETER_ARN"] == get_parameter["Resource"]
+
+
+# function -> what it may do with the key of the secrets tables (merchants, terminals), through DynamoDB
+SECRETS_KEY = {
+    "APIHandler": {"kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey"},
+    "TerminalEvents": {"kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey"},
+    "TerminalStatus": {"kms:Decrypt", "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKey"},
+    # Reads merchants (their notification passphrase) only.
+    "MerchantNotifier": {"kms:Decrypt", "kms:DescribeKey"},
+}
+
+
+@pytest.mark.parametrize("function_id", sorted(TABLES))
+def test_the_secrets_key_is_usable_only_through_dynamodb_by_the_functions_reading_those_tables(template, function_id):
+    (key_id,) = resources(template, "AWS::KMS::Key")
+    on_key = [
+        s
+        for s in _statements(template, function_id)
+        if any(a.startswith("kms:") for a in actions(s)) and key_id in str(s["Resource"])
+    ]
+    if function_id not in SECRETS_KEY:
+        assert on_key == []
+        return
+    (statement,) = on_key
+    assert set(actions(statement)) == SECRETS_KEY[function_id]
+    assert statement["Resource"] == {"Fn::GetAtt": [key_id, "Arn"]}
+    (via,) = statement["Condition"]["StringEquals"].values()
+    assert via == {"Fn::Join": ["", ["dynamodb.", {"Ref": "AWS::Region"}, ".amazonaws.com"]]}
 
 
 def test_only_finance_export_exports_transactions_and_writes_only_under_exports(template):

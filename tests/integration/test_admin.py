@@ -21,7 +21,7 @@ from chalicelib.merchants.auth import Authenticator
 
 PASSWORD = "a-long-enough-password"
 POLICY = "nepting-cloud-api-dev-terminal"  # what infra/ deploys for the dev stage
-THING_TYPE = "NeptingTerminal"
+THING_TYPE = "nepting-cloud-api-dev-terminal"
 
 
 @pytest.fixture
@@ -128,6 +128,49 @@ def test_password_is_prompted_for_when_omitted(
     assert code == 0
     header = "Basic " + base64.b64encode(f"shop:{PASSWORD}".encode()).decode()
     assert Authenticator(merchants(admin_env), 60).merchant_for(header) == "M1"
+
+
+def test_a_password_prompt_with_no_input_is_a_one_line_hint(
+    admin_env: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_input(prompt: str = "") -> str:
+        raise EOFError
+
+    monkeypatch.setattr("getpass.getpass", no_input)
+    code, output, err = run(capsys, "create-merchant", "--merchant-id", "M1", "--login", "shop")
+    assert (code, output) == (2, None)
+    assert err.startswith("error: ") and "--password" in err and err.count("\n") == 1
+    assert merchants(admin_env).get_merchant("M1") is None
+
+
+def test_no_region_is_a_one_line_hint_naming_the_setting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chalicelib.adapters import aws as aws_adapter
+
+    for name in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    aws_adapter.reset_clients()
+    get_settings.cache_clear()
+    try:
+        code, _, err = run(capsys, "create-merchant", "--merchant-id", "M1", "--login", "shop", "--password", PASSWORD)
+    finally:
+        aws_adapter.reset_clients()
+        get_settings.cache_clear()
+    assert code == 2
+    assert "AWS_DEFAULT_REGION" in err and "make admin" in err and err.count("\n") == 1
+
+
+def test_replay_without_queue_urls_names_the_settings_and_make_admin(
+    admin_env: Settings, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("NOTIFICATIONS_DLQ_URL", "NOTIFICATIONS_QUEUE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    code = main(["replay-dlq", "--queue", "merchant-notifications"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "NOTIFICATIONS_DLQ_URL" in err and "NOTIFICATIONS_QUEUE_URL" in err and "make admin" in err
 
 
 @pytest.mark.parametrize(
@@ -302,3 +345,47 @@ def test_failed_iot_provisioning_still_hands_over_the_passphrase(
     assert code == 1 and "IoT provisioning of PAX-1850320198 failed" in err
     assert output is not None and output["passphrase"] == stored.passphrase
     assert "AttachPolicy" in output["iot_error"] and "iot" not in output
+
+
+def _csr(path: Path) -> Path:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "PAX-1850320198")]))
+        .sign(key, hashes.SHA256())
+    )
+    path.write_bytes(request.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def test_enrollment_from_a_csr_signs_the_terminals_request_and_writes_no_private_key(
+    iot: Any, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    create_merchant(capsys)
+    csr = _csr(tmp_path / "terminal.csr")
+    code, output, _ = enroll(capsys, "--csr", str(csr), "--cert-dir", str(tmp_path / "certs"))
+    assert code == 0
+    terminal_id = "PAX-1850320198"
+    certificate_arn = output["iot"]["certificate_arn"]
+    assert iot.list_thing_principals(thingName=terminal_id)["principals"] == [certificate_arn]
+    assert [p["policyName"] for p in iot.list_attached_policies(target=certificate_arn)["policies"]] == [POLICY]
+    described = iot.describe_certificate(certificateId=certificate_arn.rsplit("/", 1)[1])["certificateDescription"]
+    assert described["status"] == "ACTIVE"
+    assert sorted(p.name for p in (tmp_path / "certs").iterdir()) == [f"{terminal_id}.cert.pem"]
+    assert "stays on the terminal" in output["iot"]["private_key"]
+
+
+def test_an_unreadable_csr_is_refused_before_anything_is_enrolled(
+    iot: Any, admin_env: Settings, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    create_merchant(capsys)
+    not_a_csr = tmp_path / "key.pem"
+    not_a_csr.write_text("-----BEGIN PRIVATE KEY-----\n")
+    code, _, err = enroll(capsys, "--csr", str(not_a_csr), "--cert-dir", str(tmp_path / "certs"))
+    assert code == 2 and "not a PEM certificate signing request" in err
+    assert terminals(admin_env).get("PAX-1850320198") is None
+    assert iot.list_things()["things"] == []

@@ -1,25 +1,24 @@
-"""Finance export (CONTRACT §5): CSV and Parquet with the contract's columns, and a daily summary."""
+"""Finance export (CONTRACT §5) on fakes: CSV and Parquet with the contract's columns, and a daily
+summary. Reading the DynamoDB table, the scheduled export and S3 are pinned in tests/integration."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
-import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
-import app as chalice_app
 from admin import export
-from chalicelib.adapters.aws import client
+from chalicelib.bootstrap import Components
 from chalicelib.bootstrap import components as ledger
-from chalicelib.config import Settings
-from chalicelib.console.domain import IpnFacts, details_from_head
+from chalicelib.console.domain import details_from_head
 from chalicelib.console.ingest import merge, record_order_details
-from tests.console_helpers import head_image, order_request
+from chalicelib.console.schemas import IpnBody
+from tests.console_helpers import head_image, ipn_body, order_request
 
 COLUMNS = [
     "transaction_reference",
@@ -43,15 +42,18 @@ TRICKY = {"note": 'comma, "quote"\nand a new line', "ville": "Besançon €"}
 
 
 def add(ref: str, merchant: str, terminal: str, status: str, amount: int, day: str, operation: str = "Debit") -> None:
-    facts = IpnFacts(
-        ref, merchant, f"O-{ref}", terminal, operation, status, amount, "EUR", "A1", True, "VISA",
-        "497010******0001", "chip", f"2026-11-{day}T10:00:00.000Z",
+    facts = ipn_body(
+        transaction_reference=ref, merchant_id=merchant, order_id=f"O-{ref}", terminal_id=terminal,
+        operation=operation, status=status, amount=amount, authorization_code="A1",
+        card={"brand": "VISA", "masked_pan": "497010******0001", "entry_mode": "chip"},
+        processed_at=f"2026-11-{day}T10:00:00.000Z",
     )  # fmt: skip
-    merge(ledger().ingest_deps(), ref, ipn=facts)
+    merge(ledger().ingest_deps(), ref, ipn=IpnBody.model_validate(facts))
 
 
 @pytest.fixture
-def table(console_aws: Settings) -> Settings:
+def table(console: Components) -> list[dict[str, Any]]:
+    """The transactions as table items: every attribute but the absent (None) ones, as DynamoDB keeps them."""
     add("T1", "M1", "PAX-1", "approved", 899, "27")
     add("T2", "M1", "PAX-1", "approved", 1001, "27")
     add("T3", "M1", "PAX-1", "declined", 500, "27")
@@ -59,15 +61,8 @@ def table(console_aws: Settings) -> Settings:
     add("T5", "M2", "PAX-9", "approved", 700, "28", operation="Credit")
     request = order_request("O-T1", amount=900, basket=None, custom_data=TRICKY)
     record_order_details(ledger().ingest_deps(), details_from_head(head_image("M1", request)))
-    return console_aws
-
-
-def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser()
-    export.register(parser.add_subparsers())
-    args = parser.parse_args(["export", *argv])
-    result: int = args.func(args)
-    return result
+    stored = console.transactions.items.values()  # type: ignore[attr-defined]
+    return [{key: value for key, value in asdict(tx).items() if value is not None} for tx in stored]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -76,9 +71,10 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_transactions_csv_and_parquet_have_the_contract_columns_and_integer_amounts(
-    table: Settings, tmp_path: Path
+    table: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    assert run_cli("--out", str(tmp_path)) == 0
+    result = export.export(reversed(table), tmp_path)
+    assert (result["rows"], result["summary_rows"]) == (5, 4)
     rows = read_csv(tmp_path / "transactions.csv")
     assert list(rows[0]) == COLUMNS
     assert [row["transaction_reference"] for row in rows] == ["T1", "T2", "T3", "T4", "T5"]
@@ -101,9 +97,9 @@ def test_transactions_csv_and_parquet_have_the_contract_columns_and_integer_amou
 
 
 def test_the_daily_summary_counts_and_totals_per_day_merchant_terminal_operation_status(
-    table: Settings, tmp_path: Path
+    table: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    run_cli("--out", str(tmp_path))
+    export.export(table, tmp_path)
     summary = [
         (
             r["date"],
@@ -127,44 +123,9 @@ def test_the_daily_summary_counts_and_totals_per_day_merchant_terminal_operation
     assert str(parquet[0]["date"]) == "2026-11-27"
 
 
-def _wait_for_export(arn: str) -> None:
-    for _ in range(100):
-        status = client("dynamodb").describe_export(ExportArn=arn)["ExportDescription"]["ExportStatus"]
-        if status != "IN_PROGRESS":
-            assert status == "COMPLETED"
-            return
-        time.sleep(0.05)
-    raise AssertionError("export did not finish")
-
-
-def test_the_scheduled_export_writes_to_the_bucket_and_the_cli_converts_it(table: Settings, tmp_path: Path) -> None:
-    client("dynamodb").update_continuous_backups(
-        TableName=table.transactions_table,
-        PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
-    )
-    result: dict[str, Any] = chalice_app.finance_export_handler({"id": "schedule-event-1"}, None)
-    _wait_for_export(result["export_arn"])
-    keys = [o["Key"] for o in client("s3").list_objects_v2(Bucket=table.export_bucket)["Contents"]]
-    assert keys and all(key.startswith("exports/") and "/AWSDynamoDB/" in key for key in keys)
-
-    from_s3 = tmp_path / "from-s3"
-    assert run_cli("--out", str(from_s3), "--s3-export", f"s3://{table.export_bucket}/exports/") == 0
-    from_table = tmp_path / "from-table"
-    run_cli("--out", str(from_table))
-    assert read_csv(from_s3 / "transactions.csv") == read_csv(from_table / "transactions.csv")
-
-    # The same export downloaded as a folder (what an operator copies from S3) reads the same.
-    local = tmp_path / "downloaded"
-    for key in keys:
-        target = local / key.split("/AWSDynamoDB/", 1)[1]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(client("s3").get_object(Bucket=table.export_bucket, Key=key)["Body"].read())
-    from_folder = tmp_path / "from-folder"
-    run_cli("--out", str(from_folder), "--s3-export", str(local))
-    assert read_csv(from_folder / "daily_summary.csv") == read_csv(from_table / "daily_summary.csv")
-
-
-def test_an_empty_table_exports_header_only_files(console_aws: Settings, tmp_path: Path) -> None:
-    run_cli("--out", str(tmp_path))
+def test_no_transactions_export_header_only_files(tmp_path: Path) -> None:
+    result = export.export([], tmp_path)
+    assert (result["rows"], result["summary_rows"]) == (0, 0)
     assert (tmp_path / "transactions.csv").read_text(encoding="utf-8").strip() == ",".join(COLUMNS)
     assert pq.read_table(tmp_path / "transactions.parquet").num_rows == 0
+    assert pq.read_table(tmp_path / "daily_summary.parquet").num_rows == 0

@@ -1,9 +1,9 @@
-"""POST /v1/ipn/nepting: verified, validated, stored durably and queued, or refused with nothing stored."""
+"""POST /v1/ipn/nepting on fakes: verified, validated, stored durably and queued, or refused with
+nothing stored. The secret read from SSM is pinned in tests/integration."""
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -11,16 +11,27 @@ from chalice.test import Client
 
 from app import app
 from chalicelib import jsonutil
-from chalicelib.adapters.aws import client
-from chalicelib.config import Settings
+from chalicelib.bootstrap import Components
 from chalicelib.observability import METRIC_COUNTS
-from tests.console_helpers import IPN_SECRET, drain, ipn_body, seed_merchant, signed_headers
+from tests.console_helpers import IPN_SECRET, add_merchant, ipn_body
+from tests.console_helpers import signed_headers as signed_at
 
 
 @pytest.fixture
-def settings(console_aws: Settings) -> Settings:
-    seed_merchant(console_aws, "M1")
-    return console_aws
+def settings(console: Components) -> Components:
+    add_merchant(console.merchants, "M1")
+    return console
+
+
+def now_s() -> int:
+    from chalicelib.bootstrap import components
+
+    return components().clock.now_ms() // 1000
+
+
+def signed_headers(raw: bytes, secret: str = IPN_SECRET, timestamp: int | None = None) -> dict[str, str]:
+    """Signed at the fake clock's time unless told otherwise: the route checks freshness against it."""
+    return signed_at(raw, secret, now_s() if timestamp is None else timestamp)
 
 
 def post(raw: bytes, headers: dict[str, str]) -> Any:
@@ -28,23 +39,28 @@ def post(raw: bytes, headers: dict[str, str]) -> Any:
         return test_client.http.post("/v1/ipn/nepting", headers=headers, body=raw)
 
 
-def stored_ipns(settings: Settings) -> list[dict[str, Any]]:
-    return client("dynamodb").scan(TableName=settings.ipn_table)["Items"]
+def stored_ipns(settings: Components) -> list[dict[str, Any]]:
+    return list(settings.ipn_inbox.items.values())  # type: ignore[attr-defined]
+
+
+def drain(queue: Any) -> list[dict[str, Any]]:
+    taken: list[dict[str, Any]] = queue.take()
+    return taken
 
 
 def refused(reason: str) -> int:
     return METRIC_COUNTS[f"IpnRefused.reason={reason}"]
 
 
-def test_a_valid_ipn_is_stored_queued_and_answered_200(settings: Settings) -> None:
+def test_a_valid_ipn_is_stored_queued_and_answered_200(settings: Components) -> None:
     raw = json.dumps(ipn_body()).encode()
     response = post(raw, signed_headers(raw))
     assert response.status_code == 200
     assert json.loads(response.body) == {"status": "stored", "transaction_reference": "TX-1001"}
     items = stored_ipns(settings)
-    assert [item["transaction_reference"]["S"] for item in items] == ["TX-1001"]
-    assert jsonutil.loads(items[0]["body_json"]["S"])["amount"] == 899
-    assert drain(settings.ipn_queue_url) == [{"transaction_reference": "TX-1001"}]
+    assert [item["transaction_reference"] for item in items] == ["TX-1001"]
+    assert jsonutil.loads(items[0]["body_json"])["amount"] == 899
+    assert drain(settings.ipn_queue) == [{"transaction_reference": "TX-1001"}]
 
 
 @pytest.mark.parametrize(
@@ -55,7 +71,9 @@ def test_a_valid_ipn_is_stored_queued_and_answered_200(settings: Settings) -> No
         (lambda h: {**h, "X-Nepting-Timestamp": "yesterday"}, "timestamp_invalid"),
     ],
 )
-def test_a_bad_signature_is_a_401_with_nothing_stored_and_counted(settings: Settings, mutate: Any, reason: str) -> None:
+def test_a_bad_signature_is_a_401_with_nothing_stored_and_counted(
+    settings: Components, mutate: Any, reason: str
+) -> None:
     raw = json.dumps(ipn_body()).encode()
     before = refused(reason)
     response = post(raw, mutate(signed_headers(raw)))
@@ -63,17 +81,17 @@ def test_a_bad_signature_is_a_401_with_nothing_stored_and_counted(settings: Sett
     assert json.loads(response.body)["error"]["code"] == f"ipn.{reason}"
     assert refused(reason) == before + 1
     assert stored_ipns(settings) == []
-    assert drain(settings.ipn_queue_url) == []
+    assert drain(settings.ipn_queue) == []
 
 
-def test_a_signature_made_with_another_secret_is_refused(settings: Settings) -> None:
+def test_a_signature_made_with_another_secret_is_refused(settings: Components) -> None:
     raw = json.dumps(ipn_body()).encode()
     response = post(raw, signed_headers(raw, secret="not-" + IPN_SECRET))
     assert response.status_code == 401
     assert stored_ipns(settings) == []
 
 
-def test_a_body_changed_after_signing_is_refused(settings: Settings) -> None:
+def test_a_body_changed_after_signing_is_refused(settings: Components) -> None:
     raw = json.dumps(ipn_body()).encode()
     headers = signed_headers(raw)
     response = post(json.dumps(ipn_body(amount=1)).encode(), headers)
@@ -82,22 +100,24 @@ def test_a_body_changed_after_signing_is_refused(settings: Settings) -> None:
 
 
 @pytest.mark.parametrize("skew_s", [-301, 301, 3600])
-def test_a_timestamp_more_than_5_minutes_away_is_refused_even_correctly_signed(settings: Settings, skew_s: int) -> None:
+def test_a_timestamp_more_than_5_minutes_away_is_refused_even_correctly_signed(
+    settings: Components, skew_s: int
+) -> None:
     raw = json.dumps(ipn_body()).encode()
     before = refused("timestamp_out_of_window")
-    response = post(raw, signed_headers(raw, timestamp=int(time.time()) + skew_s))
+    response = post(raw, signed_headers(raw, timestamp=now_s() + skew_s))
     assert response.status_code == 401
     assert json.loads(response.body)["error"]["code"] == "ipn.timestamp_out_of_window"
     assert refused("timestamp_out_of_window") == before + 1
     assert stored_ipns(settings) == []
 
 
-def test_a_timestamp_4_minutes_old_is_accepted(settings: Settings) -> None:
+def test_a_timestamp_4_minutes_old_is_accepted(settings: Components) -> None:
     raw = json.dumps(ipn_body()).encode()
-    assert post(raw, signed_headers(raw, timestamp=int(time.time()) - 240)).status_code == 200
+    assert post(raw, signed_headers(raw, timestamp=now_s() - 240)).status_code == 200
 
 
-def test_malformed_json_is_a_400_in_the_contract_format(settings: Settings) -> None:
+def test_malformed_json_is_a_400_in_the_contract_format(settings: Components) -> None:
     raw = b'{"transaction_reference": "TX-1",'
     before = refused("malformed")
     response = post(raw, signed_headers(raw))
@@ -120,7 +140,7 @@ def test_malformed_json_is_a_400_in_the_contract_format(settings: Settings) -> N
         ({"card": {"brand": "VISA", "masked_pan": "4970101234560001"}}, "card.masked_pan"),
     ],
 )
-def test_an_invalid_body_is_a_400_naming_the_field(settings: Settings, overrides: dict[str, Any], path: str) -> None:
+def test_an_invalid_body_is_a_400_naming_the_field(settings: Components, overrides: dict[str, Any], path: str) -> None:
     raw = json.dumps(ipn_body(**overrides)).encode()
     before = refused("invalid")
     response = post(raw, signed_headers(raw))
@@ -130,13 +150,13 @@ def test_an_invalid_body_is_a_400_naming_the_field(settings: Settings, overrides
     assert stored_ipns(settings) == []
 
 
-def test_an_unmasked_pan_never_reaches_the_table(settings: Settings) -> None:
+def test_an_unmasked_pan_never_reaches_the_table(settings: Components) -> None:
     raw = json.dumps(ipn_body(card={"masked_pan": "4970101234560001"})).encode()
     post(raw, signed_headers(raw))
-    assert "4970101234560001" not in json.dumps(client("dynamodb").scan(TableName=settings.ipn_table))
+    assert "4970101234560001" not in json.dumps(stored_ipns(settings))
 
 
-def test_an_unknown_merchant_is_a_422_with_nothing_stored(settings: Settings) -> None:
+def test_an_unknown_merchant_is_a_422_with_nothing_stored(settings: Components) -> None:
     raw = json.dumps(ipn_body(merchant_id="M404")).encode()
     before = refused("unknown_merchant")
     response = post(raw, signed_headers(raw))
@@ -146,43 +166,24 @@ def test_an_unknown_merchant_is_a_422_with_nothing_stored(settings: Settings) ->
     assert stored_ipns(settings) == []
 
 
-def test_a_repeated_reference_is_a_no_op_200_and_the_first_body_is_kept(settings: Settings) -> None:
+def test_a_repeated_reference_is_a_no_op_200_and_the_first_body_is_kept(settings: Components) -> None:
     first = json.dumps(ipn_body()).encode()
     assert post(first, signed_headers(first)).status_code == 200
-    client("dynamodb").update_item(
-        TableName=settings.ipn_table,
-        Key={"transaction_reference": {"S": "TX-1001"}},
-        UpdateExpression="SET merged_at_ms = :m",
-        ExpressionAttributeValues={":m": {"N": "1"}},
-    )
-    drain(settings.ipn_queue_url)
+    settings.ipn_inbox.mark_merged("TX-1001", 1)
+    drain(settings.ipn_queue)
     again = json.dumps(ipn_body(amount=1)).encode()
     response = post(again, signed_headers(again))
     assert response.status_code == 200
     assert json.loads(response.body)["status"] == "duplicate"
     items = stored_ipns(settings)
-    assert len(items) == 1 and jsonutil.loads(items[0]["body_json"]["S"])["amount"] == 899
-    assert drain(settings.ipn_queue_url) == [], "already merged: nothing queued again"
+    assert len(items) == 1 and jsonutil.loads(items[0]["body_json"])["amount"] == 899
+    assert drain(settings.ipn_queue) == [], "already merged: nothing queued again"
 
 
-def test_a_repeat_of_a_stored_but_unmerged_ipn_is_queued_again(settings: Settings) -> None:
+def test_a_repeat_of_a_stored_but_unmerged_ipn_is_queued_again(settings: Components) -> None:
     raw = json.dumps(ipn_body()).encode()
     post(raw, signed_headers(raw))
-    drain(settings.ipn_queue_url)  # as if the queue message had been lost before the merge
+    drain(settings.ipn_queue)  # as if the queue message had been lost before the merge
     response = post(raw, signed_headers(raw))
     assert response.status_code == 200
-    assert drain(settings.ipn_queue_url) == [{"transaction_reference": "TX-1001"}]
-
-
-def test_the_secret_comes_from_ssm_when_only_a_parameter_is_named(console_aws: Settings) -> None:
-    import dataclasses
-
-    from chalicelib import bootstrap
-
-    client("ssm").put_parameter(Name="/nepting/ipn", Value="from-ssm", Type="SecureString")
-    settings = dataclasses.replace(console_aws, ipn_secret="", ipn_secret_parameter="/nepting/ipn")
-    bootstrap.install(bootstrap.build(settings))
-    seed_merchant(settings, "M1")
-    raw = json.dumps(ipn_body()).encode()
-    assert post(raw, signed_headers(raw, secret="from-ssm")).status_code == 200
-    assert post(raw, signed_headers(raw, secret=IPN_SECRET)).status_code == 401
+    assert drain(settings.ipn_queue) == [{"transaction_reference": "TX-1001"}]

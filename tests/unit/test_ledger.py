@@ -1,4 +1,4 @@
-"""order_notifications and ipn_ingest against moto: one Console transaction, whichever half came first."""
+"""order_notifications and ipn_ingest on fakes: one Console transaction, whichever half came first."""
 
 from __future__ import annotations
 
@@ -8,36 +8,44 @@ from typing import Any
 import pytest
 
 import app as chalice_app
-from chalicelib import jsonutil
+from chalicelib import bootstrap, jsonutil
+from chalicelib.bootstrap import Components
 from chalicelib.bootstrap import components as ledger
-from chalicelib.config import Settings
 from chalicelib.console.domain import Transaction
+from chalicelib.console.ipn import receive_ipn
 from chalicelib.exceptions import ConditionFailed
 from tests.console_helpers import (
-    drain,
+    add_merchant,
     head_image,
     ipn_body,
     order_request,
-    seed_merchant,
     signed_headers,
     sqs_event,
     stream_event,
 )
+from tests.fakes import fake_components
+
+QUEUED_118 = [{"transaction_reference": "TX-1001", "status_code": 118}]
 
 
 @pytest.fixture
-def settings(console_aws: Settings) -> Settings:
-    seed_merchant(console_aws, "M1")
-    return console_aws
+def settings(console: Components) -> Components:
+    add_merchant(console.merchants, "M1")
+    return console
 
 
 def receive(body: dict[str, Any]) -> None:
     """The route's job, without HTTP (the route itself is tested in test_ipn_route)."""
-    from chalicelib.console.ipn import receive_ipn
-
     raw = json.dumps(body).encode()
-    headers = {key.lower(): value for key, value in signed_headers(raw).items()}
+    now_s = ledger().clock.now_ms() // 1000
+    headers = {key.lower(): value for key, value in signed_headers(raw, timestamp=now_s).items()}
     receive_ipn(ledger().ipn_deps(), headers, raw)
+
+
+def queued_notifications() -> list[dict[str, Any]]:
+    """The notification messages sent since the last look (a fake queue: ``take`` empties it)."""
+    taken: list[dict[str, Any]] = ledger().notifications.take()  # type: ignore[attr-defined]
+    return taken
 
 
 def ingest(reference: str = "TX-1001") -> dict[str, Any]:
@@ -54,7 +62,7 @@ def stored(reference: str = "TX-1001") -> Transaction:
     return tx
 
 
-def test_order_details_are_recorded_from_the_order_head_stream_record(settings: Settings) -> None:
+def test_order_details_are_recorded_from_the_order_head_stream_record(settings: Components) -> None:
     assert order_notification(order_request()) == {"batchItemFailures": []}
     details = ledger().order_details.get("M1", "ORDER_1537532589264")
     assert details is not None
@@ -67,13 +75,13 @@ def test_order_details_are_recorded_from_the_order_head_stream_record(settings: 
     }
 
 
-def test_only_order_heads_are_taken_from_the_payments_stream(settings: Settings) -> None:
+def test_only_order_heads_are_taken_from_the_payments_stream(settings: Components) -> None:
     dispatch = {"pk": "DISPATCH#r1", "request_id": "r1", "merchant_id": "M1", "order_id": "X"}
     assert chalice_app.order_notifications_handler(stream_event(dispatch), None) == {"batchItemFailures": []}
     assert ledger().order_details.get("M1", "X") is None
 
 
-def test_an_older_or_equal_attempt_never_replaces_newer_details(settings: Settings) -> None:
+def test_an_older_or_equal_attempt_never_replaces_newer_details(settings: Components) -> None:
     order_notification(order_request(description="second try"), attempt=2)
     order_notification(order_request(description="first try"), attempt=1)
     order_notification(order_request(description="second try, redelivered"), attempt=2)
@@ -81,7 +89,7 @@ def test_an_older_or_equal_attempt_never_replaces_newer_details(settings: Settin
     assert details is not None and (details.attempt, details.description) == (2, "second try")
 
 
-def test_ipn_alone_creates_a_captured_transaction_without_details(settings: Settings) -> None:
+def test_ipn_alone_creates_a_captured_transaction_without_details(settings: Components) -> None:
     receive(ipn_body())
     assert ingest() == {"batchItemFailures": []}
     tx = stored()
@@ -91,7 +99,7 @@ def test_ipn_alone_creates_a_captured_transaction_without_details(settings: Sett
     assert tx.created_at == "2026-11-28T03:12:00.123Z"
 
 
-def _both_orders(settings: Settings, ipn_first: bool, request: dict[str, Any], body: dict[str, Any]) -> Transaction:
+def _both_orders(settings: Components, ipn_first: bool, request: dict[str, Any], body: dict[str, Any]) -> Transaction:
     if ipn_first:
         receive(body)
         ingest()
@@ -104,7 +112,7 @@ def _both_orders(settings: Settings, ipn_first: bool, request: dict[str, Any], b
 
 
 @pytest.mark.parametrize("ipn_first", [True, False])
-def test_ipn_and_details_merge_into_one_transaction_in_either_order(settings: Settings, ipn_first: bool) -> None:
+def test_ipn_and_details_merge_into_one_transaction_in_either_order(settings: Components, ipn_first: bool) -> None:
     tx = _both_orders(settings, ipn_first, order_request(), ipn_body())
     assert tx.status_code == 118
     assert jsonutil.loads(tx.basket_json or "")[0]["product_reference"] == "NF-a1690"
@@ -114,21 +122,17 @@ def test_ipn_and_details_merge_into_one_transaction_in_either_order(settings: Se
     assert tx.flags == []
 
 
-def test_both_arrival_orders_give_the_same_transaction(console_aws: Settings) -> None:
-    from chalicelib.adapters.aws import client
-
-    seed_merchant(console_aws, "M1")
-    ipn_first = _both_orders(console_aws, True, order_request(), ipn_body())
-    for table in (console_aws.transactions_table, console_aws.order_details_table, console_aws.ipn_table):
-        key = "merchant_order" if table == console_aws.order_details_table else "transaction_reference"
-        for item in client("dynamodb").scan(TableName=table)["Items"]:
-            client("dynamodb").delete_item(TableName=table, Key={key: item[key]})
-    details_first = _both_orders(console_aws, False, order_request(), ipn_body())
-    assert ipn_first.business_view() == details_first.business_view()
+def test_both_arrival_orders_give_the_same_transaction(settings: Components) -> None:
+    ipn_first = _both_orders(settings, True, order_request(), ipn_body())
+    fresh = fake_components()  # empty stores, the same merchant
+    add_merchant(fresh.merchants, "M1")
+    bootstrap.install(fresh)
+    details_first = _both_orders(fresh, False, order_request(), ipn_body())
+    assert ledger() is fresh and ipn_first.business_view() == details_first.business_view()
 
 
 @pytest.mark.parametrize("ipn_first", [True, False])
-def test_amount_mismatch_is_flagged_and_the_ipn_figures_stand(settings: Settings, ipn_first: bool) -> None:
+def test_amount_mismatch_is_flagged_and_the_ipn_figures_stand(settings: Components, ipn_first: bool) -> None:
     request = order_request(amount=1000, basket=None)
     tx = _both_orders(settings, ipn_first, request, ipn_body(amount=899))
     assert tx.flags == ["amount_mismatch"]
@@ -147,7 +151,7 @@ def test_amount_mismatch_is_flagged_and_the_ipn_figures_stand(settings: Settings
     ],
 )
 def test_status_mapping_of_contract_section_3(
-    settings: Settings, operation: str, status: str, code: int, label: str
+    settings: Components, operation: str, status: str, code: int, label: str
 ) -> None:
     receive(ipn_body(operation=operation, status=status))
     ingest()
@@ -155,51 +159,47 @@ def test_status_mapping_of_contract_section_3(
     assert (tx.status_code, tx.status) == (code, label)
 
 
-def test_a_redelivered_ipn_message_writes_nothing_and_queues_no_second_notification(settings: Settings) -> None:
+def test_a_redelivered_ipn_message_writes_nothing_and_queues_no_second_notification(settings: Components) -> None:
     receive(ipn_body())
     ingest()
     first = stored()
-    assert drain(settings.notifications_queue_url) == [{"transaction_reference": "TX-1001", "status_code": 118}]
+    assert queued_notifications() == QUEUED_118
     ingest()
     assert stored().version == first.version
-    assert drain(settings.notifications_queue_url) == []
+    assert queued_notifications() == []
 
 
-def test_a_new_transaction_is_announced_once_and_marked_enqueued(settings: Settings) -> None:
+def test_a_new_transaction_is_announced_once_and_marked_enqueued(settings: Components) -> None:
     receive(ipn_body())
     ingest()
     tx = stored()
     assert (tx.notify_pending_status, tx.notify_enqueued) == (118, True)
     order_notification(order_request())
-    assert drain(settings.notifications_queue_url) == [{"transaction_reference": "TX-1001", "status_code": 118}]
+    assert queued_notifications() == QUEUED_118
 
 
 def test_a_crash_between_the_write_and_the_enqueue_is_healed_by_the_redelivery(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Components,
 ) -> None:
     receive(ipn_body())
     queue = ledger().notifications
-
-    def broken(body: dict[str, Any], delay_s: int = 0) -> None:
-        raise ConnectionError("SQS unreachable")
-
-    monkeypatch.setattr(queue, "send", broken)
+    queue.fail = ConnectionError("SQS unreachable")  # type: ignore[attr-defined]
     result = ingest()
     assert result == {"batchItemFailures": [{"itemIdentifier": "m0"}]}, "the message stays for a retry"
     tx = stored()
     assert (tx.notify_pending_status, tx.notify_enqueued) == (118, False)
-    monkeypatch.undo()
+    queue.fail = None  # type: ignore[attr-defined]
     assert ingest() == {"batchItemFailures": []}
     assert stored().notify_enqueued is True
-    assert drain(settings.notifications_queue_url) == [{"transaction_reference": "TX-1001", "status_code": 118}]
+    assert queued_notifications() == QUEUED_118
 
 
-def test_an_ipn_message_without_a_stored_ipn_is_reported_failed(settings: Settings) -> None:
+def test_an_ipn_message_without_a_stored_ipn_is_reported_failed(settings: Components) -> None:
     assert ingest("TX-NOPE") == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
 
 
 def test_a_failed_stream_record_stops_the_batch_at_that_record(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    settings: Components, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = head_image("M1", order_request("A")), head_image("M1", order_request("B"))
     event = stream_event(first, second)
@@ -208,7 +208,7 @@ def test_a_failed_stream_record_stops_the_batch_at_that_record(
     assert result == {"batchItemFailures": [{"itemIdentifier": event["Records"][0]["dynamodb"]["SequenceNumber"]}]}
 
 
-def test_conditional_write_refuses_a_stale_version(settings: Settings) -> None:
+def test_conditional_write_refuses_a_stale_version(settings: Components) -> None:
     receive(ipn_body())
     ingest()
     tx = stored()

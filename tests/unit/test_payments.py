@@ -84,7 +84,7 @@ def test_acknowledged_but_no_result_is_a_504_result_timeout_and_a_late_result_is
     assert caught.value.code == "terminal.result_timeout"
     request_id = world.last_request()["request_id"]
     assert world.result()(request_id) == "late_succeeded"
-    status = order_status(world.payment_deps, MERCHANT, "ORDER_1537532589263")
+    status = order_status(world.payment_deps, MERCHANT, "ORDER_1537532589263").wire()
     assert status["state"] == "succeeded" and status["late_result"] is True
     assert status["payment"]["paymentStatus"] == "Success"
 
@@ -219,13 +219,13 @@ def test_async_mode_answers_202_with_the_order_location(world: World) -> None:
     reply = pay(world, respond_async=True)
     assert reply.status == 202
     assert reply.headers["Location"] == "/v1/connector/order/ORDER_1537532589263"
-    assert order_status(world.payment_deps, MERCHANT, "ORDER_1537532589263")["state"] == "pending"
+    assert order_status(world.payment_deps, MERCHANT, "ORDER_1537532589263").wire()["state"] == "pending"
 
 
 def test_order_status_reports_a_timeout_nobody_wrote(world: World) -> None:
     pay(world, respond_async=True)
     world.clock.advance(10_001)
-    status = order_status(world.payment_deps, MERCHANT, "ORDER_1537532589263")
+    status = order_status(world.payment_deps, MERCHANT, "ORDER_1537532589263").wire()
     assert status["state"] == "timed_out" and status["reason"] == "ack_timeout"
 
 

@@ -293,7 +293,7 @@ def test_unmasked_pan_is_dropped_counted_and_the_payment_still_recorded(world: W
     assert dispatch is not None and dispatch.result is not None
     assert "masked_pan" not in dispatch.result and "masked_pan_refused" not in dispatch.result
     assert "4970101234560001" not in repr(world.payments.dispatches)
-    payment = order_status(world.payment_deps, MERCHANT, "ORDER_1537532589263")["payment"]
+    payment = order_status(world.payment_deps, MERCHANT, "ORDER_1537532589263").wire()["payment"]
     assert payment["paymentStatus"] == "Success" and "masked_pan" not in payment["transaction"]
 
 

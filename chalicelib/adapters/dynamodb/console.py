@@ -213,10 +213,12 @@ class DynamoIpnInbox:
         return from_item(item) if item else None
 
     def mark_merged(self, reference: str, merged_at_ms: int) -> None:
-        client("dynamodb").update_item(
-            TableName=self.table,
-            Key={"transaction_reference": {"S": reference}},
-            UpdateExpression="SET merged_at_ms = if_not_exists(merged_at_ms, :m)",
-            ConditionExpression="attribute_exists(transaction_reference)",
-            ExpressionAttributeValues={":m": {"N": str(merged_at_ms)}},
-        )
+        # Only a stored IPN is marked: an update must not create a bodiless inbox item.
+        with conditional(f"no stored IPN {reference}"):
+            client("dynamodb").update_item(
+                TableName=self.table,
+                Key={"transaction_reference": {"S": reference}},
+                UpdateExpression="SET merged_at_ms = if_not_exists(merged_at_ms, :m)",
+                ConditionExpression="attribute_exists(transaction_reference)",
+                ExpressionAttributeValues={":m": {"N": str(merged_at_ms)}},
+            )

@@ -4,7 +4,8 @@ Correctness lives in the conditions, never in process memory.
 
 Tables (see infra/ for their definitions):
 - terminals: ``terminal_id``; GSI ``by-merchant`` (merchant_id, terminal_id).
-- payments: ``pk`` = ``ORDER#{merchant}#{order_id}`` (head) or ``DISPATCH#{request_id}`` (correlation).
+- payments: ``pk`` = ``ORDER#{merchant}#{order_id}`` (head) or ``DISPATCH#{request_id}`` (correlation);
+  GSI ``by-merchant-updated`` (merchant_id, updated_at_ms), sparse: only heads carry ``updated_at_ms``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from typing import Any
 from chalicelib.adapters.aws import client, from_item, to_item, to_value
 from chalicelib.adapters.dynamodb.conditions import conditional, holds
 from chalicelib.keys import order_key
-from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, Terminal
+from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal
+
+BY_MERCHANT_UPDATED = "by-merchant-updated"
 
 
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +131,13 @@ def head_key(merchant_id: str, order_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"ORDER#{order_key(merchant_id, order_id)}"}}
 
 
+def _order_id_of(pk: str, merchant_id: str) -> str:
+    prefix = f"ORDER#{order_key(merchant_id, '')}"
+    if not pk.startswith(prefix):
+        raise ValueError(f"{pk!r} is not an order head of {merchant_id}")
+    return pk[len(prefix) :]
+
+
 def dispatch_key(request_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"DISPATCH#{request_id}"}}
 
@@ -148,6 +158,36 @@ class DynamoPaymentRepository:
         found = client("dynamodb").get_item(TableName=self.table, Key=dispatch_key(request_id), ConsistentRead=True)
         item = found.get("Item")
         return _dispatch(from_item(item)) if item else None
+
+    def list_heads(
+        self, merchant_id: str, limit: int, after: OrderPosition | None = None, terminal_id: str | None = None
+    ) -> tuple[list[OrderHead], OrderPosition | None]:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": BY_MERCHANT_UPDATED,
+            "KeyConditionExpression": "merchant_id = :m",
+            "ExpressionAttributeValues": {":m": {"S": merchant_id}},
+            "ScanIndexForward": False,
+            "Limit": limit,
+        }
+        if terminal_id is not None:
+            kwargs["FilterExpression"] = "terminal_id = :t"
+            kwargs["ExpressionAttributeValues"][":t"] = {"S": terminal_id}
+        if after is not None:
+            updated_at_ms, order_id = after
+            kwargs["ExclusiveStartKey"] = {
+                **head_key(merchant_id, order_id),
+                "merchant_id": {"S": merchant_id},
+                "updated_at_ms": {"N": str(updated_at_ms)},
+            }
+        page = client("dynamodb").query(**kwargs)
+        heads = [OrderHead(**_known(OrderHead, from_item(item))) for item in page["Items"]]
+        last = page.get("LastEvaluatedKey")
+        if last is None:
+            return heads, None
+        # The key names the head the query stopped at, which a filter may have left out of the page.
+        position = from_item(last)
+        return heads, (int(position["updated_at_ms"]), _order_id_of(str(position["pk"]), merchant_id))
 
     def start_attempt(self, head: OrderHead, dispatch: Dispatch, previous_attempt: int | None) -> None:
         expires_at = head.updated_at_ms // 1000 + self.retention_s

@@ -20,7 +20,13 @@ TABLES: dict[str, dict[str, Any]] = {
         "stream": False,
         "ttl": None,
     },
-    "payments_table": {"key": "pk", "indexes": [], "stream": True, "ttl": "expires_at"},
+    # Order heads listed per merchant, latest attempt first; correlation records have no updated_at_ms.
+    "payments_table": {
+        "key": "pk",
+        "indexes": [("by-merchant-updated", "merchant_id", "updated_at_ms")],
+        "stream": True,
+        "ttl": "expires_at",
+    },
     # Console transactions: listed per merchant by date, or per order (merchant_order = "{merchant}#{order}").
     "transactions_table": {
         "key": "transaction_reference",
@@ -35,6 +41,10 @@ TABLES: dict[str, dict[str, Any]] = {
     # The durable IPN inbox: an IPN is stored here before the gateway gets its 200.
     "ipn_table": {"key": "transaction_reference", "indexes": [], "stream": False, "ttl": None},
 }
+
+
+# Key attributes that are numbers; every other key attribute is a string.
+NUMBER_ATTRIBUTES = frozenset({"updated_at_ms"})
 
 
 def create_tables(settings: Settings) -> list[str]:
@@ -63,7 +73,10 @@ def create_tables(settings: Settings) -> list[str]:
         kwargs: dict[str, Any] = {
             "TableName": name,
             "KeySchema": [{"AttributeName": spec["key"], "KeyType": "HASH"}],
-            "AttributeDefinitions": [{"AttributeName": a, "AttributeType": "S"} for a in sorted(attributes)],
+            "AttributeDefinitions": [
+                {"AttributeName": a, "AttributeType": "N" if a in NUMBER_ATTRIBUTES else "S"}
+                for a in sorted(attributes)
+            ],
             "BillingMode": "PAY_PER_REQUEST",
         }
         if indexes:

@@ -62,6 +62,7 @@ CREATE TABLE IF NOT EXISTS order_heads (
     expires_at INTEGER NOT NULL,
     PRIMARY KEY (merchant_id, order_id)
 );
+CREATE INDEX IF NOT EXISTS order_heads_by_merchant_updated ON order_heads (merchant_id, updated_at_ms, order_id);
 CREATE TABLE IF NOT EXISTS dispatches (
     request_id TEXT PRIMARY KEY,
     merchant_id TEXT NOT NULL,

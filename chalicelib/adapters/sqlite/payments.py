@@ -16,7 +16,7 @@ from chalicelib import jsonutil
 from chalicelib.adapters.sqlite.db import Database
 from chalicelib.exceptions import ConditionFailed
 from chalicelib.keys import order_key
-from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, Terminal
+from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal
 
 # The stream the order-notification poller reads (the payments table's stream on AWS).
 PAYMENTS_STREAM = "payments"
@@ -179,6 +179,27 @@ class SqlitePaymentRepository:
         with self.db.connection() as conn:
             row = conn.execute("SELECT * FROM dispatches WHERE request_id = ?", (request_id,)).fetchone()
         return _dispatch(row) if row else None
+
+    def list_heads(
+        self, merchant_id: str, limit: int, after: OrderPosition | None = None, terminal_id: str | None = None
+    ) -> tuple[list[OrderHead], OrderPosition | None]:
+        """As DynamoDB's query on ``by-merchant-updated``: ``limit`` heads are read, latest first
+        (ties by order id), then the terminal filter applies, so a page may be short and continue."""
+        conditions: list[str] = ["merchant_id = ?"]
+        values: list[str | int] = [merchant_id]
+        if after is not None:
+            conditions.append("(updated_at_ms, order_id) < (?, ?)")
+            values += [after[0], after[1]]
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                # Only fixed fragments are joined; every value is a parameter.
+                f"SELECT * FROM order_heads WHERE {' AND '.join(conditions)} "  # noqa: S608
+                "ORDER BY updated_at_ms DESC, order_id DESC LIMIT ?",
+                [*values, limit + 1],
+            ).fetchall()
+        read = [OrderHead(**{name: row[name] for name in _HEAD_COLUMNS}) for row in rows[:limit]]
+        position = (read[-1].updated_at_ms, read[-1].order_id) if len(rows) > limit and read else None
+        return [head for head in read if terminal_id is None or head.terminal_id == terminal_id], position
 
     def start_attempt(self, head: OrderHead, dispatch: Dispatch, previous_attempt: int | None) -> None:
         """The head, its dispatch and the stream record, all or nothing."""
