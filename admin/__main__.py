@@ -1,10 +1,14 @@
-"""Operator commands, against moto/local endpoints and real AWS alike (same settings, same code).
+"""Operator commands, against AWS (or moto endpoints) and the local stack's data directory alike.
 Against the local stack: make admin ARGS='create-merchant …' (the environment make run printed).
 
 python -m admin create-merchant --merchant-id M1 --login shop --password '…' [--notify-url URL]
 python -m admin enroll-terminal --merchant-id M1 --manufacturer PAX --serial 1850320198 [--csr terminal.csr]
 python -m admin rotate-passphrase --merchant-id M1 --terminal PAX-1850320198
 python -m admin revoke-login --login shop
+python -m admin --data-dir .data enroll-terminal ...   # the local stack's embedded store (make run)
+
+With ``--data-dir`` every command works on the SQLite store the local stack keeps there, also while
+the stack runs; without it, on the AWS resources the settings name.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,21 +29,28 @@ from botocore.exceptions import (
 )
 
 from admin import dlq, export
-from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
-from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
+from admin.local import NoLocalDataError, data_dir_of, open_local_store
 from chalicelib.config import get_settings
 from chalicelib.exceptions import ConditionFailed, ConfigurationError
 from chalicelib.merchants import enrollment
+from chalicelib.merchants.ports import MerchantRepository
+from chalicelib.payments.ports import TerminalRepository
 
 
-# Other command groups register themselves when present.
-def _repositories() -> tuple[DynamoTerminalRepository, DynamoMerchantRepository]:
+def _repositories(args: argparse.Namespace) -> tuple[TerminalRepository, MerchantRepository]:
+    data_dir = data_dir_of(args)
+    if data_dir is not None:
+        store = open_local_store(data_dir)
+        return store.terminals, store.merchants
+    from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
+    from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
+
     settings = get_settings()
     return DynamoTerminalRepository(settings.terminals_table), DynamoMerchantRepository(settings.merchants_table)
 
 
 def create_merchant(args: argparse.Namespace) -> int:
-    _, merchants = _repositories()
+    _, merchants = _repositories(args)
     password = args.password or _prompt_password()
     notify_passphrase = enrollment.create_merchant(
         merchants,
@@ -78,7 +90,7 @@ _LOCAL_HINT = "against the local stack use make admin ARGS='…' (it reads the e
 
 
 def enroll_terminal(args: argparse.Namespace) -> int:
-    terminals, merchants = _repositories()
+    terminals, merchants = _repositories(args)
     csr_pem = None
     if args.csr:
         from admin.iot import read_csr
@@ -106,7 +118,8 @@ def enroll_terminal(args: argparse.Namespace) -> int:
         output["note"] = "the passphrase is shown once: configure it on the terminal now"
     settings = get_settings()
     exit_code = 0
-    if settings.terminal_channel == "iot" and not args.no_iot:
+    # The local stack's terminals connect to its own broker: no IoT thing to provision.
+    if settings.terminal_channel == "iot" and not args.no_iot and not data_dir_of(args):
         from admin.iot import provision_thing, terminal_resource_name
 
         try:
@@ -125,7 +138,7 @@ def enroll_terminal(args: argparse.Namespace) -> int:
 
 
 def rotate_passphrase(args: argparse.Namespace) -> int:
-    terminals, _ = _repositories()
+    terminals, _ = _repositories(args)
     try:
         passphrase = enrollment.rotate_passphrase(terminals, args.merchant_id, args.terminal)
     except ConditionFailed as exc:
@@ -145,7 +158,7 @@ def rotate_passphrase(args: argparse.Namespace) -> int:
 
 
 def revoke_login(args: argparse.Namespace) -> int:
-    _, merchants = _repositories()
+    _, merchants = _repositories(args)
     if not merchants.delete_login(args.login):
         print(f"error: no login {args.login!r}", file=sys.stderr)
         return 1
@@ -156,6 +169,13 @@ def revoke_login(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m admin", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        # make admin sets it from the environment make run wrote.
+        default=os.environ.get("ADMIN_DATA_DIR") or None,
+        help="the local stack's data directory (make run: .data): work on its embedded store instead of AWS",
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -215,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (enrollment.EnrollmentError, UsageError, ConfigurationError) as exc:
+    except (enrollment.EnrollmentError, UsageError, ConfigurationError, NoLocalDataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except NoRegionError:

@@ -3,6 +3,7 @@
     python -m admin export --out DIR                          # the transactions table itself (local)
     python -m admin export --out DIR --s3-export s3://bucket/exports/
     python -m admin export --out DIR --s3-export ./downloaded-export/
+    python -m admin --data-dir .data export --out DIR         # the local stack's embedded store
 
 Writes ``transactions.csv``/``.parquet`` (one row per transaction) and ``daily_summary.csv``/
 ``.parquet`` (per UTC date, merchant, terminal, operation and status: count and amount total).
@@ -20,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from admin.local import data_dir_of, open_local_store
 from chalicelib.adapters.exports import iter_export_items, iter_table_items
 from chalicelib.config import Settings
 
@@ -167,8 +169,13 @@ def export(items: Iterable[dict[str, Any]], out: Path) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    items = iter_export_items(args.s3_export) if args.s3_export else iter_table_items(settings.transactions_table)
+    items: Iterable[dict[str, Any]]
+    if args.s3_export:
+        items = iter_export_items(args.s3_export)
+    elif (data_dir := data_dir_of(args)) is not None:
+        items = open_local_store(data_dir).transactions.all_items()
+    else:
+        items = iter_table_items(Settings.from_env().transactions_table)
     result = export(items, Path(args.out))
     print(f"{result['rows']} transactions, {result['summary_rows']} summary rows -> {args.out}")
     return 0

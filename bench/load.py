@@ -21,6 +21,21 @@ import paho.mqtt.client as mqtt
 HTTP_TIMEOUT_S = 180.0
 
 
+class CpuTally:
+    """CPU time spent by the ECR threads (the load, not the stack): each adds its own ``thread_time``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds = 0.0
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.seconds += seconds
+
+
+ECR_CPU = CpuTally()
+
+
 class EcrClient:
     """One keep-alive HTTP/1.1 connection with Nagle off, as a well-behaved ECR would hold."""
 
@@ -202,7 +217,9 @@ def sequential(
 ) -> list[Sample]:
     client = EcrClient(host, port, *credentials)
     pay(client, f"{scenario}-warmup", terminal, clock)
+    cpu_started = time.thread_time()
     samples = [pay(client, scenario, terminal, clock) for _ in range(count)]
+    ECR_CPU.add(time.thread_time() - cpu_started)
     client.close()
     return samples
 
@@ -225,10 +242,12 @@ def concurrent(
     barrier = threading.Barrier(len(terminals) + 1)
 
     def ecr(terminal: Terminal) -> None:
+        cpu_started = time.thread_time()
         client = EcrClient(host, port, *credentials)
         barrier.wait()
         mine = [pay(client, scenario, terminal, clock) for _ in range(per_terminal)]
         client.close()
+        ECR_CPU.add(time.thread_time() - cpu_started)
         with lock:
             samples.extend(mine)
 

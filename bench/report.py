@@ -36,6 +36,8 @@ GOALS = {
     "e2e_p50_ms": 15.0,
     "added_p99_ms": 50.0,
     "concurrent_in_flight": 200,
+    "concurrent_overhead_p99_ms": 100.0,
+    "cpu_ms_per_payment": 10.0,
     "cost_usd_30s": 0.00010,
 }
 
@@ -61,6 +63,10 @@ def summarize_scenario(
         "wall_s": round(wall_s, 3),
         "throughput_per_s": round(len(ok) / wall_s, 3) if wall_s > 0 else 0.0,
         "cpu_ms_per_payment": round(extra.get("cpu_s", 0.0) * 1000 / len(rows), 2) if rows else 0.0,
+        # The whole process less the ECR threads (the load generator shares the process).
+        "stack_cpu_ms_per_payment": (
+            round((extra.get("cpu_s", 0.0) - extra.get("ecr_cpu_s", 0.0)) * 1000 / len(rows), 2) if rows else 0.0
+        ),
         "customer_ms_mean": round(sum(r["customer_ms"] for r in ok) / len(ok), 1) if ok else 0.0,
         "latency_ms": summarize([r["latency_ms"] for r in ok]),
         "overhead_ms": summarize(overhead),
@@ -229,9 +235,11 @@ def floor_summary(results: dict[str, Any]) -> dict[str, Any]:
 def goals(results: dict[str, Any], models: dict[str, Any]) -> list[dict[str, Any]]:
     scenarios = results["scenarios"]
     e2e = scenarios.get("instant_local", {}).get("latency_ms", {}).get("p50")
+    floor_p50 = floor_summary(results).get("floor_p50_ms")
+    ratio = e2e / floor_p50 if e2e is not None and floor_p50 and not math.isnan(floor_p50) else None
     added = {name: scenarios[name]["added_ms"].get("p99") for name in scenarios}
     steps = results.get("concurrency", [])
-    clean = [s["in_flight"] for s in steps if s["outcomes"].get("ok", 0) == s["payments"]]
+    target = next((s for s in steps if s["in_flight"] == GOALS["concurrent_in_flight"]), None)
     thirty = [
         m["usd"]["total"]
         for label, m in models.items()
@@ -240,7 +248,7 @@ def goals(results: dict[str, Any], models: dict[str, Any]) -> list[dict[str, Any
     rows = [
         {
             "goal": "local e2e p50 ≤ 15 ms (instant terminal)",
-            "result": e2e,
+            "result": e2e if ratio is None else f"{e2e:.1f} ms ({ratio:.1f} × floor)",
             "met": e2e is not None and e2e <= GOALS["e2e_p50_ms"],
         },
         *[
@@ -251,18 +259,35 @@ def goals(results: dict[str, Any], models: dict[str, Any]) -> list[dict[str, Any
             }
             for name, value in added.items()
         ],
-        {
-            "goal": "200 concurrent in-flight payments, zero errors",
-            "result": max(clean) if clean else 0,
-            "met": bool(clean) and max(clean) >= GOALS["concurrent_in_flight"],
-        },
+    ]
+    if target is None:
+        rows.append({"goal": CONCURRENCY_GOAL, "result": "step not run", "met": False})
+    else:
+        errors = target["payments"] - target["outcomes"].get("ok", 0)
+        p99 = target["overhead_ms"].get("p99")
+        rows += [
+            {
+                "goal": CONCURRENCY_GOAL,
+                "result": f"{errors} errors, overhead p99 {_f(p99)} ms, {_f(target['throughput_per_s'], 1)} payments/s",
+                "met": errors == 0 and p99 is not None and p99 <= GOALS["concurrent_overhead_p99_ms"],
+            },
+            {
+                "goal": "CPU per payment ≤ 10 ms, whole local stack (200 in flight, without the ECR threads)",
+                "result": target.get("stack_cpu_ms_per_payment"),
+                "met": (target.get("stack_cpu_ms_per_payment") or math.inf) <= GOALS["cpu_ms_per_payment"],
+            },
+        ]
+    rows.append(
         {
             "goal": "modeled AWS cost ≤ $0.00010 per payment, 30-s interaction (as deployed: arm64, API 128 MB)",
-            "result": max(thirty) if thirty else None,
+            "result": max(thirty) if thirty else "not modeled (store without AWS calls: see a --store moto run)",
             "met": bool(thirty) and max(thirty) <= GOALS["cost_usd_30s"],
-        },
-    ]
+        }
+    )
     return rows
+
+
+CONCURRENCY_GOAL = "200 in flight (2–5 s customers, 3 payments each): zero errors, overhead p99 ≤ 100 ms"
 
 
 def _f(value: Any, digits: int = 1) -> str:
@@ -287,8 +312,9 @@ def render_markdown(results: dict[str, Any], floor: dict[str, Any], models: dict
         f"{machine['python']}, {machine['platform']}. Load average (1/5/15 min) at start "
         f"{machine['loadavg_start']}, at end {machine.get('loadavg_end')}.",
         f"Poll schedule: {results['settings']}. Console side running alongside: {results.get('console_side')}.",
-        "Everything runs in one process (moto in-process, broker, API threads, bridge, simulators and the ECR "
-        "threads): the figures are the local stack's, on this machine.",
+        f"Store: {results.get('store', 'moto')}. Everything runs in one process (the store, broker, API threads, "
+        "bridge, pollers, simulators and the ECR threads): the figures are the local stack's, on this machine. "
+        "CPU per payment is the whole process's, and without the ECR threads (the load generator).",
         "",
         "## Goals",
         "",
@@ -357,7 +383,7 @@ def render_markdown(results: dict[str, Any], floor: dict[str, Any], models: dict
             "payments/s",
             "overhead p50 / p95 / p99 ms",
             "added p99 ms",
-            "CPU ms per payment",
+            "CPU ms per payment (without the ECR)",
             "DynamoDB calls/s",
         ),
     ]
@@ -368,8 +394,32 @@ def render_markdown(results: dict[str, Any], floor: dict[str, Any], models: dict
         lines.append(
             f"| {s['in_flight']} | {s['payments']} | {_outcomes(errors) or 'none'} | {_f(s['throughput_per_s'], 2)} | "
             f"{_f(ovh.get('p50'))} / {_f(ovh.get('p95'))} / {_f(ovh.get('p99'))} | {_f(s['added_ms'].get('p99'))} | "
-            f"{_f(s['cpu_ms_per_payment'], 0)} | {_f(calls / s['wall_s'] if s['wall_s'] else 0.0, 0)} |"
+            f"{_f(s['cpu_ms_per_payment'], 1)} ({_f(s.get('stack_cpu_ms_per_payment'), 1)}) | "
+            f"{_f(calls / s['wall_s'] if s['wall_s'] else 0.0, 0)} |"
         )
+    stopped = results.get("concurrency_stopped")
+    if stopped:
+        lines += ["", f"Stepping stopped at {stopped['in_flight']} in flight: {stopped['reason']}."]
+    elif results.get("concurrency"):
+        lines += ["", "Every configured step passed (no step broke)."]
+    busiest = [name for name in ("instant_local",) if name in scenarios]
+    if results.get("concurrency"):
+        busiest.append(results["concurrency"][-1]["name"])
+    by_name = {**scenarios, **{s["name"]: s for s in results.get("concurrency", [])}}
+    shown = [name for name in busiest if by_name[name].get("cpu_ms_by_thread")]
+    if shown:
+        lines += [
+            "",
+            "## Where the CPU goes",
+            "",
+            "CPU ms per payment by thread group (each thread's own CPU clock; threads that ended, such as "
+            "API request threads, counted as they end).",
+            "",
+        ]
+        for name in shown:
+            groups = by_name[name]["cpu_ms_by_thread"]
+            listed = ", ".join(f"{group} {ms:.2f}" for group, ms in list(groups.items())[:12])
+            lines.append(f"- `{name}` ({_f(by_name[name]['cpu_ms_per_payment'])} ms in all): {listed}")
     lines += [
         "",
         "## Cost drivers per payment (counted)",
@@ -430,6 +480,17 @@ def render_markdown(results: dict[str, Any], floor: dict[str, Any], models: dict
                 f"| {phase} ({start}–{end} s) | {found['mean_ms']} / {found['max_ms']} | "
                 f"{flat['mean_ms']} / {flat['max_ms']} |"
             )
+    if not models:
+        lines += [
+            "",
+            "## Modeled AWS cost per payment",
+            "",
+            "Not modeled in this run: the embedded store makes no AWS calls to count. Run "
+            "`python -m bench.run --store moto` for the counted DynamoDB calls and the modeled cost.",
+        ]
+        if plots:
+            lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         "## Modeled AWS cost per payment",
@@ -526,7 +587,8 @@ def write_outputs(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """``<timestamp>.json``, ``latest.json``, ``REPORT.md`` and the plots, into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     floor = floor_summary(results)
-    models = cost_model(results)
+    # The AWS cost model needs the AWS adapters' calls, counted: only a STORE=moto run has them.
+    models = cost_model(results) if results.get("store", "moto") == "moto" else {}
     results["summary"] = {"floor": floor, "cost": models, "goals": goals(results, models), "prices": cost.price_list()}
     stamp = results["started_at"].replace(":", "").replace("-", "").replace("+0000", "Z")
     text = json.dumps(results, indent=1, default=str)

@@ -18,7 +18,7 @@ from chalicelib.console.notifications import NotifierDeps
 from chalicelib.console.ports import FormPoster, IpnInbox, OrderDetailsRepository, TransactionRepository
 from chalicelib.limits import AuthGuard, LimitSettings, LimitStore, WaitingPayments
 from chalicelib.merchants.auth import Authenticator
-from chalicelib.merchants.ports import MerchantRepository
+from chalicelib.merchants.ports import LoginReader, MerchantRepository
 from chalicelib.payments.ports import PaymentRepository, TerminalChannel, TerminalRepository
 from chalicelib.payments.service import PaymentDeps
 from chalicelib.payments.terminal_events import EventDeps
@@ -130,20 +130,12 @@ def build(settings: Settings | None = None) -> Components:
     settings = settings or get_settings()
     merchants = DynamoMerchantRepository(settings.merchants_table)
     limits = DynamoLimitStore(settings.merchants_table)
-    guard = AuthGuard(
-        limits,
-        LimitSettings(
-            auth_failures_per_login=settings.auth_failures_per_login,
-            auth_failures_per_address=settings.auth_failures_per_address,
-            auth_window_s=settings.auth_window_s,
-        ),
-    )
     return Components(
         settings=settings,
         clock=SystemClock(),
         waker=SleepingWaker(),
         merchants=merchants,
-        authenticator=Authenticator(merchants, settings.credential_cache_ttl_s, guard=guard),
+        authenticator=authenticator(settings, merchants, limits),
         terminals=DynamoTerminalRepository(settings.terminals_table),
         payments=DynamoPaymentRepository(settings.payments_table, settings.payment_retention_days * 86_400),
         channel=LazyChannel(settings),
@@ -157,6 +149,16 @@ def build(settings: Settings | None = None) -> Components:
         ipn_secret=IpnSecret(settings),
         limits=limits,
     )
+
+
+def authenticator(settings: Settings, logins: LoginReader, limits: LimitStore) -> Authenticator:
+    """Basic authentication behind the failed-authentication limits, whatever the stores."""
+    limit_settings = LimitSettings(
+        auth_failures_per_login=settings.auth_failures_per_login,
+        auth_failures_per_address=settings.auth_failures_per_address,
+        auth_window_s=settings.auth_window_s,
+    )
+    return Authenticator(logins, settings.credential_cache_ttl_s, guard=AuthGuard(limits, limit_settings))
 
 
 _lock = threading.RLock()

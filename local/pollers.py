@@ -1,4 +1,7 @@
-"""Stand-ins for AWS's event source mappings: DynamoDB stream and SQS pollers for the local stack.
+"""Stand-ins for AWS's event source mappings: stream and queue pollers for the local stack.
+
+Two sources, one behaviour: the embedded store's outbox and queue tables (``STORE=sqlite``, the
+default), or DynamoDB Streams and SQS in moto (``STORE=moto``).
 
 Each poller feeds the very function ``app.py`` registers, with the event shape Lambda would give
 it, and honours ``batchItemFailures`` as Lambda does: a failed stream record is retried (with the
@@ -16,6 +19,7 @@ A handler that raises instead of answering is a bug: its traceback is logged and
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 import time
@@ -24,7 +28,11 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib.adapters import sqs
-from chalicelib.adapters.aws import client
+from chalicelib.adapters.aws import client, to_item
+from chalicelib.adapters.sqlite.db import Database
+from chalicelib.adapters.sqlite.queues import Message as SqliteMessage
+from chalicelib.adapters.sqlite.queues import Outbox, SqliteQueue, StreamRecord
+from chalicelib.adapters.sqlite.store import SqliteStore
 from chalicelib.config import Settings
 from chalicelib.observability import log_event, logger
 
@@ -52,15 +60,24 @@ class Poller(threading.Thread):
     def run(self) -> None:
         backoff = IDLE_S
         while not self.stop_event.is_set():
+            seen = self.activity()
             try:
                 worked = self.poll_once()
                 backoff = IDLE_S
             except Exception:
-                # Reaching moto failed, or the handler raised: log it whole, then try again.
+                # Reaching the store failed, or the handler raised: log it whole, then try again.
                 logger.exception("poller error", extra={"poller": self.name})
                 worked, backoff = False, min(backoff * 2, 2.0)
             if not worked:
-                self.stop_event.wait(backoff)
+                self.idle(seen, backoff)
+
+    def activity(self) -> int:
+        """A marker of the source's activity, taken before each poll (see ``idle``)."""
+        return 0
+
+    def idle(self, seen: int, timeout_s: float) -> None:
+        """Nothing to do: wait before polling again."""
+        self.stop_event.wait(timeout_s)
 
     def poll_once(self) -> bool:
         raise NotImplementedError
@@ -192,6 +209,139 @@ class QueuePoller(Poller):
             "eventSourceARN": self._arn,
             "awsRegion": os.environ.get("AWS_DEFAULT_REGION", ""),
         }
+
+
+class _SqlitePoller(Poller):
+    """Polls the embedded store, and is woken at once when something is queued or streamed there."""
+
+    db: Database
+    channel: str
+
+    def activity(self) -> int:
+        return self.db.generation(self.channel)
+
+    def idle(self, seen: int, timeout_s: float) -> None:
+        # A delayed or retried message becomes visible by the clock alone: poll again after timeout_s
+        # anyway (a SELECT on an index, microseconds).
+        self.db.wait_for_activity(self.channel, seen, timeout_s)
+
+
+class OutboxPoller(_SqlitePoller):
+    """Reads an outbox stream in order from its saved position, like a TRIM_HORIZON stream mapping:
+    a failed record is retried (with the records after it) before the stream moves on."""
+
+    def __init__(
+        self, outbox: Outbox, table: str, handler: Handler, stop_event: threading.Event, batch_size: int = 100
+    ) -> None:
+        super().__init__(f"stream:{table}", handler, stop_event)
+        self.outbox = outbox
+        self.db = outbox.db
+        self.channel = outbox.stream
+        self.table = table
+        self.batch_size = batch_size
+        self.position: int | None = None
+        region = os.environ.get("AWS_DEFAULT_REGION", "local")
+        self.stream_arn = f"arn:aws:dynamodb:{region}:000000000000:table/{table}/stream/local"
+
+    def poll_once(self) -> bool:
+        if self.position is None:
+            self.position = self.outbox.position()
+        records = self.outbox.read(self.position, self.batch_size)
+        if not records:
+            return False
+        failed = self.call({"Records": [self._lambda_record(record) for record in records]})
+        if failed:
+            first = min(int(sequence) for sequence in failed)
+            done = [r.sequence for r in records if r.sequence < first]
+            if done:
+                self._advance(done[-1])
+            self.stop_event.wait(RETRY_AFTER_S)
+        else:
+            self._advance(records[-1].sequence)
+        return True
+
+    def _advance(self, sequence: int) -> None:
+        self.outbox.advance(sequence)
+        self.position = sequence
+
+    def _lambda_record(self, record: StreamRecord) -> dict[str, Any]:
+        image = to_item(record.image)
+        return {
+            "eventID": f"{self.outbox.stream}-{record.sequence}",
+            "eventName": record.event_name,
+            "eventVersion": "1.1",
+            "eventSource": "aws:dynamodb",
+            "awsRegion": os.environ.get("AWS_DEFAULT_REGION", ""),
+            "dynamodb": {
+                "ApproximateCreationDateTime": record.created_at_ms // 1000,
+                "Keys": {"pk": image["pk"]} if "pk" in image else {},
+                "NewImage": image,
+                "SequenceNumber": str(record.sequence),
+                "StreamViewType": "NEW_AND_OLD_IMAGES",
+            },
+            "eventSourceARN": self.stream_arn,
+        }
+
+
+class SqliteQueuePoller(_SqlitePoller):
+    """Receives up to ``batch_size`` messages of a queue table and hands them over as one SQS event."""
+
+    def __init__(self, queue: SqliteQueue, handler: Handler, stop_event: threading.Event, batch_size: int = 10) -> None:
+        super().__init__(f"sqs:{queue.name}", handler, stop_event)
+        self.queue = queue
+        self.db = queue.db
+        self.channel = queue.name
+        self.batch_size = batch_size
+        region = os.environ.get("AWS_DEFAULT_REGION", "local")
+        self.arn = f"arn:aws:sqs:{region}:000000000000:{queue.name}"
+
+    def poll_once(self) -> bool:
+        messages = self.queue.receive(self.batch_size, visibility_s=30)
+        if not messages:
+            return False
+        failed = {message.message_id for message in messages}
+        try:
+            failed = self.call({"Records": [self._lambda_record(message) for message in messages]})
+        finally:
+            for message in messages:
+                if message.message_id in failed:
+                    self.queue.retry_later(message.receipt, RETRY_AFTER_S)
+                else:
+                    self.queue.delete(message.receipt)
+        return True
+
+    def _lambda_record(self, message: SqliteMessage) -> dict[str, Any]:
+        return {
+            "messageId": message.message_id,
+            "receiptHandle": message.receipt,
+            "body": message.body,
+            "attributes": {
+                "ApproximateReceiveCount": str(message.receive_count),
+                "SentTimestamp": str(message.sent_at_ms),
+            },
+            "messageAttributes": {},
+            "md5OfBody": hashlib.md5(message.body.encode("utf-8")).hexdigest(),  # noqa: S324 (SQS's own checksum)
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self.arn,
+            "awsRegion": os.environ.get("AWS_DEFAULT_REGION", ""),
+        }
+
+
+def start_sqlite_pollers(settings: Settings, store: SqliteStore, stop_event: threading.Event) -> list[Poller]:
+    """The same three event sources as ``start_pollers``, read from the embedded store."""
+    import app as chalice_app
+
+    pollers: list[Poller] = [
+        OutboxPoller(
+            store.payments_stream, settings.payments_table, chalice_app.order_notifications_handler, stop_event
+        ),
+        SqliteQueuePoller(store.ipn_queue, chalice_app.ipn_ingest_handler, stop_event),
+        SqliteQueuePoller(store.notifications, chalice_app.merchant_notifier_handler, stop_event),
+    ]
+    for poller in pollers:
+        poller.start()
+    log_event("pollers started", pollers=[poller.name for poller in pollers])
+    return pollers
 
 
 def start_pollers(settings: Settings, stop_event: threading.Event) -> list[Poller]:

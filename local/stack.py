@@ -1,9 +1,11 @@
 """`make run`: the whole system on one machine (CONTRACT §6).
 
-moto in server mode (DynamoDB, SQS, S3, IoT), the MQTT broker, the Chalice routes on a threaded
-HTTP server, the topic-rule bridge and the event-source pollers feeding the very same handlers,
-and simulated terminals. Ctrl-C stops everything; a crashed component stops the stack with its
-traceback instead of leaving a half-working system.
+The embedded store (SQLite in ``DATA_DIR``, default ``.data/``; or ``STORE=moto``: moto in server
+mode for DynamoDB, SQS, S3, IoT), the MQTT broker, the Chalice routes on a threaded HTTP server, the
+topic-rule bridge and the event-source pollers feeding the very same handlers, and simulated
+terminals. With the embedded store a restart, even after ``kill -9``, carries on where it stopped.
+Ctrl-C stops everything; a crashed component stops the stack with its traceback instead of leaving
+a half-working system.
 
     stack = start_stack(StackConfig(api_port=0, mqtt_port=0))   # free ports, for tests
     ...
@@ -16,9 +18,11 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -32,11 +36,18 @@ from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
 from chalicelib.adapters.dynamodb.payments import DynamoTerminalRepository
 from chalicelib.adapters.dynamodb.tables import create_tables
 from chalicelib.config import Settings, get_settings
-from chalicelib.exceptions import ConfigurationError
+from chalicelib.exceptions import ConditionFailed, ConfigurationError
 from chalicelib.merchants import enrollment
+from chalicelib.merchants.ports import MerchantRepository
+from chalicelib.payments.ports import TerminalRepository
 from local.seed import DEFAULT_SEED, Seed, SeedError, load_seed
+from local.store import StoreChoiceError, data_dir_from_env, store_from_env
 
 HOST = "127.0.0.1"
+# The event handler runs in this process and wakes the waiting request at once (ThreadWaker) after
+# each committed transition, so the poll schedule is only a safety net here: it starts at 100 ms,
+# not 5 ms, and is capped at 1 s (a payment's reads: about 30 -> 8 for a 2-5 s customer).
+LOCAL_POLL_INITIAL_MS = "100"
 LOCAL_POLL_MAX_MS = "1000"
 # Queues and bucket the local stack creates; on AWS infra/ creates them.
 QUEUES = {
@@ -46,13 +57,16 @@ QUEUES = {
 }
 # Where `make run` writes the environment the operator commands need (`make admin` reads it).
 ADMIN_ENV_FILE = Path(os.environ.get("LOCAL_STACK_ENV_FILE") or "build/local-stack.env")
-USAGE = """Start the whole system on this machine: moto (DynamoDB, SQS, S3, IoT), the MQTT broker,
-the API with the Console (/console) and API docs (/docs), and simulated terminals. Ctrl-C stops it.
+USAGE = """Start the whole system on this machine: the embedded store (SQLite, kept in DATA_DIR), the
+MQTT broker, the API with the Console (/console) and API docs (/docs), and simulated terminals.
+Ctrl-C stops it; starting again on the same DATA_DIR carries on where it stopped.
 
 Settings (environment variables):
   API_PORT        HTTP port of the API, Console and docs (default 8000)
   MQTT_PORT       port of the MQTT broker terminals connect to (default 1883)
-  MOTO_PORT       port of moto, for outside AWS tools (default: a free one)
+  DATA_DIR        where the embedded store keeps its file (default .data); remove it to start afresh
+  STORE           sqlite (default) or moto: the AWS adapters against moto, in memory
+  MOTO_PORT       with STORE=moto, port of moto for outside AWS tools (default: a free one)
   SEED_FILE       merchants and terminals to create (default local/seed.json)
   LOCAL_STACK_ENV_FILE  where the operator commands' environment is written (build/local-stack.env)
   and every handler setting, e.g. PAYMENT_DEADLINE_MS, ACK_TIMEOUT_MS (README, Configuration).
@@ -95,6 +109,10 @@ class StackConfig:
     # Extra environment for the handlers (e.g. shorter ACK_TIMEOUT_MS in tests).
     environment: dict[str, str] = field(default_factory=dict)
     simulate: bool = True
+    # "sqlite" (the embedded store) or "moto" (the AWS adapters against moto).
+    store: str = "sqlite"
+    # Where the embedded store keeps its file; None: a temporary directory removed on stop (tests).
+    data_dir: Path | None = None
 
     @classmethod
     def from_env(cls) -> StackConfig:
@@ -105,11 +123,17 @@ class StackConfig:
             return int(raw)
 
         seed = os.environ.get("SEED_FILE")
+        try:
+            store = store_from_env()
+        except StoreChoiceError as exc:
+            raise StackError(str(exc)) from None
         return cls(
             api_port=port("API_PORT", 8000),
             mqtt_port=port("MQTT_PORT", 1883),
             moto_port=port("MOTO_PORT", 0),
             seed_path=Path(seed) if seed else DEFAULT_SEED,
+            store=store,
+            data_dir=data_dir_from_env(),
         )
 
 
@@ -124,6 +148,9 @@ class RunningStack:
     _parts: list[Any] = field(default_factory=list)
     _saved_env: dict[str, str | None] = field(default_factory=dict)
     fleet: Any = None
+    # The embedded store (STORE=sqlite) and its directory.
+    store: Any = None
+    data_dir: Path | None = None
     bridge: Any = None
     broker: Any = None
     pollers: list[Any] = field(default_factory=list)
@@ -173,17 +200,30 @@ def _restore_env(saved: dict[str, str | None]) -> None:
 
 def start_stack(config: StackConfig) -> RunningStack:
     seed = load_seed(config.seed_path)  # a bad seed stops before anything starts
+    if config.store not in ("sqlite", "moto"):
+        raise StackError(f"store must be sqlite or moto, got {config.store!r}")
     # A port in use is named with its setting, before amqtt can log a traceback about it.
     _check_port_free(config.mqtt_port, "MQTT_PORT")
-    _check_port_free(config.moto_port, "MOTO_PORT")
+    if config.store == "moto":
+        _check_port_free(config.moto_port, "MOTO_PORT")
     from local.broker import start_broker
-    from local.moto_server import LocalAws
 
-    moto = LocalAws(HOST, config.moto_port).start()
     saved: dict[str, str | None] = {}
-    parts: list[Any] = [moto.stop]
+    parts: list[Any] = []
+    moto_url = ""
+    data_dir = config.data_dir
     presence = PresenceRelay()
     try:
+        if config.store == "moto":
+            from local.moto_server import LocalAws
+
+            moto = LocalAws(HOST, config.moto_port).start()
+            parts.append(moto.stop)
+            moto_url = moto.url
+        elif data_dir is None:
+            temporary = Path(tempfile.mkdtemp(prefix="nepting-data-"))
+            parts.append(lambda: shutil.rmtree(temporary, ignore_errors=True))
+            data_dir = temporary
         broker = start_broker(HOST, config.mqtt_port, on_presence=presence)
         parts.append(broker.stop)
         env: dict[str, str | None] = {
@@ -198,8 +238,7 @@ def start_stack(config: StackConfig) -> RunningStack:
             "MQTT_PORT": str(broker.port),
             "IPN_SECRET": seed.ipn_secret,
             "METRICS_EMF": os.environ.get("METRICS_EMF", "false"),
-            # The event handler runs in this process and wakes the waiting request at once (ThreadWaker),
-            # so polling is only the safety net here: a long cap saves most reads (and moto's CPU).
+            "POLL_INITIAL_MS": os.environ.get("POLL_INITIAL_MS", LOCAL_POLL_INITIAL_MS),
             "POLL_MAX_MS": os.environ.get("POLL_MAX_MS", LOCAL_POLL_MAX_MS),
             # The one place http to loopback is allowed for merchant notifications (CONTRACT §6).
             "NOTIFY_ALLOW_LOOPBACK_HTTP": "1",
@@ -211,10 +250,19 @@ def start_stack(config: StackConfig) -> RunningStack:
         aws.reset_clients()
         settings = get_settings()
         stack = RunningStack(
-            config, seed, settings, "", broker.port, moto.url, parts, saved, broker=broker, presence=presence
+            config, seed, settings, "", broker.port, moto_url, parts, saved, broker=broker, presence=presence
         )
-        _create_resources(settings)
-        _apply_seed(settings, seed)
+        if config.store == "moto":
+            _create_resources(settings)
+            _apply_seed(
+                seed,
+                DynamoMerchantRepository(settings.merchants_table),
+                DynamoTerminalRepository(settings.terminals_table),
+            )
+        else:
+            assert data_dir is not None
+            _open_store(stack, data_dir)
+            _apply_seed(seed, stack.store.merchants, stack.store.terminals)
         _start_handlers(stack)
         _start_api(stack)
         if config.simulate:
@@ -256,9 +304,19 @@ def _create_resources(settings: Settings) -> None:
     )
 
 
-def _apply_seed(settings: Settings, seed: Seed) -> None:
-    merchants = DynamoMerchantRepository(settings.merchants_table)
-    terminals = DynamoTerminalRepository(settings.terminals_table)
+def _open_store(stack: RunningStack, data_dir: Path) -> None:
+    from local.store import open_store
+
+    stack.data_dir = data_dir
+    stack.store = open_store(data_dir, stack.settings)
+    stack._parts.append(stack.store.close)
+    # Kept data outlives its retention only until the next start (DynamoDB's TTL on AWS).
+    stack.store.payments.purge_expired(int(time.time()))
+
+
+def _apply_seed(seed: Seed, merchants: MerchantRepository, terminals: TerminalRepository) -> None:
+    """Enroll the seed; on a restart over kept data, a terminal already enrolled keeps its record
+    (presence, claim and its expiry) and only gets the seed's passphrase back."""
     for merchant in seed.merchants:
         enrollment.create_merchant(
             merchants,
@@ -271,15 +329,24 @@ def _apply_seed(settings: Settings, seed: Seed) -> None:
             allow_loopback_http=True,
         )
     for terminal in seed.terminals:
-        enrollment.enroll_terminal(
-            terminals,
-            merchants,
-            terminal.merchant_id,
-            terminal.manufacturer,
-            terminal.serial_number,
-            passphrase=terminal.passphrase,
-            with_passphrase=terminal.passphrase is not None,
-        )
+        try:
+            enrollment.enroll_terminal(
+                terminals,
+                merchants,
+                terminal.merchant_id,
+                terminal.manufacturer,
+                terminal.serial_number,
+                passphrase=terminal.passphrase,
+                with_passphrase=terminal.passphrase is not None,
+            )
+        except ConditionFailed:
+            try:
+                terminals.set_passphrase(terminal.terminal_id, terminal.merchant_id, terminal.passphrase)
+            except ConditionFailed:
+                raise StackError(
+                    f"terminal {terminal.terminal_id} is enrolled for another merchant in the kept data; "
+                    "use another DATA_DIR or remove it"
+                ) from None
 
 
 def _start_handlers(stack: RunningStack) -> None:
@@ -288,7 +355,12 @@ def _start_handlers(stack: RunningStack) -> None:
     from local.bridge import TopicRuleBridge
     from local.waker import ThreadWaker
 
-    components = bootstrap.build(stack.settings)
+    if stack.store is not None:
+        from local.store import build_sqlite
+
+        components = build_sqlite(stack.settings, stack.store)
+    else:
+        components = bootstrap.build(stack.settings)
     components.waker = ThreadWaker()
     bootstrap.install(components)
     stack._parts.append(lambda: bootstrap.install(None))
@@ -301,12 +373,17 @@ def _start_handlers(stack: RunningStack) -> None:
     bridge.wait_ready()
     stack.bridge = bridge
     stack.presence.attach(bridge.presence)
-    from local.pollers import start_pollers
+    from local.pollers import start_pollers, start_sqlite_pollers
 
-    stack.pollers = list(start_pollers(stack.settings, stack.stop_event))
+    if stack.store is not None:
+        stack.pollers = list(start_sqlite_pollers(stack.settings, stack.store, stack.stop_event))
+    else:
+        stack.pollers = list(start_pollers(stack.settings, stack.stop_event))
 
     def stop_pollers() -> None:
         stack.stop_event.set()
+        if stack.store is not None:
+            stack.store.db.notify()  # wake the idle ones now
         for poller in stack.pollers:
             poller.join(timeout=5)
 
@@ -356,7 +433,11 @@ def describe(stack: RunningStack) -> str:
         f"  API docs     {stack.api_url}/docs   (OpenAPI: {stack.api_url}/openapi.json)",
         f"  API          {stack.api_url}",
         f"  MQTT broker  mqtt://{HOST}:{stack.mqtt_port}",
-        f"  AWS (moto)   {stack.moto_url}",
+        (
+            f"  AWS (moto)   {stack.moto_url}   (STORE=moto: nothing is kept on restart)"
+            if stack.store is None
+            else f"  Data         {stack.data_dir}   (SQLite; kept across restarts: rm -r it to start afresh)"
+        ),
         "",
         "Merchants (HTTP Basic login:password):",
     ]
@@ -405,8 +486,11 @@ def describe(stack: RunningStack) -> str:
 
 
 def admin_environment(stack: RunningStack) -> dict[str, str]:
-    """What ``python -m admin`` needs to reach this stack: moto's URL, a region, dummy keys, the
-    queue URLs and the MQTT channel (no IoT thing to provision locally)."""
+    """What ``python -m admin`` needs to reach this stack: its data directory (the embedded store),
+    or with ``STORE=moto`` moto's URL, a region, dummy keys, the queue URLs; and the MQTT channel
+    (no IoT thing to provision locally)."""
+    if stack.data_dir is not None:
+        return {"ADMIN_DATA_DIR": str(Path(stack.data_dir).resolve()), "TERMINAL_CHANNEL": "mqtt"}
     env = {
         "AWS_ENDPOINT_URL": stack.moto_url,
         "AWS_DEFAULT_REGION": os.environ["AWS_DEFAULT_REGION"],
@@ -420,7 +504,8 @@ def admin_environment(stack: RunningStack) -> dict[str, str]:
 
 def _write_admin_env(stack: RunningStack) -> None:
     ADMIN_ENV_FILE.parent.mkdir(parents=True, exist_ok=True)
-    lines = [f"# written by make run for make admin; valid while that stack runs (moto at {stack.moto_url})"]
+    where = f"moto at {stack.moto_url}" if stack.store is None else f"data in {stack.data_dir}"
+    lines = [f"# written by make run for make admin; valid while that stack runs ({where})"]
     lines += [f"{name}={value}" for name, value in admin_environment(stack).items()]
     ADMIN_ENV_FILE.write_text("\n".join(lines) + "\n")
 

@@ -60,6 +60,11 @@ class MqttChannel:
     def _on_disconnect(self, *_args: Any) -> None:
         self._connected.clear()
 
+    def wait_connected(self, timeout_s: float) -> None:
+        """Block until the broker accepted the connection; ChannelError after ``timeout_s``."""
+        if not self._connected.wait(timeout_s):
+            raise ChannelError(f"MQTT broker not connected after {timeout_s:.0f} s")
+
     def publish(self, terminal_id: str, envelope: dict[str, Any]) -> None:
         if not self._connected.wait(self._timeout):
             raise ChannelError("MQTT broker not connected")

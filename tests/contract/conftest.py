@@ -1,8 +1,8 @@
 """Every implementation of every repository port, behind one ``stores`` fixture.
 
 Each contract test runs once per entry of ``tests/contract/stores.py``'s ``IMPLEMENTATIONS``: the
-in-memory fakes the unit tests stand on, and the DynamoDB adapters on moto (one moto per test
-module, tables emptied per test).
+in-memory fakes the unit tests stand on, the DynamoDB adapters on moto (one moto per test module,
+tables emptied per test), and the local stack's SQLite store (a fresh data directory per test).
 """
 
 from __future__ import annotations

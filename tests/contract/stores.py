@@ -59,7 +59,19 @@ def dynamodb_on_moto(request: pytest.FixtureRequest) -> Stores:
     )
 
 
+def sqlite_in_tmp(request: pytest.FixtureRequest) -> Stores:
+    """The local stack's embedded store, in a fresh data directory per test."""
+    from chalicelib.adapters.sqlite.store import SqliteStore
+
+    store = SqliteStore.open(request.getfixturevalue("tmp_path") / "data", retention_s=RETENTION_S)
+    request.addfinalizer(store.close)
+    return Stores(
+        store.terminals, store.payments, store.merchants, store.transactions, store.order_details, store.ipn_inbox
+    )
+
+
 IMPLEMENTATIONS: dict[str, Callable[[pytest.FixtureRequest], Stores]] = {
     "memory": in_memory,
     "dynamodb": dynamodb_on_moto,
+    "sqlite": sqlite_in_tmp,
 }

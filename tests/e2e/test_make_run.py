@@ -19,6 +19,12 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.fixture(autouse=True)
+def _data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each run keeps its data in its own directory, not in the checkout's ``.data/``."""
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+
+
 def _start(env_overrides: dict[str, str], *args: str) -> subprocess.Popen[str]:
     env = {
         **os.environ,
@@ -129,7 +135,9 @@ def test_make_run_prints_and_writes_the_environment_operator_commands_need(tmp_p
         written = dict(
             line.split("=", 1) for line in env_file.read_text().splitlines() if line and not line.startswith("#")
         )
-        for name in ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "NOTIFICATIONS_DLQ_URL"):
+        # The embedded store's data directory (STORE=moto would name moto's URL, region and queues).
+        assert Path(written["ADMIN_DATA_DIR"]) == (Path(os.environ["DATA_DIR"])).resolve()
+        for name in ("ADMIN_DATA_DIR", "TERMINAL_CHANNEL"):
             assert f"export {name}={written[name]}" in banner
         # What make admin does: the operator command with that environment, nothing else.
         clean = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}

@@ -4,14 +4,24 @@ the per-payment drivers and the report. No load is run here."""
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from bench import cost
-from bench.probes import _request_units, api_component
-from bench.report import cost_model, floor_summary, goals, per_payment, render_markdown, summarize_scenario
+from bench.probes import ThreadCpu, _request_units, api_component
+from bench.report import (
+    CONCURRENCY_GOAL,
+    cost_model,
+    floor_summary,
+    goals,
+    per_payment,
+    render_markdown,
+    summarize_scenario,
+)
 from bench.stats import percentile, summarize
 
 SETTINGS = {"poll_initial_ms": 5, "poll_growth_pct": 150, "poll_max_ms": 40}
@@ -216,8 +226,59 @@ def test_cost_model_extrapolates_reads_and_duration_to_30_s_and_the_report_shows
     floor = floor_summary(results)
     assert floor["floor_p50_ms"] == 5.0
     rows = {row["goal"]: row for row in goals(results, models)}
-    assert rows["200 concurrent in-flight payments, zero errors"]["met"] is False
+    assert rows[CONCURRENCY_GOAL] == {"goal": CONCURRENCY_GOAL, "result": "step not run", "met": False}
     report = render_markdown(results, floor, models, [])
     assert "| customer_aws | aws | 5 |" in report
     assert "| 10 | 5 | http_502:x 1 |" in report
     assert "DynamoDB on-demand read request units | 0.125 |" in report
+
+
+def test_the_200_step_is_judged_on_errors_overhead_and_cpu_without_the_ecr_threads() -> None:
+    results = fake_results()
+    ok = [
+        {"order_id": f"o{i}", "customer_ms": 3_000, "latency_ms": 3_020.0 + i, "added_ms": 5.0, "outcome": "ok"}
+        for i in range(10)
+    ]
+    results["concurrency"].append(
+        summarize_scenario(
+            "concurrency_200", "local", ok, 2.0, fake_counts(10), cpu_s=0.12, ecr_cpu_s=0.03, in_flight=200
+        )
+    )
+    rows = {row["goal"]: row for row in goals(results, {})}
+    assert rows[CONCURRENCY_GOAL]["met"] is True and rows[CONCURRENCY_GOAL]["result"].startswith("0 errors")
+    cpu = rows["CPU per payment ≤ 10 ms, whole local stack (200 in flight, without the ECR threads)"]
+    assert (cpu["result"], cpu["met"]) == (9.0, True)
+    slow = dict(ok[0], latency_ms=3_500.0)
+    results["concurrency"][-1] = summarize_scenario(
+        "concurrency_200", "local", [*ok, slow], 2.0, fake_counts(11), cpu_s=0.5, in_flight=200
+    )
+    rows = {row["goal"]: row for row in goals(results, {})}
+    assert rows[CONCURRENCY_GOAL]["met"] is False
+    cost_row = next(row for row in rows.values() if row["goal"].startswith("modeled AWS cost"))
+    assert cost_row["met"] is False and str(cost_row["result"]).startswith("not modeled")
+
+
+def test_thread_cpu_groups_threads_by_role_and_counts_ended_threads() -> None:
+    group = ThreadCpu.group
+    assert group("Thread-12 (process_request_thread)") == "api request threads"
+    assert group("topic-rule-3_0") == "topic-rule"
+    assert group("mqtt-broker-41235") == "mqtt-broker"
+    assert group("paho-mqtt-client-BENCH-C0001") == "simulated terminals (paho)"
+    assert group("paho-mqtt-client-") == "broker channel (paho)"
+    assert group("sqs:ipn") == "sqs:ipn" and group("ecr-C0001") == "ECR threads (the load)"
+    probe = ThreadCpu().install()
+    try:
+        before = probe.snapshot()
+
+        def burn() -> None:
+            deadline = time.thread_time() + 0.02
+            while time.thread_time() < deadline:
+                pass
+
+        worker = threading.Thread(target=burn, name="gateway-ipn-0")
+        worker.start()
+        worker.join()
+        spent = ThreadCpu.per_payment(before, probe.snapshot(), 2)
+    finally:
+        probe.uninstall()
+    assert spent["gateway-ipn"] >= 10.0  # 20 ms of CPU over 2 payments, counted after the thread ended

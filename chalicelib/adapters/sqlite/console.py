@@ -1,0 +1,219 @@
+"""SQLite repositories of the Console side: transactions, order details, the IPN inbox.
+
+The same conditions as ``adapters/dynamodb/console.py``: a ``version`` guard on every transaction
+write, newest attempt wins for order details, first IPN of a reference kept. A transaction is kept
+whole as JSON (``chalicelib.jsonutil``: exact Decimals, no floats) beside the columns a listing
+filters and sorts on.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict, fields
+from typing import Any
+
+from chalicelib import jsonutil
+from chalicelib.adapters.sqlite.db import Database
+from chalicelib.console.domain import OrderDetails, Transaction, TransactionQuery
+from chalicelib.console.ports import Position
+from chalicelib.exceptions import ConditionFailed
+from chalicelib.keys import order_key
+
+_TX_FIELDS = {f.name for f in fields(Transaction)}
+_DETAILS_FIELDS = {f.name for f in fields(OrderDetails)}
+
+
+def _transaction(body_json: str) -> Transaction:
+    values = jsonutil.loads(body_json)
+    return Transaction(**{key: value for key, value in values.items() if key in _TX_FIELDS})
+
+
+def transaction_item(tx: Transaction) -> dict[str, Any]:
+    """The transaction as the table holds it (what the finance export reads)."""
+    return {**asdict(tx), "merchant_order": tx.merchant_order}
+
+
+class SqliteTransactionRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, reference: str) -> Transaction | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT body_json FROM transactions WHERE transaction_reference = ?", (reference,)
+            ).fetchone()
+        return _transaction(row["body_json"]) if row else None
+
+    def put(self, tx: Transaction, expected_version: int) -> None:
+        """Write ``tx`` if the stored one is still at ``expected_version`` (0: does not exist yet)."""
+        with self.db.write() as conn:
+            stored = self._version(conn, tx.transaction_reference)
+            if (expected_version == 0 and stored is not None) or (expected_version != 0 and stored != expected_version):
+                raise ConditionFailed(f"transaction {tx.transaction_reference} changed meanwhile")
+            self._write(conn, tx)
+
+    def mark_enqueued(self, reference: str, status_code: int) -> None:
+        """The pending notification of ``status_code`` is in the queue; ConditionFailed if it moved on."""
+        with self.db.write() as conn:
+            tx = self._current(conn, reference)
+            if tx is None or tx.notify_pending_status != status_code or tx.notify_enqueued:
+                raise ConditionFailed(f"transaction {reference} changed meanwhile")
+            tx.notify_enqueued = True
+            tx.version += 1
+            self._write(conn, tx)
+
+    def record_delivery(self, reference: str, status_code: int) -> None:
+        """A merchant server acknowledged ``status_code``; ConditionFailed if it already had."""
+        with self.db.write() as conn:
+            tx = self._current(conn, reference)
+            if tx is None or status_code in tx.notified_statuses:
+                raise ConditionFailed(f"transaction {reference} changed meanwhile")
+            tx.notified_statuses = [*tx.notified_statuses, status_code]
+            tx.version += 1
+            self._write(conn, tx)
+
+    @staticmethod
+    def _version(conn: sqlite3.Connection, reference: str) -> int | None:
+        row = conn.execute("SELECT version FROM transactions WHERE transaction_reference = ?", (reference,)).fetchone()
+        return int(row["version"]) if row else None
+
+    @staticmethod
+    def _current(conn: sqlite3.Connection, reference: str) -> Transaction | None:
+        row = conn.execute(
+            "SELECT body_json FROM transactions WHERE transaction_reference = ?", (reference,)
+        ).fetchone()
+        return _transaction(row["body_json"]) if row else None
+
+    @staticmethod
+    def _write(conn: sqlite3.Connection, tx: Transaction) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO transactions (transaction_reference, merchant_id, merchant_order, created_at, "
+            "status_code, terminal_id, version, body_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                tx.transaction_reference,
+                tx.merchant_id,
+                tx.merchant_order,
+                tx.created_at,
+                tx.status_code,
+                tx.terminal_id,
+                tx.version,
+                jsonutil.dumps(transaction_item(tx)),
+            ),
+        )
+
+    def list_for_order(self, merchant_id: str, order_id: str) -> list[Transaction]:
+        query = TransactionQuery(merchant_id=merchant_id, order_id=order_id)
+        found: list[Transaction] = []
+        after: Position | None = None
+        while True:
+            items, after = self.page(query, 100, after)
+            found.extend(items)
+            if after is None:
+                return found
+
+    def page(
+        self, query: TransactionQuery, limit: int, after: Position | None
+    ) -> tuple[list[Transaction], Position | None]:
+        """As DynamoDB's Query on the listing's index does it: ``limit`` transactions of the query's own
+        merchant (or merchant and order) and date range are read, newest first (``created_at``, then
+        ``transaction_reference``), then the status and terminal filters apply, so a page may come
+        back short and still continue. A position never pages into another merchant's data."""
+        values: list[str | int]
+        if query.order_id is not None:
+            conditions, values = ["merchant_order = ?"], [order_key(query.merchant_id, query.order_id)]
+        else:
+            conditions, values = ["merchant_id = ?"], [query.merchant_id]
+        if query.created_from is not None:
+            conditions.append("created_at >= ?")
+            values.append(query.created_from)
+        if query.created_to is not None:
+            conditions.append("created_at <= ?")
+            values.append(query.created_to)
+        if after is not None:
+            conditions.append("(created_at, transaction_reference) < (?, ?)")
+            values += [after["created_at"], after["transaction_reference"]]
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                # Only fixed fragments are joined; every value is a parameter.
+                f"SELECT created_at, transaction_reference, status_code, terminal_id, body_json FROM transactions "  # noqa: S608
+                f"WHERE {' AND '.join(conditions)} ORDER BY created_at DESC, transaction_reference DESC LIMIT ?",
+                [*values, limit + 1],
+            ).fetchall()
+        read = rows[:limit]
+        kept = [
+            _transaction(row["body_json"])
+            for row in read
+            if (query.status_code is None or row["status_code"] == query.status_code)
+            and (query.terminal_id is None or row["terminal_id"] == query.terminal_id)
+        ]
+        if len(rows) <= limit or not read:
+            return kept, None
+        last = read[-1]
+        return kept, {"created_at": last["created_at"], "transaction_reference": last["transaction_reference"]}
+
+    def all_items(self) -> list[dict[str, Any]]:
+        """Every transaction as a table item: the local finance export's source."""
+        with self.db.connection() as conn:
+            rows = conn.execute("SELECT body_json FROM transactions ORDER BY created_at").fetchall()
+        return [jsonutil.loads(row["body_json"]) for row in rows]
+
+
+class SqliteOrderDetailsRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, merchant_id: str, order_id: str) -> OrderDetails | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT body_json FROM order_details WHERE merchant_order = ?", (order_key(merchant_id, order_id),)
+            ).fetchone()
+        if row is None:
+            return None
+        values = jsonutil.loads(row["body_json"])
+        return OrderDetails(**{name: values.get(name) for name in _DETAILS_FIELDS})
+
+    def put_if_newer(self, details: OrderDetails) -> bool:
+        """Store the details unless those of this attempt or a newer one are already there."""
+        with self.db.write() as conn:
+            changed = conn.execute(
+                "INSERT INTO order_details (merchant_order, attempt, body_json) VALUES (?, ?, ?) "
+                "ON CONFLICT (merchant_order) DO UPDATE SET attempt = excluded.attempt, body_json = excluded.body_json "
+                "WHERE order_details.attempt < excluded.attempt",
+                (details.merchant_order, details.attempt, jsonutil.dumps(asdict(details))),
+            ).rowcount
+        return changed == 1
+
+
+class SqliteIpnInbox:
+    """IPNs exactly as verified, kept before the gateway is answered."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def store(self, reference: str, merchant_id: str, body_json: str, body_sha256: str, received_at_ms: int) -> bool:
+        """False when this transaction_reference was already received."""
+        with self.db.write() as conn:
+            changed = conn.execute(
+                "INSERT INTO ipn_inbox (transaction_reference, merchant_id, body_json, body_sha256, received_at_ms) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (transaction_reference) DO NOTHING",
+                (reference, merchant_id, body_json, body_sha256, received_at_ms),
+            ).rowcount
+        return changed == 1
+
+    def get(self, reference: str) -> dict[str, Any] | None:
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT * FROM ipn_inbox WHERE transaction_reference = ?", (reference,)).fetchone()
+        if row is None:
+            return None
+        # As the DynamoDB item reads: an attribute never written is absent, not None.
+        return {key: value for key, value in dict(row).items() if value is not None}
+
+    def mark_merged(self, reference: str, merged_at_ms: int) -> None:
+        """The first merge time is kept; ConditionFailed for an IPN never stored."""
+        with self.db.write() as conn:
+            found = conn.execute(
+                "UPDATE ipn_inbox SET merged_at_ms = COALESCE(merged_at_ms, ?) WHERE transaction_reference = ?",
+                (merged_at_ms, reference),
+            ).rowcount
+        if found != 1:
+            raise ConditionFailed(f"no stored IPN for {reference}")

@@ -1,0 +1,237 @@
+"""One SQLite database file per data directory: the schema, the connections, and how writes happen.
+
+- WAL journal: readers never wait for a writer, and a committed write survives ``kill -9``.
+- ``synchronous=NORMAL``: a commit is durable against the process dying at any point; only a power
+  cut or an OS crash may lose the last commits. Right for a sandbox, not for money of record.
+- Connections come from a small pool; every conditional write runs inside ``write()``, which
+  serializes this process's writers on a lock (no busy-waiting between our own threads) and takes
+  SQLite's write lock with ``BEGIN IMMEDIATE``, so the read that checks a condition and the write
+  that depends on it are one atomic step, across processes too (the admin commands).
+
+    db = Database(Path(".data") / "nepting.sqlite3")
+    with db.write() as conn:
+        conn.execute("UPDATE ...")
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+FILE_NAME = "nepting.sqlite3"
+# Another process (an admin command) may hold the write lock for a moment.
+BUSY_TIMEOUT_MS = 10_000
+_IDLE_CONNECTIONS = 64
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS merchants (
+    merchant_id TEXT PRIMARY KEY,
+    notify_url TEXT,
+    notify_passphrase TEXT NOT NULL,
+    basket_policy TEXT NOT NULL DEFAULT 'lenient'
+);
+CREATE TABLE IF NOT EXISTS limits (
+    key TEXT PRIMARY KEY,
+    n INTEGER NOT NULL DEFAULT 0,
+    touched_ms INTEGER NOT NULL DEFAULT 0,
+    expires_at INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS logins (
+    login TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    password_hash TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS terminals (
+    terminal_id TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    passphrase TEXT,
+    online INTEGER NOT NULL DEFAULT 0,
+    last_seen_at TEXT,
+    status_at_ms INTEGER NOT NULL DEFAULT 0,
+    presence_session TEXT,
+    busy_request_id TEXT,
+    busy_until_ms INTEGER NOT NULL DEFAULT 0,
+    busy_order TEXT
+);
+CREATE INDEX IF NOT EXISTS terminals_by_merchant ON terminals (merchant_id, terminal_id);
+CREATE TABLE IF NOT EXISTS order_heads (
+    merchant_id TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    request_id TEXT NOT NULL,
+    terminal_id TEXT NOT NULL,
+    payload_hash TEXT NOT NULL,
+    request_json TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (merchant_id, order_id)
+);
+CREATE INDEX IF NOT EXISTS order_heads_by_merchant_updated ON order_heads (merchant_id, updated_at_ms, order_id);
+CREATE TABLE IF NOT EXISTS dispatches (
+    request_id TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    order_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    terminal_id TEXT NOT NULL,
+    transaction_type TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    currency TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    ack_deadline_ms INTEGER NOT NULL,
+    deadline_ms INTEGER NOT NULL,
+    acked_at_ms INTEGER,
+    finished_at_ms INTEGER,
+    reason TEXT,
+    result_json TEXT,
+    late INTEGER NOT NULL DEFAULT 0,
+    result_at_ms INTEGER,
+    cancel_requested_at_ms INTEGER,
+    version INTEGER NOT NULL DEFAULT 0,
+    extra_json TEXT NOT NULL DEFAULT '{}',
+    expires_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS transactions (
+    transaction_reference TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    merchant_order TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    terminal_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transactions_by_merchant_created
+    ON transactions (merchant_id, created_at, transaction_reference);
+CREATE INDEX IF NOT EXISTS transactions_by_merchant_order
+    ON transactions (merchant_order, created_at, transaction_reference);
+CREATE TABLE IF NOT EXISTS order_details (
+    merchant_order TEXT PRIMARY KEY,
+    attempt INTEGER NOT NULL,
+    body_json TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ipn_inbox (
+    transaction_reference TEXT PRIMARY KEY,
+    merchant_id TEXT NOT NULL,
+    body_json TEXT NOT NULL,
+    body_sha256 TEXT NOT NULL,
+    received_at_ms INTEGER NOT NULL,
+    merged_at_ms INTEGER
+);
+-- What DynamoDB Streams carries on AWS: one row per change, read in order by a local poller.
+CREATE TABLE IF NOT EXISTS outbox (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+    stream TEXT NOT NULL,
+    event_name TEXT NOT NULL,
+    image_json TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS stream_positions (
+    stream TEXT PRIMARY KEY,
+    sequence INTEGER NOT NULL
+);
+-- What SQS holds on AWS: messages, invisible while received, back after their visibility timeout.
+CREATE TABLE IF NOT EXISTS messages (
+    sequence INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL UNIQUE,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    sent_at_ms INTEGER NOT NULL,
+    visible_at_ms INTEGER NOT NULL,
+    receive_count INTEGER NOT NULL DEFAULT 0,
+    receipt TEXT
+);
+CREATE INDEX IF NOT EXISTS messages_by_queue ON messages (queue, visible_at_ms, sequence);
+"""
+
+
+class Database:
+    """The store's file, its connection pool, and a wake-up for the pollers when something is queued."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._idle: list[sqlite3.Connection] = []
+        self._pool_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        # Per queue or stream: a poller is woken only by what it reads.
+        self._activity = threading.Condition()
+        self._generations: dict[str, int] = {}
+        with self.connection() as conn:
+            # WAL is a property of the file: set once, kept by every later connection.
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
+
+    @classmethod
+    def in_directory(cls, data_dir: Path | str) -> Database:
+        return cls(Path(data_dir) / FILE_NAME)
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: no implicit transactions; ``write()`` opens its own.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @contextmanager
+    def connection(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads (each statement sees the latest commit)."""
+        with self._pool_lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is None:
+            conn = self._connect()
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:  # an exception escaped mid-transaction
+                conn.rollback()
+            with self._pool_lock:
+                if len(self._idle) < _IDLE_CONNECTIONS:
+                    self._idle.append(conn)
+                    conn = None
+            if conn is not None:
+                conn.close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One atomic read-check-write: committed when the block ends, rolled back if it raises."""
+        with self._write_lock, self.connection() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def notify(self, channel: str = "") -> None:
+        """Something was queued on ``channel`` (a queue or stream name; "" wakes every poller)."""
+        with self._activity:
+            if channel:
+                self._generations[channel] = self._generations.get(channel, 0) + 1
+            else:
+                for name in list(self._generations):
+                    self._generations[name] += 1
+            self._activity.notify_all()
+
+    def wait_for_activity(self, channel: str, seen: int, timeout_s: float) -> int:
+        """Wait until ``notify(channel)`` was called after generation ``seen`` (or the timeout); the
+        channel's generation then."""
+        with self._activity:
+            self._activity.wait_for(lambda: self._generations.get(channel, 0) != seen, timeout_s)
+            return self._generations.get(channel, 0)
+
+    def generation(self, channel: str) -> int:
+        with self._activity:
+            return self._generations.setdefault(channel, 0)
+
+    def close(self) -> None:
+        with self._pool_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

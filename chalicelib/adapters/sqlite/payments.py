@@ -1,0 +1,300 @@
+"""SQLite repositories of the payment side: terminals, order heads and dispatches.
+
+The same conditions as ``adapters/dynamodb/payments.py``, carried by SQLite: a single conditional
+``UPDATE … WHERE`` where one row decides (claim, release, presence, transition), and one
+``BEGIN IMMEDIATE`` transaction where several rows move together (an attempt's head, its dispatch
+and the stream record the Console side reads).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import asdict
+from typing import Any
+
+from chalicelib import jsonutil
+from chalicelib.adapters.sqlite.db import Database
+from chalicelib.exceptions import ConditionFailed
+from chalicelib.keys import order_key
+from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal, Transition
+
+# The stream the order-notification poller reads (the payments table's stream on AWS).
+PAYMENTS_STREAM = "payments"
+
+_TERMINAL_COLUMNS = (
+    "terminal_id",
+    "merchant_id",
+    "passphrase",
+    "online",
+    "last_seen_at",
+    "status_at_ms",
+    "presence_session",
+    "busy_request_id",
+    "busy_until_ms",
+    "busy_order",
+)
+
+
+def _terminal(row: sqlite3.Row) -> Terminal:
+    values = {name: row[name] for name in _TERMINAL_COLUMNS}
+    values["online"] = bool(values["online"])
+    return Terminal(**values)
+
+
+class SqliteTerminalRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def get(self, terminal_id: str) -> Terminal | None:
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT * FROM terminals WHERE terminal_id = ?", (terminal_id,)).fetchone()
+        return _terminal(row) if row else None
+
+    def list_for_merchant(self, merchant_id: str) -> list[Terminal]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT * FROM terminals WHERE merchant_id = ? ORDER BY terminal_id", (merchant_id,)
+            ).fetchall()
+        return [_terminal(row) for row in rows]
+
+    def _insert(self, terminal: Terminal, verb: str) -> None:
+        values = asdict(terminal)
+        values["online"] = int(values["online"])
+        columns = ", ".join(_TERMINAL_COLUMNS)
+        marks = ", ".join("?" for _ in _TERMINAL_COLUMNS)
+        with self.db.write() as conn:
+            conn.execute(f"{verb} INTO terminals ({columns}) VALUES ({marks})", [values[c] for c in _TERMINAL_COLUMNS])
+
+    def put(self, terminal: Terminal) -> None:
+        self._insert(terminal, "INSERT OR REPLACE")
+
+    def create(self, terminal: Terminal) -> None:
+        """Enroll; ConditionFailed if the terminal id is taken (by this merchant or another)."""
+        try:
+            self._insert(terminal, "INSERT")
+        except sqlite3.IntegrityError as exc:
+            raise ConditionFailed(f"terminal {terminal.terminal_id} is already enrolled") from exc
+
+    def set_passphrase(self, terminal_id: str, merchant_id: str, passphrase: str | None) -> None:
+        """Rotate (or remove, disabling the Cloud API service) the passphrase of the merchant's terminal."""
+        if not self._update(
+            "UPDATE terminals SET passphrase = ? WHERE terminal_id = ? AND merchant_id = ?",
+            (passphrase or None, terminal_id, merchant_id),
+        ):
+            raise ConditionFailed(f"terminal {terminal_id} is not enrolled for {merchant_id}")
+
+    def claim(self, terminal_id: str, request_id: str, now_ms: int, until_ms: int, order_key: str = "") -> bool:
+        # An expired claim (its holder crashed or gave up) may be taken over.
+        return self._update(
+            "UPDATE terminals SET busy_request_id = ?, busy_until_ms = ?, busy_order = ? "
+            "WHERE terminal_id = ? AND (busy_request_id IS NULL OR busy_until_ms <= ?)",
+            (request_id, until_ms, order_key, terminal_id, now_ms),
+        )
+
+    def release(self, terminal_id: str, request_id: str) -> bool:
+        return self._update(
+            "UPDATE terminals SET busy_request_id = NULL, busy_until_ms = 0, busy_order = NULL "
+            "WHERE terminal_id = ? AND busy_request_id = ?",
+            (terminal_id, request_id),
+        )
+
+    def record_status(self, terminal_id: str, online: bool, sent_at_ms: int, seen_at: str) -> bool:
+        # A terminal's own status counts only when strictly newer than the last presence fact:
+        # a captured status replayed at the same instant changes nothing.
+        return self._update(
+            "UPDATE terminals SET online = ?, status_at_ms = ?, last_seen_at = ? "
+            "WHERE terminal_id = ? AND status_at_ms < ?",
+            (int(online), sent_at_ms, seen_at, terminal_id, sent_at_ms),
+        )
+
+    def record_presence(self, terminal_id: str, online: bool, at_ms: int, session: str, seen_at: str) -> bool:
+        # Not older than the last fact; and a disconnect ends only the session recorded as current
+        # (a taken-over connection's disconnect may carry a later timestamp than the new connect).
+        # A connect may take over any session; a disconnect must name the current one (? = 1 for a connect).
+        return self._update(
+            "UPDATE terminals SET online = ?, status_at_ms = ?, last_seen_at = ?, presence_session = ? "
+            "WHERE terminal_id = ? AND status_at_ms <= ? "
+            "AND (? = 1 OR presence_session IS NULL OR presence_session = ?)",
+            (int(online), at_ms, seen_at, session, terminal_id, at_ms, int(online), session),
+        )
+
+    def _update(self, statement: str, parameters: tuple[Any, ...]) -> bool:
+        """One conditional statement: True when it changed the row."""
+        with self.db.write() as conn:
+            return conn.execute(statement, parameters).rowcount == 1
+
+
+_HEAD_COLUMNS = (
+    "merchant_id",
+    "order_id",
+    "attempt",
+    "request_id",
+    "terminal_id",
+    "payload_hash",
+    "request_json",
+    "created_at_ms",
+    "updated_at_ms",
+)
+_DISPATCH_COLUMNS = (
+    "request_id",
+    "merchant_id",
+    "order_id",
+    "attempt",
+    "terminal_id",
+    "transaction_type",
+    "amount",
+    "currency",
+    "state",
+    "created_at_ms",
+    "ack_deadline_ms",
+    "deadline_ms",
+    "acked_at_ms",
+    "finished_at_ms",
+    "reason",
+    "result_json",
+    "late",
+    "result_at_ms",
+    "cancel_requested_at_ms",
+    "version",
+    "extra_json",
+)
+
+
+def head_image(head: OrderHead, expires_at: int) -> dict[str, Any]:
+    """The head as the payments table's stream shows it on AWS (``pk`` = ``ORDER#…``)."""
+    return {"pk": f"ORDER#{order_key(head.merchant_id, head.order_id)}", **asdict(head), "expires_at": expires_at}
+
+
+def _dispatch(row: sqlite3.Row) -> Dispatch:
+    values = {name: row[name] for name in _DISPATCH_COLUMNS}
+    result_json = values.pop("result_json")
+    extra_json = values.pop("extra_json")
+    values["state"] = DispatchState(values["state"])
+    values["late"] = bool(values["late"])
+    return Dispatch(
+        **values,
+        result=jsonutil.loads(result_json) if result_json is not None else None,
+        extra=jsonutil.loads(extra_json),
+    )
+
+
+class SqlitePaymentRepository:
+    def __init__(self, db: Database, retention_s: int) -> None:
+        self.db = db
+        self.retention_s = retention_s
+
+    def get_head(self, merchant_id: str, order_id: str) -> OrderHead | None:
+        with self.db.connection() as conn:
+            row = conn.execute(
+                "SELECT * FROM order_heads WHERE merchant_id = ? AND order_id = ?", (merchant_id, order_id)
+            ).fetchone()
+        return OrderHead(**{name: row[name] for name in _HEAD_COLUMNS}) if row else None
+
+    def get_dispatch(self, request_id: str) -> Dispatch | None:
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT * FROM dispatches WHERE request_id = ?", (request_id,)).fetchone()
+        return _dispatch(row) if row else None
+
+    def list_heads(
+        self, merchant_id: str, limit: int, after: OrderPosition | None = None, terminal_id: str | None = None
+    ) -> tuple[list[OrderHead], OrderPosition | None]:
+        """As DynamoDB's query on ``by-merchant-updated``: ``limit`` heads are read, latest first
+        (ties by order id), then the terminal filter applies, so a page may be short and continue."""
+        conditions: list[str] = ["merchant_id = ?"]
+        values: list[str | int] = [merchant_id]
+        if after is not None:
+            conditions.append("(updated_at_ms, order_id) < (?, ?)")
+            values += [after[0], after[1]]
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                # Only fixed fragments are joined; every value is a parameter.
+                f"SELECT * FROM order_heads WHERE {' AND '.join(conditions)} "  # noqa: S608
+                "ORDER BY updated_at_ms DESC, order_id DESC LIMIT ?",
+                [*values, limit + 1],
+            ).fetchall()
+        read = [OrderHead(**{name: row[name] for name in _HEAD_COLUMNS}) for row in rows[:limit]]
+        position = (read[-1].updated_at_ms, read[-1].order_id) if len(rows) > limit and read else None
+        return [head for head in read if terminal_id is None or head.terminal_id == terminal_id], position
+
+    def start_attempt(self, head: OrderHead, dispatch: Dispatch, previous_attempt: int | None) -> None:
+        """The head, its dispatch and the stream record, all or nothing."""
+        expires_at = head.updated_at_ms // 1000 + self.retention_s
+        head_values = [getattr(head, name) for name in _HEAD_COLUMNS] + [expires_at]
+        dispatch_values: dict[str, Any] = {
+            **asdict(dispatch),
+            "state": dispatch.state.value,
+            "late": int(dispatch.late),
+            "result_json": jsonutil.dumps(dispatch.result) if dispatch.result is not None else None,
+            "extra_json": jsonutil.dumps(dispatch.extra),
+        }
+        lost = ConditionFailed(f"order {head.order_id} attempt {head.attempt} lost a race")
+        with self.db.write() as conn:
+            current = conn.execute(
+                "SELECT attempt FROM order_heads WHERE merchant_id = ? AND order_id = ?",
+                (head.merchant_id, head.order_id),
+            ).fetchone()
+            # Only the attempt we read may be replaced: two retries racing start one attempt.
+            if (current is None) != (previous_attempt is None) or (
+                current is not None and current["attempt"] != previous_attempt
+            ):
+                raise lost
+            if conn.execute("SELECT 1 FROM dispatches WHERE request_id = ?", (dispatch.request_id,)).fetchone():
+                raise lost
+            conn.execute(
+                f"INSERT OR REPLACE INTO order_heads ({', '.join(_HEAD_COLUMNS)}, expires_at) "  # noqa: S608
+                f"VALUES ({', '.join('?' for _ in head_values)})",
+                head_values,
+            )
+            conn.execute(
+                f"INSERT INTO dispatches ({', '.join(_DISPATCH_COLUMNS)}, expires_at) "  # noqa: S608
+                f"VALUES ({', '.join('?' for _ in _DISPATCH_COLUMNS)}, ?)",
+                [dispatch_values[name] for name in _DISPATCH_COLUMNS] + [expires_at],
+            )
+            conn.execute(
+                "INSERT INTO outbox (stream, event_name, image_json, created_at_ms) VALUES (?, ?, ?, ?)",
+                (
+                    PAYMENTS_STREAM,
+                    "INSERT" if current is None else "MODIFY",
+                    jsonutil.dumps(head_image(head, expires_at)),
+                    head.updated_at_ms,
+                ),
+            )
+        self.db.notify(PAYMENTS_STREAM)
+
+    def purge_expired(self, now_s: int) -> int:
+        """Drop heads and dispatches past their retention (what DynamoDB's TTL does on AWS); how many."""
+        with self.db.write() as conn:
+            heads = conn.execute("DELETE FROM order_heads WHERE expires_at < ?", (now_s,)).rowcount
+            dispatches = conn.execute("DELETE FROM dispatches WHERE expires_at < ?", (now_s,)).rowcount
+        return int(heads) + int(dispatches)
+
+    def apply(self, transition: Transition) -> Dispatch:
+        """Read and write in one ``BEGIN IMMEDIATE``: the rule decides on the row as it is, as
+        DynamoDB's condition does (``Rule.allows`` is the condition, in plain Python)."""
+        rule = transition.rule
+        with self.db.write() as conn:
+            row = conn.execute("SELECT * FROM dispatches WHERE request_id = ?", (transition.request_id,)).fetchone()
+            current = _dispatch(row) if row else None
+            if (
+                current is None
+                or not rule.allows(current)
+                # An event may only move a dispatch sent to the terminal it came from.
+                or (transition.terminal_id is not None and current.terminal_id != transition.terminal_id)
+            ):
+                raise ConditionFailed(f"dispatch {transition.request_id}: {rule.name} refused")
+            sets = ["state = ?", "version = version + 1", f"{rule.stamp} = ?"]
+            values: list[Any] = [transition.to.value, transition.at_ms]
+            if transition.reason is not None:
+                sets.append("reason = ?")
+                values.append(transition.reason)
+            if transition.result is not None:
+                sets += ["result_json = ?", "result_at_ms = ?"]
+                values += [jsonutil.dumps(transition.result), transition.at_ms]
+            if rule.late:
+                sets.append("late = 1")
+            # Only fixed fragments are joined: the column names come from the domain's rules.
+            rows = conn.execute(
+                f"UPDATE dispatches SET {', '.join(sets)} WHERE request_id = ? RETURNING *",  # noqa: S608
+                [*values, transition.request_id],
+            ).fetchall()
+        return _dispatch(rows[0])

@@ -1,0 +1,162 @@
+"""Queues and the outbox: what SQS and DynamoDB Streams do on AWS, as tables the local pollers read.
+
+A queue message is invisible from its receipt until its visibility timeout ends, then comes back
+(``receive_count`` + 1); past ``max_receives`` receipts it moves to its dead-letter queue instead of
+coming back, as an SQS redrive policy does. A delayed send is invisible until its delay ends.
+
+The outbox is append-only, one row per change, in commit order; a reader keeps its position in
+``stream_positions`` so a restarted stack resumes after the last record its handler finished.
+
+    queue = SqliteQueue(db, "ipn")
+    queue.send({"transaction_reference": "T1"})
+    [message] = queue.receive(10, visibility_s=30)
+    queue.delete(message.receipt)
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib import jsonutil
+from chalicelib.adapters.sqlite.db import Database
+from chalicelib.ports import Clock, SystemClock
+
+# The same cap as SQS's DelaySeconds: a longer wait is several hops.
+MAX_DELAY_S = 900
+
+
+@dataclass(frozen=True)
+class Message:
+    message_id: str
+    receipt: str
+    body: str
+    sent_at_ms: int
+    receive_count: int
+
+
+class SqliteQueue:
+    """One named queue; ``dead_letter`` (with ``max_receives``) is where a message goes after too many receipts."""
+
+    def __init__(
+        self,
+        db: Database,
+        name: str,
+        dead_letter: str | None = None,
+        max_receives: int = 0,
+        clock: Clock | None = None,
+    ) -> None:
+        self.db = db
+        self.name = name
+        self.dead_letter = dead_letter
+        self.max_receives = max_receives
+        self.clock = clock or SystemClock()
+
+    def send(self, body: dict[str, Any], delay_s: int = 0) -> None:
+        self.send_raw(jsonutil.dumps(body), delay_s)
+
+    def send_raw(self, text: str, delay_s: int = 0) -> None:
+        now = self.clock.now_ms()
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO messages (message_id, queue, body, sent_at_ms, visible_at_ms) VALUES (?, ?, ?, ?, ?)",
+                (str(uuid.uuid4()), self.name, text, now, now + max(0, min(delay_s, MAX_DELAY_S)) * 1000),
+            )
+        self.db.notify(self.name)
+
+    def receive(self, max_messages: int = 10, visibility_s: int = 30) -> list[Message]:
+        """Up to ``max_messages`` visible messages, oldest first, each invisible for ``visibility_s``."""
+        now = self.clock.now_ms()
+        received: list[Message] = []
+        with self.db.write() as conn:
+            parked = True
+            while parked and len(received) < max_messages:
+                parked = False
+                rows = conn.execute(
+                    "SELECT sequence, message_id, body, sent_at_ms, receive_count FROM messages "
+                    "WHERE queue = ? AND visible_at_ms <= ? ORDER BY visible_at_ms, sequence LIMIT ?",
+                    (self.name, now, max_messages - len(received)),
+                ).fetchall()
+                for row in rows:
+                    if self.dead_letter and self.max_receives and row["receive_count"] >= self.max_receives:
+                        # Received too often without being deleted: park it, visible on the dead-letter queue.
+                        conn.execute(
+                            "UPDATE messages SET queue = ?, visible_at_ms = ?, receive_count = 0, receipt = NULL "
+                            "WHERE sequence = ?",
+                            (self.dead_letter, now, row["sequence"]),
+                        )
+                        parked = True
+                        continue
+                    receipt = uuid.uuid4().hex
+                    conn.execute(
+                        "UPDATE messages SET visible_at_ms = ?, receive_count = receive_count + 1, receipt = ? "
+                        "WHERE sequence = ?",
+                        (now + visibility_s * 1000, receipt, row["sequence"]),
+                    )
+                    received.append(
+                        Message(row["message_id"], receipt, row["body"], row["sent_at_ms"], row["receive_count"] + 1)
+                    )
+        return received
+
+    def delete(self, receipt: str) -> bool:
+        """Done with a message; False when the receipt is stale (it was received again meanwhile)."""
+        with self.db.write() as conn:
+            return conn.execute("DELETE FROM messages WHERE receipt = ?", (receipt,)).rowcount == 1
+
+    def retry_later(self, receipt: str, after_s: int) -> bool:
+        """Make a received message visible again after ``after_s`` (what a failed Lambda batch item waits for)."""
+        with self.db.write() as conn:
+            changed = conn.execute(
+                "UPDATE messages SET visible_at_ms = ? WHERE receipt = ?",
+                (self.clock.now_ms() + after_s * 1000, receipt),
+            ).rowcount
+        return changed == 1
+
+    def depth(self) -> int:
+        """Messages on the queue, visible or not."""
+        with self.db.connection() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM messages WHERE queue = ?", (self.name,)).fetchone()[0])
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    sequence: int
+    event_name: str
+    image: dict[str, Any]
+    created_at_ms: int
+
+
+class Outbox:
+    """One stream of the outbox, read in order from the reader's saved position."""
+
+    def __init__(self, db: Database, stream: str) -> None:
+        self.db = db
+        self.stream = stream
+
+    def position(self) -> int:
+        with self.db.connection() as conn:
+            row = conn.execute("SELECT sequence FROM stream_positions WHERE stream = ?", (self.stream,)).fetchone()
+        return int(row["sequence"]) if row else 0
+
+    def read(self, after: int, limit: int = 100) -> list[StreamRecord]:
+        with self.db.connection() as conn:
+            rows = conn.execute(
+                "SELECT sequence, event_name, image_json, created_at_ms FROM outbox "
+                "WHERE stream = ? AND sequence > ? ORDER BY sequence LIMIT ?",
+                (self.stream, after, limit),
+            ).fetchall()
+        return [
+            StreamRecord(row["sequence"], row["event_name"], jsonutil.loads(row["image_json"]), row["created_at_ms"])
+            for row in rows
+        ]
+
+    def advance(self, sequence: int) -> None:
+        """Every record up to ``sequence`` was handled: a restart resumes after it, and they are dropped."""
+        with self.db.write() as conn:
+            conn.execute(
+                "INSERT INTO stream_positions (stream, sequence) VALUES (?, ?) "
+                "ON CONFLICT (stream) DO UPDATE SET sequence = MAX(sequence, excluded.sequence)",
+                (self.stream, sequence),
+            )
+            conn.execute("DELETE FROM outbox WHERE stream = ? AND sequence <= ?", (self.stream, sequence))
