@@ -11,7 +11,7 @@ import app as chalice_app
 from chalicelib import bootstrap, jsonutil
 from chalicelib.bootstrap import Components
 from chalicelib.bootstrap import components as ledger
-from chalicelib.console.domain import Transaction
+from chalicelib.console.domain import OrderDetails, Transaction, details_from_head
 from chalicelib.console.ipn import receive_ipn
 from chalicelib.exceptions import ConditionFailed
 from tests.console_helpers import (
@@ -214,3 +214,53 @@ def test_conditional_write_refuses_a_stale_version(settings: Components) -> None
     tx = stored()
     with pytest.raises(ConditionFailed):
         ledger().transactions.put(tx, tx.version - 1)
+
+
+# -- the order head as the Console reads it ---------------------------------------------------------
+
+
+def test_order_details_carry_every_field_of_the_order_head() -> None:
+    request = {
+        "order": {
+            "order_id": "A-1",
+            "transaction_type": "Credit",
+            "price": {"amount": 1250, "currency": "USD"},
+            "description": "Two coffees",
+            "basket": [{"label": "coffee", "price": "6.25"}],
+            "custom_data": {"table": 4},
+        },
+        "customer": {"name": "Ada"},
+        "pos_technical_info": {"notify_url": "https://shop.example/ipn"},
+    }
+    details = details_from_head(head_image("M1", request, attempt=3, at_ms=1_795_000_000_000))
+    assert details == OrderDetails(
+        merchant_id="M1",
+        order_id="A-1",
+        attempt=3,
+        terminal_id="PAX-1850320198",
+        transaction_type="Credit",
+        amount=1250,
+        currency="USD",
+        description="Two coffees",
+        notify_url="https://shop.example/ipn",
+        basket_json='[{"label":"coffee","price":"6.25"}]',
+        customer_json='{"name":"Ada"}',
+        custom_data_json='{"table":4}',
+        created_at_ms=1_795_000_000_000,
+        updated_at_ms=1_795_000_000_003,
+    )
+
+
+def test_an_order_head_without_optional_fields_reads_as_a_euro_debit_of_unknown_amount() -> None:
+    image = head_image("M1", {"order": {"order_id": "A-1", "price": {"amount": "12"}}})
+    for optional in ("terminal_id", "created_at_ms", "updated_at_ms"):
+        del image[optional]
+    details = details_from_head(image)
+    assert (details.transaction_type, details.amount, details.currency) == ("Debit", None, "EUR")
+    assert (details.terminal_id, details.created_at_ms, details.updated_at_ms) == ("", 0, 0)
+    assert (details.notify_url, details.basket_json, details.customer_json, details.custom_data_json) == (
+        None,
+        None,
+        None,
+        None,
+    )

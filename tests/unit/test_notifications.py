@@ -78,7 +78,8 @@ def test_the_form_body_and_its_signature_match_the_known_vector() -> None:
 
 
 @pytest.mark.parametrize(
-    ("minor", "major"), [(899, "8.99"), (5, "0.05"), (100, "1.00"), (99_999_999, "999999.99"), (0, "0.00")]
+    ("minor", "major"),
+    [(899, "8.99"), (5, "0.05"), (100, "1.00"), (99_999_999, "999999.99"), (0, "0.00"), (-120, "-1.20"), (-5, "-0.05")],
 )
 def test_amounts_are_major_units_with_two_decimals_without_floats(minor: int, major: str) -> None:
     assert format_major(minor) == major
