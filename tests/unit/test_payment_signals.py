@@ -1,0 +1,245 @@
+"""What the payment service tells ECRs and operators, pinned to the letter: the order resource's
+fields, the deadlines at their exact boundaries, the error codes of a lost race, and the metrics and
+log lines dashboards and alarms are built on (CONTRACT §1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from chalicelib import protocol
+from chalicelib.errors import ApiError
+from chalicelib.exceptions import ConditionFailed
+from chalicelib.observability import METRIC_COUNTS
+from chalicelib.payments.domain import DispatchState
+from chalicelib.payments.schemas import parse_order_request
+from chalicelib.payments.service import order_status, request_payment
+from tests.conftest import MERCHANT, TERMINAL_ID, World, example
+from tests.logs import captured_logs
+
+ORDER_ID = "ORDER_1537532589263"
+
+
+def pay(world: World, body: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+    body = body or example()
+    return request_payment(world.payment_deps, MERCHANT, parse_order_request(body), body, **kwargs)
+
+
+def started(world: World) -> str:
+    assert pay(world, respond_async=True).status == 202
+    return str(world.last_request()["request_id"])
+
+
+def status(world: World) -> dict[str, Any]:
+    return order_status(world.payment_deps, MERCHANT, ORDER_ID).wire()
+
+
+def at(epoch_ms: int) -> str:
+    return protocol.timestamp_from_ms(epoch_ms)
+
+
+# -- the order resource ---------------------------------------------------------------------------------
+
+
+def test_the_order_resource_names_every_field_of_the_latest_attempt(world: World) -> None:
+    created = world.clock.now_ms()
+    request_id = started(world)
+    world.clock.advance(1_000)
+    world.terminal_says("ack", request_id, {})
+    world.clock.advance(2_000)
+    world.result()(request_id)
+    body = status(world)
+    payment = body.pop("payment")
+    assert body == {
+        "order_id": ORDER_ID,
+        "attempt": 1,
+        "request_id": request_id,
+        "terminal_id": TERMINAL_ID,
+        "state": "succeeded",
+        "reason": None,
+        "late_result": False,
+        "created_at": at(created),
+        "acknowledged_at": at(created + 1_000),
+        "finished_at": at(created + 3_000),
+        "ack_deadline": at(created + world.settings.ack_timeout_ms),
+        "deadline": at(created + world.settings.async_payment_deadline_ms),
+    }
+    assert payment["paymentStatus"] == "Success"
+    assert payment["transaction"]["reference"] == "TX-1"
+
+
+def test_an_order_in_flight_has_no_payment_nor_end_yet(world: World) -> None:
+    started(world)
+    body = status(world)
+    assert (body["state"], body["payment"], body["acknowledged_at"], body["finished_at"]) == (
+        "pending",
+        None,
+        None,
+        None,
+    )
+
+
+def test_a_cancelled_order_shows_its_failed_payment(world: World) -> None:
+    request_id = started(world)
+    world.terminal_says("ack", request_id, {})
+    pay(world, example(transaction_type="Cancel"))
+    body = status(world)
+    assert body["state"] == "cancelled"
+    assert body["payment"]["paymentStatus"] == "Failed" and body["payment"]["errorCode"] == "cancelled"
+
+
+# -- deadlines at their boundaries ----------------------------------------------------------------------
+
+
+def test_an_unacknowledged_order_times_out_exactly_at_its_ack_deadline(world: World) -> None:
+    started(world)
+    world.clock.advance(world.settings.ack_timeout_ms - 1)
+    assert (status(world)["state"], status(world)["reason"]) == ("pending", None)
+    world.clock.advance(1)
+    assert (status(world)["state"], status(world)["reason"]) == ("timed_out", "ack_timeout")
+
+
+def test_an_acknowledged_order_times_out_exactly_at_its_payment_deadline(world: World) -> None:
+    request_id = started(world)
+    world.terminal_says("ack", request_id, {})
+    world.clock.advance(world.settings.async_payment_deadline_ms - 1)
+    assert (status(world)["state"], status(world)["reason"]) == ("acknowledged", None)
+    world.clock.advance(1)
+    assert (status(world)["state"], status(world)["reason"]) == ("timed_out", "result_timeout")
+
+
+def test_an_acknowledged_order_is_not_held_to_the_ack_deadline(world: World) -> None:
+    request_id = started(world)
+    world.terminal_says("ack", request_id, {})
+    world.clock.advance(world.settings.ack_timeout_ms + 1)
+    assert status(world)["state"] == "acknowledged"
+
+
+# -- the error codes of conflicts and lost races ---------------------------------------------------------
+
+
+def test_another_payload_for_an_order_in_flight_is_order_conflict(world: World) -> None:
+    started(world)
+    with pytest.raises(ApiError) as caught:
+        pay(world, example(price={"amount": 555, "currency": "EUR"}), respond_async=True)
+    assert (caught.value.status, caught.value.code) == (409, "order.conflict")
+
+
+def test_another_payload_for_a_paid_order_is_order_conflict(world: World) -> None:
+    world.script(world.ack(), world.result())
+    pay(world)
+    with pytest.raises(ApiError) as caught:
+        pay(world, example(price={"amount": 555, "currency": "EUR"}))
+    assert (caught.value.status, caught.value.code) == (409, "order.conflict")
+
+
+def test_a_start_that_always_loses_its_condition_is_order_contended_and_leaks_no_claim(world: World) -> None:
+    losses: list[str] = []
+
+    def lose(*args: Any, **kwargs: Any) -> None:
+        losses.append("lost")
+        raise ConditionFailed("head")
+
+    world.payments.start_attempt = lose  # type: ignore[method-assign]
+    with pytest.raises(ApiError) as caught:
+        pay(world)
+    assert (caught.value.status, caught.value.code) == (409, "order.contended")
+    assert len(losses) > 1, "a lost race is retried before giving up"
+    assert world.channel.published == []
+    assert world.terminals.items[TERMINAL_ID].busy_request_id is None
+
+
+def test_an_order_whose_first_start_lost_a_race_starts_on_the_next_try(world: World) -> None:
+    original = world.payments.start_attempt
+    losses: list[str] = []
+
+    def lose_once(*args: Any, **kwargs: Any) -> Any:
+        if not losses:
+            losses.append("lost")
+            raise ConditionFailed("head")
+        return original(*args, **kwargs)
+
+    world.payments.start_attempt = lose_once  # type: ignore[method-assign]
+    assert pay(world, respond_async=True).status == 202
+    assert len([e for _, e in world.channel.published if e["type"] == "payment_request"]) == 1
+
+
+# -- metrics and log lines ------------------------------------------------------------------------------
+
+
+def test_a_started_payment_is_counted_and_logged_with_its_ids(world: World) -> None:
+    before = METRIC_COUNTS["PaymentsStarted"]
+    with captured_logs() as logged:
+        request_id = started(world)
+    assert METRIC_COUNTS["PaymentsStarted"] == before + 1
+    assert logged.one("payment dispatched") == {
+        "level": "info",
+        "order_id": ORDER_ID,
+        "terminal_id": TERMINAL_ID,
+        "request_id": request_id,
+        "attempt": 1,
+    }
+
+
+def test_a_claimed_terminal_is_counted_and_logged_as_busy(world: World) -> None:
+    world.terminals.claim(TERMINAL_ID, "someone-else", world.clock.now_ms(), world.clock.now_ms() + 60_000)
+    before = METRIC_COUNTS["PaymentsBusy.reason=claimed"]
+    with captured_logs() as logged:
+        pay(world)
+    assert METRIC_COUNTS["PaymentsBusy.reason=claimed"] == before + 1
+    assert logged.one("terminal busy") == {"level": "info", "order_id": ORDER_ID, "terminal_id": TERMINAL_ID}
+
+
+def test_an_offline_terminal_is_counted_as_unreachable_offline(world: World) -> None:
+    world.terminals.items[TERMINAL_ID].online = False
+    before = METRIC_COUNTS["TerminalUnreachable.reason=offline"]
+    with pytest.raises(ApiError) as caught:
+        pay(world)
+    assert (caught.value.status, caught.value.code) == (502, "terminal.offline")
+    assert METRIC_COUNTS["TerminalUnreachable.reason=offline"] == before + 1
+
+
+def test_a_refused_publish_is_counted_logged_and_fails_the_attempt_when_it_happened(world: World) -> None:
+    world.channel.fail = True
+    before = METRIC_COUNTS["TerminalUnreachable.reason=publish_failed"]
+    with captured_logs() as logged:
+        assert pay(world, respond_async=True).status == 202
+    assert METRIC_COUNTS["TerminalUnreachable.reason=publish_failed"] == before + 1
+    line = logged.one("publish failed")
+    head = world.payments.get_head(MERCHANT, ORDER_ID)
+    assert head is not None
+    assert line == {
+        "level": "warning",
+        "request_id": head.request_id,
+        "terminal_id": TERMINAL_ID,
+        "error": "broker down",
+    }
+    dispatch = world.payments.get_dispatch(head.request_id)
+    assert dispatch is not None
+    assert (dispatch.state, dispatch.reason) == (DispatchState.FAILED, "terminal_unreachable")
+    assert dispatch.finished_at_ms == world.clock.now_ms()
+    assert world.terminals.items[TERMINAL_ID].busy_request_id is None
+
+
+@pytest.mark.parametrize(
+    ("acknowledged", "metric", "reason"),
+    [(False, "AckTimeouts", "ack_timeout"), (True, "ResultTimeouts", "result_timeout")],
+)
+def test_a_timeout_is_counted_by_kind_and_logged_as_a_warning(
+    world: World, acknowledged: bool, metric: str, reason: str
+) -> None:
+    other = "ResultTimeouts" if metric == "AckTimeouts" else "AckTimeouts"
+    before = (METRIC_COUNTS[metric], METRIC_COUNTS[other])
+    if acknowledged:
+        world.script(world.ack())
+    with captured_logs() as logged, pytest.raises(ApiError):
+        pay(world)
+    assert (METRIC_COUNTS[metric], METRIC_COUNTS[other]) == (before[0] + 1, before[1])
+    assert logged.one("payment timed out") == {
+        "level": "warning",
+        "order_id": ORDER_ID,
+        "terminal_id": TERMINAL_ID,
+        "request_id": world.last_request()["request_id"],
+        "reason": reason,
+    }
