@@ -12,10 +12,10 @@ from chalicelib import protocol
 from chalicelib.errors import ApiError
 from chalicelib.exceptions import ConditionFailed
 from chalicelib.observability import METRIC_COUNTS
-from chalicelib.payments.domain import DispatchState
+from chalicelib.payments.domain import DispatchState, Terminal
 from chalicelib.payments.schemas import parse_order_request
 from chalicelib.payments.service import order_status, request_payment
-from tests.conftest import MERCHANT, TERMINAL_ID, World, example
+from tests.conftest import MERCHANT, PASSPHRASE, TERMINAL_ID, World, example
 from tests.logs import captured_logs
 
 ORDER_ID = "ORDER_1537532589263"
@@ -243,3 +243,49 @@ def test_a_timeout_is_counted_by_kind_and_logged_as_a_warning(
         "request_id": world.last_request()["request_id"],
         "reason": reason,
     }
+
+
+# -- cancel: what is cancellable, and the cancel request the terminal receives --------------------------
+
+
+def test_the_cancel_request_is_signed_for_the_terminal_and_names_the_order_and_its_request(world: World) -> None:
+    with pytest.raises(ApiError):
+        pay(world)  # no ack: the terminal is told to cancel
+    payment, cancel = world.last_request(), world.last_request("cancel_request")
+    assert protocol.verify_signature(cancel, PASSPHRASE)
+    assert cancel["terminal_id"] == TERMINAL_ID
+    assert [terminal for terminal, envelope in world.channel.published if envelope is cancel] == [TERMINAL_ID]
+    assert cancel["body"] == {"order_id": ORDER_ID, "target_request_id": payment["request_id"]}
+    assert cancel["request_id"] not in (payment["request_id"], "")
+
+
+def test_a_cancel_naming_another_terminal_of_the_merchant_cancels_nothing(world: World) -> None:
+    other = "PAX-77"
+    world.terminals.put(Terminal(other, MERCHANT, "another passphrase", online=True))
+    request_id = started(world)
+    body = example(transaction_type="Cancel")
+    body["pos_technical_info"]["device_information"]["serial_number"] = "77"
+    reply = pay(world, body)
+    assert (reply.body["paymentStatus"], reply.body["errorCode"]) == ("Failed", "not_cancellable")
+    assert [e["type"] for _, e in world.channel.published] == ["payment_request"]
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.state == DispatchState.PENDING
+    assert world.terminals.items[TERMINAL_ID].busy_request_id == request_id
+
+
+def test_a_cancel_after_the_payment_completed_is_not_cancellable_and_says_the_real_outcome(world: World) -> None:
+    world.script(world.ack(), world.result())
+    pay(world)
+    reply = pay(world, example(transaction_type="Cancel"))
+    assert reply.status == 200
+    assert (reply.body["paymentStatus"], reply.body["errorCode"]) == ("Failed", "not_cancellable")
+    assert reply.body["errorData"]["state"] == "succeeded"
+    assert [e["type"] for _, e in world.channel.published] == ["payment_request"]
+
+
+def test_a_cancel_of_an_order_never_paid_is_not_cancellable(world: World) -> None:
+    reply = pay(world, example(transaction_type="Cancel"))
+    assert reply.status == 200
+    assert (reply.body["paymentStatus"], reply.body["errorCode"]) == ("Failed", "not_cancellable")
+    assert reply.body["order"]["order_id"] == ORDER_ID
+    assert world.channel.published == []
