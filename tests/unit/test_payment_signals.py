@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from chalicelib import protocol
+from chalicelib.config import Settings
 from chalicelib.errors import ApiError
 from chalicelib.exceptions import ConditionFailed
 from chalicelib.observability import METRIC_COUNTS
@@ -145,7 +146,7 @@ def test_a_start_that_always_loses_its_condition_is_order_contended_and_leaks_no
     with pytest.raises(ApiError) as caught:
         pay(world)
     assert (caught.value.status, caught.value.code) == (409, "order.contended")
-    assert len(losses) > 1, "a lost race is retried before giving up"
+    assert len(losses) == 3, "a lost race is retried, up to three starts in all"
     assert world.channel.published == []
     assert world.terminals.items[TERMINAL_ID].busy_request_id is None
 
@@ -289,3 +290,96 @@ def test_a_cancel_of_an_order_never_paid_is_not_cancellable(world: World) -> Non
     assert (reply.body["paymentStatus"], reply.body["errorCode"]) == ("Failed", "not_cancellable")
     assert reply.body["order"]["order_id"] == ORDER_ID
     assert world.channel.published == []
+
+
+# -- the attempt's records and the terminal's claim -----------------------------------------------------
+
+
+def test_an_attempt_records_the_order_as_sent_and_claims_the_terminal_until_its_deadline(world: World) -> None:
+    created = world.clock.now_ms()
+    request_id = started(world)
+    head = world.payments.get_head(MERCHANT, ORDER_ID)
+    dispatch = world.payments.get_dispatch(request_id)
+    assert head is not None and dispatch is not None
+    assert (head.terminal_id, head.created_at_ms, head.updated_at_ms) == (TERMINAL_ID, created, created)
+    assert (dispatch.merchant_id, dispatch.transaction_type, dispatch.amount, dispatch.currency) == (
+        MERCHANT,
+        "Debit",
+        100,
+        "EUR",
+    )
+    terminal = world.terminals.items[TERMINAL_ID]
+    assert (terminal.busy_request_id, terminal.busy_until_ms, terminal.busy_order) == (
+        request_id,
+        dispatch.deadline_ms,
+        f"{MERCHANT}#{ORDER_ID}",
+    )
+
+
+def test_a_retry_keeps_the_orders_creation_time_and_ends_the_first_attempt_when_it_found_it_overdue(
+    world: World,
+) -> None:
+    created = world.clock.now_ms()
+    first = started(world)
+    world.clock.advance(world.settings.ack_timeout_ms + 500)
+    retried_at = world.clock.now_ms()
+    assert pay(world, respond_async=True).status == 202
+    head = world.payments.get_head(MERCHANT, ORDER_ID)
+    assert head is not None and (head.attempt, head.created_at_ms, head.updated_at_ms) == (2, created, retried_at)
+    timed_out = world.payments.get_dispatch(first)
+    assert timed_out is not None and timed_out.finished_at_ms == retried_at
+
+
+def test_a_duplicate_of_an_async_order_in_flight_answers_202_with_its_location(world: World) -> None:
+    started(world)
+    reply = pay(world, respond_async=True)
+    assert (reply.status, reply.headers) == (202, {"Location": f"/v1/connector/order/{ORDER_ID}"})
+    assert len(world.channel.published) == 1
+
+
+def test_a_retry_whose_timeout_write_loses_to_the_terminals_success_replays_it_and_pays_once(world: World) -> None:
+    request_id = started(world)
+    world.clock.advance(world.settings.ack_timeout_ms + 1)
+    original = world.payments.transition
+
+    def terminal_answers_first(rid: str, allowed: Any, to: DispatchState, *args: Any, **kwargs: Any) -> Any:
+        if to == DispatchState.TIMED_OUT:
+            world.payments.transition = original  # type: ignore[method-assign]
+            world.result()(request_id)
+        return original(rid, allowed, to, *args, **kwargs)
+
+    world.payments.transition = terminal_answers_first  # type: ignore[method-assign]
+    reply = pay(world)
+    assert (reply.status, reply.headers, reply.body["paymentStatus"]) == (200, {"Idempotent-Replayed": "true"}, "Success")
+    assert len([e for _, e in world.channel.published if e["type"] == "payment_request"]) == 1
+
+
+def test_a_wait_whose_timeout_write_loses_to_the_terminals_answer_returns_that_answer(world: World) -> None:
+    original = world.payments.transition
+    answered: list[str] = []
+
+    def terminal_answers_first(rid: str, allowed: Any, to: DispatchState, *args: Any, **kwargs: Any) -> Any:
+        if to == DispatchState.TIMED_OUT and not answered:
+            answered.append(rid)
+            world.result()(rid)
+        return original(rid, allowed, to, *args, **kwargs)
+
+    world.payments.transition = terminal_answers_first  # type: ignore[method-assign]
+    reply = pay(world)
+    assert answered and (reply.status, reply.body["paymentStatus"]) == (200, "Success")
+    dispatch = world.payments.get_dispatch(answered[0])
+    assert dispatch is not None and dispatch.state == DispatchState.SUCCEEDED and dispatch.reason is None
+
+
+def test_a_synchronous_wait_times_out_exactly_at_the_ack_deadline(world: World) -> None:
+    with pytest.raises(ApiError):
+        pay(world)
+    dispatch = world.payments.get_dispatch(world.last_request()["request_id"])
+    assert dispatch is not None and dispatch.finished_at_ms == dispatch.ack_deadline_ms
+
+
+def test_polls_stay_short_while_the_ack_is_awaited_however_long_it_takes(world: World) -> None:
+    world.settings = Settings(ack_timeout_ms=20_000, payment_deadline_ms=120_000)
+    with pytest.raises(ApiError):
+        pay(world)
+    assert max(world.waker.waits) * 1000 <= world.settings.poll_max_ms
