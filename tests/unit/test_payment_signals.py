@@ -350,7 +350,8 @@ def test_a_retry_whose_timeout_write_loses_to_the_terminals_success_replays_it_a
 
     world.payments.transition = terminal_answers_first  # type: ignore[method-assign]
     reply = pay(world)
-    assert (reply.status, reply.headers, reply.body["paymentStatus"]) == (200, {"Idempotent-Replayed": "true"}, "Success")
+    assert (reply.status, reply.body["paymentStatus"]) == (200, "Success")
+    assert reply.headers == {"Idempotent-Replayed": "true"}
     assert len([e for _, e in world.channel.published if e["type"] == "payment_request"]) == 1
 
 
