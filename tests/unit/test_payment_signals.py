@@ -125,6 +125,7 @@ def test_another_payload_for_an_order_in_flight_is_order_conflict(world: World) 
     with pytest.raises(ApiError) as caught:
         pay(world, example(price={"amount": 555, "currency": "EUR"}), respond_async=True)
     assert (caught.value.status, caught.value.code) == (409, "order.conflict")
+    assert caught.value.message == "order_id is in use by a payment with a different payload"
 
 
 def test_another_payload_for_a_paid_order_is_order_conflict(world: World) -> None:
@@ -133,6 +134,7 @@ def test_another_payload_for_a_paid_order_is_order_conflict(world: World) -> Non
     with pytest.raises(ApiError) as caught:
         pay(world, example(price={"amount": 555, "currency": "EUR"}))
     assert (caught.value.status, caught.value.code) == (409, "order.conflict")
+    assert caught.value.message == "order_id already succeeded with a different payload"
 
 
 def test_a_start_that_always_loses_its_condition_is_order_contended_and_leaks_no_claim(world: World) -> None:
@@ -146,6 +148,7 @@ def test_a_start_that_always_loses_its_condition_is_order_contended_and_leaks_no
     with pytest.raises(ApiError) as caught:
         pay(world)
     assert (caught.value.status, caught.value.code) == (409, "order.contended")
+    assert caught.value.message == "The order is being started by another request; retry"
     assert len(losses) == 3, "a lost race is retried, up to three starts in all"
     assert world.channel.published == []
     assert world.terminals.items[TERMINAL_ID].busy_request_id is None
@@ -198,6 +201,7 @@ def test_an_offline_terminal_is_counted_as_unreachable_offline(world: World) -> 
     with pytest.raises(ApiError) as caught:
         pay(world)
     assert (caught.value.status, caught.value.code) == (502, "terminal.offline")
+    assert caught.value.message == "The terminal is not connected"
     assert METRIC_COUNTS["TerminalUnreachable.reason=offline"] == before + 1
 
 
@@ -308,6 +312,7 @@ def test_an_attempt_records_the_order_as_sent_and_claims_the_terminal_until_its_
         100,
         "EUR",
     )
+    assert world.channel.published == [(TERMINAL_ID, world.last_request())]
     terminal = world.terminals.items[TERMINAL_ID]
     assert (terminal.busy_request_id, terminal.busy_until_ms, terminal.busy_order) == (
         request_id,
@@ -384,3 +389,35 @@ def test_polls_stay_short_while_the_ack_is_awaited_however_long_it_takes(world: 
     with pytest.raises(ApiError):
         pay(world)
     assert max(world.waker.waits) * 1000 <= world.settings.poll_max_ms
+
+
+def test_an_ack_landing_as_the_ack_timeout_is_written_keeps_the_payment_running(world: World) -> None:
+    original = world.payments.transition
+    acked: list[str] = []
+
+    def ack_lands_first(rid: str, allowed: Any, to: DispatchState, *args: Any, **kwargs: Any) -> Any:
+        if to == DispatchState.TIMED_OUT and not acked:
+            acked.append(rid)
+            world.terminal_says("ack", rid, {})
+            world.script(world.result())
+        return original(rid, allowed, to, *args, **kwargs)
+
+    world.payments.transition = ack_lands_first  # type: ignore[method-assign]
+    reply = pay(world)
+    assert acked and (reply.status, reply.body["paymentStatus"]) == (200, "Success")
+
+
+def test_a_service_disabled_terminal_is_a_403_that_says_so(world: World) -> None:
+    world.terminals.items[TERMINAL_ID].passphrase = None
+    with pytest.raises(ApiError) as caught:
+        pay(world)
+    assert (caught.value.status, caught.value.code) == (403, "terminal.service_disabled")
+    assert caught.value.message == "The Cloud API service is not enabled on this terminal"
+
+
+def test_an_order_whose_attempt_record_is_missing_is_not_found(world: World) -> None:
+    request_id = started(world)
+    del world.payments.dispatches[request_id]
+    with pytest.raises(ApiError) as caught:
+        status(world)
+    assert caught.value.status == 404
