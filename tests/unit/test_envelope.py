@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -236,6 +237,41 @@ def test_decode_refusals_say_what_is_wrong(payload: bytes | str, detail: str) ->
     with pytest.raises(protocol.EnvelopeError) as caught:
         protocol.decode(payload)
     assert str(caught.value) == detail
+
+
+def test_a_float_refusal_says_envelopes_carry_integers_only() -> None:
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.canonical_json({"amount": 8.99})
+    assert str(caught.value) == "envelopes carry integers only"
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        ("yesterday", "not an RFC 3339 timestamp: 'yesterday'"),
+        ("2026-11-28T03:12:00.123", "timestamp has no time zone"),
+    ],
+)
+def test_timestamp_refusals_say_what_is_wrong(value: str, detail: str) -> None:
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.parse_timestamp_ms(value)
+    assert str(caught.value) == detail
+
+
+def test_sub_millisecond_digits_are_dropped_to_whole_milliseconds() -> None:
+    parsed = protocol.parse_timestamp_ms("2026-11-28T03:12:00.123999Z")
+    assert parsed == protocol.parse_timestamp_ms("2026-11-28T03:12:00.123Z") and type(parsed) is int
+
+
+def test_timestamps_are_written_in_utc_whatever_the_hosts_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        moment = datetime(2026, 11, 28, 3, 12, 0, 123_000, tzinfo=UTC)
+        assert protocol.format_timestamp(moment) == "2026-11-28T03:12:00.123Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_decode_accepts_text_and_bytes() -> None:
