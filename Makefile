@@ -50,13 +50,15 @@ test: install-infra lint typecheck
 # with the score per module and the surviving mutants. Results are kept in mutants/, so a second
 # run re-checks only what changed; `rm -rf mutants` starts over.
 MUTATION_WORKERS ?= 2
+# The payment core's floor in CI; raised as survivors are killed (the goal is 90).
+MUTATION_MIN ?= 90
 mutation: install
 	$(BIN)/python -m tests.mutation --core all --workers $(MUTATION_WORKERS)
 
 # What CI holds the line on: the payment core, from scratch, at 90 % or more.
 mutation-ci: install
 	rm -rf mutants
-	$(BIN)/python -m tests.mutation --core payment --min 90 --workers $(MUTATION_WORKERS)
+	$(BIN)/python -m tests.mutation --core payment --min $(MUTATION_MIN) --workers $(MUTATION_WORKERS)
 
 synth: install-infra
 	cd infra && ../$(BIN)/python app.py $(CDK_ARGS)
