@@ -13,13 +13,15 @@ from chalicelib.config import Settings
 from chalicelib.errors import ApiError
 from chalicelib.exceptions import ConditionFailed
 from chalicelib.observability import METRIC_COUNTS
-from chalicelib.payments.domain import DispatchState, Terminal
+from chalicelib.payments import domain
+from chalicelib.payments.domain import DispatchState, Terminal, Transition
 from chalicelib.payments.schemas import parse_order_request
 from chalicelib.payments.service import order_status, request_payment
 from tests.conftest import MERCHANT, PASSPHRASE, TERMINAL_ID, World, example
 from tests.logs import captured_logs
 
 ORDER_ID = "ORDER_1537532589263"
+PAID = {"payment_status": "Success", "transaction_reference": "TX-1"}
 
 
 def pay(world: World, body: dict[str, Any] | None = None, **kwargs: Any) -> Any:
@@ -84,7 +86,8 @@ def test_an_order_in_flight_has_no_payment_nor_end_yet(world: World) -> None:
 def test_a_cancelled_order_shows_its_failed_payment(world: World) -> None:
     request_id = started(world)
     world.terminal_says("ack", request_id, {})
-    pay(world, example(transaction_type="Cancel"))
+    world.script(lambda _: world.result("Failed", error_code="cancelled")(request_id))
+    assert pay(world, example(transaction_type="Cancel")).body["paymentStatus"] == "Success"
     body = status(world)
     assert body["state"] == "cancelled"
     assert body["payment"]["paymentStatus"] == "Failed" and body["payment"]["errorCode"] == "cancelled"
@@ -345,15 +348,15 @@ def test_a_duplicate_of_an_async_order_in_flight_answers_202_with_its_location(w
 def test_a_retry_whose_timeout_write_loses_to_the_terminals_success_replays_it_and_pays_once(world: World) -> None:
     request_id = started(world)
     world.clock.advance(world.settings.ack_timeout_ms + 1)
-    original = world.payments.transition
+    original = world.payments.apply
 
-    def terminal_answers_first(rid: str, allowed: Any, to: DispatchState, *args: Any, **kwargs: Any) -> Any:
-        if to == DispatchState.TIMED_OUT:
-            world.payments.transition = original  # type: ignore[method-assign]
+    def terminal_answers_first(transition: Transition) -> Any:
+        if transition.to == DispatchState.TIMED_OUT:
+            world.payments.apply = original  # type: ignore[method-assign]
             world.result()(request_id)
-        return original(rid, allowed, to, *args, **kwargs)
+        return original(transition)
 
-    world.payments.transition = terminal_answers_first  # type: ignore[method-assign]
+    world.payments.apply = terminal_answers_first  # type: ignore[method-assign]
     reply = pay(world)
     assert (reply.status, reply.body["paymentStatus"]) == (200, "Success")
     assert reply.headers == {"Idempotent-Replayed": "true"}
@@ -361,16 +364,18 @@ def test_a_retry_whose_timeout_write_loses_to_the_terminals_success_replays_it_a
 
 
 def test_a_wait_whose_timeout_write_loses_to_the_terminals_answer_returns_that_answer(world: World) -> None:
-    original = world.payments.transition
+    original = world.payments.apply
     answered: list[str] = []
 
-    def terminal_answers_first(rid: str, allowed: Any, to: DispatchState, *args: Any, **kwargs: Any) -> Any:
-        if to == DispatchState.TIMED_OUT and not answered:
-            answered.append(rid)
-            world.result()(rid)
-        return original(rid, allowed, to, *args, **kwargs)
+    def terminal_answers_first(transition: Transition) -> Any:
+        # The terminal's result, read a moment before the deadline, is written just before the timeout.
+        if transition.to == DispatchState.TIMED_OUT and not answered:
+            answered.append(transition.request_id)
+            on_time = transition.at_ms - 1
+            original(Transition(transition.request_id, domain.RESULT, DispatchState.SUCCEEDED, on_time, result=PAID))
+        return original(transition)
 
-    world.payments.transition = terminal_answers_first  # type: ignore[method-assign]
+    world.payments.apply = terminal_answers_first  # type: ignore[method-assign]
     reply = pay(world)
     assert answered and (reply.status, reply.body["paymentStatus"]) == (200, "Success")
     dispatch = world.payments.get_dispatch(answered[0])
@@ -392,17 +397,18 @@ def test_polls_stay_short_while_the_ack_is_awaited_however_long_it_takes(world: 
 
 
 def test_an_ack_landing_as_the_ack_timeout_is_written_keeps_the_payment_running(world: World) -> None:
-    original = world.payments.transition
+    original = world.payments.apply
     acked: list[str] = []
 
-    def ack_lands_first(rid: str, allowed: Any, to: DispatchState, *args: Any, **kwargs: Any) -> Any:
-        if to == DispatchState.TIMED_OUT and not acked:
-            acked.append(rid)
-            world.terminal_says("ack", rid, {})
+    def ack_lands_first(transition: Transition) -> Any:
+        # The ack, read a moment before the ack deadline, is written just before the timeout.
+        if transition.to == DispatchState.TIMED_OUT and not acked:
+            acked.append(transition.request_id)
+            original(Transition(transition.request_id, domain.ACK, DispatchState.ACKNOWLEDGED, transition.at_ms - 1))
             world.script(world.result())
-        return original(rid, allowed, to, *args, **kwargs)
+        return original(transition)
 
-    world.payments.transition = ack_lands_first  # type: ignore[method-assign]
+    world.payments.apply = ack_lands_first  # type: ignore[method-assign]
     reply = pay(world)
     assert acked and (reply.status, reply.body["paymentStatus"]) == (200, "Success")
 
