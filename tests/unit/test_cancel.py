@@ -13,6 +13,7 @@ from chalicelib.payments.domain import DispatchState
 from chalicelib.payments.schemas import parse_order_request
 from chalicelib.payments.service import order_status, request_payment
 from tests.conftest import MERCHANT, TERMINAL_ID, World, example
+from tests.logs import captured_logs
 
 ORDER = "ORDER_1537532589263"
 ABORTED = {"payment_status": "Failed", "error_code": "cancelled", "error_data": {}}
@@ -196,3 +197,41 @@ def test_terminal_abort_after_the_cancel_timed_out_lands_as_cancelled(world: Wor
     assert world.terminal_says("result", request_id, ABORTED) == "cancelled"
     status = order_status(world.payment_deps, MERCHANT, ORDER).wire()
     assert status["state"] == "cancelled" and status["payment"]["errorCode"] == "cancelled"
+
+
+# -- what operators see of a cancel -------------------------------------------------------------------
+
+
+def test_a_confirmed_cancel_is_counted_requested_and_cancelled_and_logged_with_its_ids(world: World) -> None:
+    world.on_cancel(ABORTED)
+    replies: list[Any] = []
+    world.script(world.ack(), cancel_during_payment(world, replies))
+    requested, cancelled = METRIC_COUNTS["CancelsRequested"], METRIC_COUNTS["PaymentsCancelled"]
+    with captured_logs() as logged:
+        pay(world)
+    request_id = world.last_request()["request_id"]
+    assert (METRIC_COUNTS["CancelsRequested"], METRIC_COUNTS["PaymentsCancelled"]) == (requested + 1, cancelled + 1)
+    ids = {"order_id": ORDER, "terminal_id": TERMINAL_ID, "request_id": request_id}
+    assert logged.one("cancel requested") == {"level": "info", **ids}
+    assert logged.one("payment cancelled") == {"level": "info", **ids}
+
+
+def test_an_unanswered_cancel_is_counted_and_logged_as_a_warning(world: World) -> None:
+    world.on_cancel(None)
+    replies: list[Any] = []
+    world.script(world.ack(), cancel_during_payment(world, replies), world.result())
+    timeouts, cancelled = METRIC_COUNTS["CancelTimeouts"], METRIC_COUNTS["PaymentsCancelled"]
+    with captured_logs() as logged:
+        pay(world)
+    assert (METRIC_COUNTS["CancelTimeouts"], METRIC_COUNTS["PaymentsCancelled"]) == (timeouts + 1, cancelled)
+    assert logged.one("cancel unanswered") == {
+        "level": "warning",
+        "order_id": ORDER,
+        "request_id": world.last_request()["request_id"],
+    }
+    error = replies[0]
+    assert isinstance(error, ApiError)
+    assert (
+        error.message
+        == "The terminal did not answer the cancellation; the order stays cancelling until its result lands"
+    )
