@@ -12,6 +12,7 @@ import pytest
 from chalicelib import protocol
 from chalicelib.errors import ApiError
 from chalicelib.observability import METRIC_COUNTS
+from chalicelib.payments import domain
 from chalicelib.payments.domain import DispatchState, Terminal, Transition
 from chalicelib.payments.schemas import parse_order_request
 from chalicelib.payments.service import Reply, order_status, reply_for, request_payment
@@ -196,7 +197,10 @@ def test_event_sent_exactly_5_minutes_from_now_is_accepted(world: World, request
 def test_event_with_an_unreadable_sent_at_is_refused(world: World, request_id: str) -> None:
     payload = signed_payload("ack", request_id, {}, sent_at="yesterday")
     assert_refused_and_nothing_moved(
-        world, "bad_timestamp", lambda: handle_event(world.event_deps, events_topic(), payload)
+        world,
+        "bad_timestamp",
+        lambda: handle_event(world.event_deps, events_topic(), payload),
+        detail="not an RFC 3339 timestamp: 'yesterday'",
     )
 
 
@@ -589,3 +593,74 @@ def test_a_disconnect_after_the_payment_ended_counts_nothing(world: World, reque
     say_status(world, "offline", world.clock.now_ms())
     assert METRIC_COUNTS["TerminalUnreachable.reason=disconnected"] == unreachable
     assert world.waker.woken == []
+
+
+# -- races and late events on the new rules ------------------------------------------------------------
+
+
+def test_a_busy_ack_that_loses_to_the_terminals_own_ack_gives_the_claim_back_to_the_payment(
+    world: World, request_id: str
+) -> None:
+    original = world.payments.apply
+
+    def acknowledged_meanwhile(transition: Transition) -> Any:
+        if transition.rule is domain.BUSY_ACK:
+            original(Transition(request_id, domain.ACK, DispatchState.ACKNOWLEDGED, world.clock.now_ms()))
+        return original(transition)
+
+    world.payments.apply = acknowledged_meanwhile  # type: ignore[method-assign]
+    world.clock.advance(500)
+    assert world.terminal_says("ack", request_id, {"accepted": False, "reason": "busy"}) == "ignored:ack_not_pending"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.state == DispatchState.ACKNOWLEDGED
+    terminal = world.terminals.items[TERMINAL_ID]
+    assert (terminal.busy_request_id, terminal.busy_until_ms, terminal.busy_order) == (
+        request_id,
+        dispatch.deadline_ms,
+        f"{MERCHANT}#{ORDER_ID}",
+    )
+
+
+def test_an_ack_after_the_ack_deadline_writes_the_timeout_first_and_frees_the_terminal(
+    world: World, request_id: str
+) -> None:
+    world.clock.advance(world.settings.ack_timeout_ms)
+    assert world.terminal_says("ack", request_id, {}) == "ignored:ack_not_pending"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None
+    assert (dispatch.state, dispatch.reason, dispatch.finished_at_ms) == (
+        DispatchState.TIMED_OUT,
+        "ack_timeout",
+        world.clock.now_ms(),
+    )
+    assert world.terminals.items[TERMINAL_ID].busy_request_id is None
+
+
+def test_a_result_after_the_payment_deadline_is_recorded_late_after_a_result_timeout(
+    world: World, request_id: str
+) -> None:
+    world.terminal_says("ack", request_id, {})
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None
+    world.clock.advance(dispatch.deadline_ms - world.clock.now_ms())
+    assert world.result()(request_id) == "late_succeeded"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and (dispatch.state, dispatch.reason, dispatch.late) == (
+        DispatchState.SUCCEEDED,
+        "result_timeout",
+        True,
+    )
+
+
+def test_a_result_wakes_a_cancel_waiting_for_the_terminal_and_an_ack_does_not(world: World, request_id: str) -> None:
+    world.terminal_says("ack", request_id, {})
+    assert f"{request_id}#cancel" not in world.waker.woken
+    world.result()(request_id)
+    assert f"{request_id}#cancel" in world.waker.woken
+
+
+def test_a_second_result_is_refused_with_a_warning_naming_its_request(world: World, request_id: str) -> None:
+    world.result()(request_id)
+    with captured_logs() as logged:
+        assert world.result("Failed", error_code="declined")(request_id) == "ignored:already_final"
+    assert logged.one("result refused: the first result stands") == {"level": "warning", "request_id": request_id}
