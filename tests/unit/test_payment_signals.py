@@ -427,3 +427,121 @@ def test_an_order_whose_attempt_record_is_missing_is_not_found(world: World) -> 
     with pytest.raises(ApiError) as caught:
         status(world)
     assert caught.value.status == 404
+
+
+# -- storage errors while waiting: counted, logged, waited out ------------------------------------------
+
+
+class StorageDown(Exception):
+    pass
+
+
+def test_a_read_that_fails_while_waiting_is_counted_logged_and_retried(world: World) -> None:
+    original = world.payments.get_dispatch
+    failures: list[str] = []
+
+    def flaky(request_id: str) -> Any:
+        if not failures and world.channel.published:
+            failures.append(request_id)
+            raise StorageDown("read timed out")
+        return original(request_id)
+
+    world.payments.get_dispatch = flaky  # type: ignore[method-assign]
+    world.script(world.ack(), world.result())
+    errors = METRIC_COUNTS["PollErrors"]
+    with captured_logs() as logged:
+        reply = pay(world)
+    assert reply.body["paymentStatus"] == "Success"
+    assert METRIC_COUNTS["PollErrors"] == errors + 1
+    assert logged.one("poll read failed; retrying") == {
+        "level": "warning",
+        "request_id": failures[0],
+        "error": "StorageDown('read timed out')",
+    }
+
+
+def test_reads_that_keep_failing_past_the_deadline_give_up_with_the_error(world: World) -> None:
+    original = world.payments.get_dispatch
+
+    def down(request_id: str) -> Any:
+        if world.channel.published:
+            raise StorageDown("table unavailable")
+        return original(request_id)
+
+    world.payments.get_dispatch = down  # type: ignore[method-assign]
+    started_at = world.clock.now_ms()
+    with pytest.raises(StorageDown):
+        pay(world)
+    assert world.clock.now_ms() - started_at >= world.settings.ack_timeout_ms
+
+
+def test_a_timeout_write_that_fails_is_counted_logged_and_written_on_the_next_poll(world: World) -> None:
+    original = world.payments.apply
+    failed: list[str] = []
+
+    def flaky(transition: Transition) -> Any:
+        if transition.to == DispatchState.TIMED_OUT and not failed:
+            failed.append(transition.request_id)
+            raise StorageDown("write throttled")
+        return original(transition)
+
+    world.payments.apply = flaky  # type: ignore[method-assign]
+    errors = METRIC_COUNTS["PollErrors"]
+    with captured_logs() as logged, pytest.raises(ApiError) as caught:
+        pay(world)
+    assert caught.value.code == "terminal.ack_timeout"
+    assert METRIC_COUNTS["PollErrors"] == errors + 1
+    assert logged.one("timeout write failed; retrying") == {
+        "level": "warning",
+        "request_id": failed[0],
+        "error": "StorageDown('write throttled')",
+    }
+
+
+def test_a_claim_that_cannot_be_freed_is_counted_and_logged_as_an_error_and_the_answer_still_given(
+    world: World,
+) -> None:
+    def release_fails(terminal_id: str, request_id: str) -> bool:
+        raise StorageDown("release failed")
+
+    world.terminals.release = release_fails  # type: ignore[method-assign]
+    errors = METRIC_COUNTS["ClaimReleaseErrors"]
+    with captured_logs() as logged, pytest.raises(ApiError) as caught:
+        pay(world)
+    assert caught.value.code == "terminal.ack_timeout"
+    assert METRIC_COUNTS["ClaimReleaseErrors"] == errors + 1
+    assert logged.one("could not free the terminal; its claim expires") == {
+        "level": "error",
+        "request_id": world.last_request()["request_id"],
+        "error": "StorageDown('release failed')",
+    }
+
+
+def test_a_long_wait_logs_its_progress_every_ten_seconds(world: World) -> None:
+    results: list[str] = []
+
+    def result_after_25_s(request_id: str) -> None:
+        if world.clock.now_ms() - started >= 25_000 and not results:
+            results.append(world.result()(request_id))
+
+    started = world.clock.now_ms()
+    world.script(world.ack(), *[result_after_25_s] * 2_000)
+    with captured_logs() as logged:
+        assert pay(world).body["paymentStatus"] == "Success"
+    lines = logged.lines("payment waiting")
+    assert [line["waited_s"] for line in lines] == [10, 20]
+    request_id = world.last_request()["request_id"]
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None
+    line = {key: value for key, value in lines[0].items() if key != "deadline_in_s"}
+    assert line == {
+        "level": "info",
+        "order_id": ORDER_ID,
+        "terminal_id": TERMINAL_ID,
+        "request_id": request_id,
+        "state": "acknowledged",
+        "waited_s": 10,
+    }
+    # whole seconds, each rounded down: the two add up to the payment window, or one second short
+    window_s = (dispatch.deadline_ms - started) // 1000
+    assert lines[0]["waited_s"] + lines[0]["deadline_in_s"] in (window_s - 1, window_s)
