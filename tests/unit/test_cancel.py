@@ -9,7 +9,8 @@ import pytest
 
 from chalicelib.errors import ApiError
 from chalicelib.observability import METRIC_COUNTS
-from chalicelib.payments.domain import DispatchState
+from chalicelib.payments import domain
+from chalicelib.payments.domain import DispatchState, Transition
 from chalicelib.payments.schemas import parse_order_request
 from chalicelib.payments.service import order_status, request_payment
 from tests.conftest import MERCHANT, TERMINAL_ID, World, example
@@ -235,3 +236,63 @@ def test_an_unanswered_cancel_is_counted_and_logged_as_a_warning(world: World) -
         error.message
         == "The terminal did not answer the cancellation; the order stays cancelling until its result lands"
     )
+
+
+def test_a_cancel_records_when_it_was_requested(world: World) -> None:
+    pay(world, respond_async=True)
+    request_id = world.last_request()["request_id"]
+    world.ack()(request_id)
+    world.on_cancel(None)
+    world.clock.advance(1_500)
+    asked_at = world.clock.now_ms()
+    with pytest.raises(ApiError):
+        cancel(world)
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.cancel_requested_at_ms == asked_at
+
+
+def test_a_cancel_that_loses_to_the_terminals_result_is_not_cancellable_with_that_result(world: World) -> None:
+    pay(world, respond_async=True)
+    request_id = world.last_request()["request_id"]
+    world.ack()(request_id)
+    original = world.payments.apply
+
+    def paid_meanwhile(transition: Transition) -> Any:
+        if transition.rule is domain.CANCEL:
+            world.payments.apply = original  # type: ignore[method-assign]
+            world.result()(request_id)
+        return original(transition)
+
+    world.payments.apply = paid_meanwhile  # type: ignore[method-assign]
+    reply = cancel(world)
+    assert (reply.body["errorCode"], reply.body["errorData"]) == ("not_cancellable", {"state": "succeeded"})
+    assert [e["type"] for _, e in world.channel.published] == ["payment_request"]
+
+
+def test_a_cancel_that_cannot_be_sent_says_so_and_logs_the_broker_error(world: World) -> None:
+    pay(world, respond_async=True)
+    request_id = world.last_request()["request_id"]
+    world.ack()(request_id)
+    world.channel.fail = True
+    with captured_logs() as logged, pytest.raises(ApiError) as caught:
+        cancel(world)
+    assert caught.value.message == "The cancellation could not be sent to the terminal"
+    assert logged.one("cancel publish failed") == {"level": "warning", "request_id": request_id, "error": "broker down"}
+
+
+def test_a_cancel_waits_on_its_own_wake_key(world: World) -> None:
+    pay(world, respond_async=True)
+    request_id = world.last_request()["request_id"]
+    world.ack()(request_id)
+    world.on_cancel(None)
+    keys: list[str] = []
+    wait = world.waker.wait
+
+    def recording(key: str, timeout_s: float) -> None:
+        keys.append(key)
+        wait(key, timeout_s)
+
+    world.waker.wait = recording  # type: ignore[method-assign]
+    with pytest.raises(ApiError):
+        cancel(world)
+    assert keys and set(keys) == {f"{request_id}#cancel"}

@@ -4,6 +4,7 @@ log lines dashboards and alarms are built on (CONTRACT §1)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from chalicelib import protocol
 from chalicelib.config import Settings
 from chalicelib.errors import ApiError
-from chalicelib.exceptions import ConditionFailed
+from chalicelib.exceptions import ChannelError, ConditionFailed
 from chalicelib.observability import METRIC_COUNTS
 from chalicelib.payments import domain
 from chalicelib.payments.domain import DispatchState, Terminal, Transition
@@ -264,7 +265,7 @@ def test_the_cancel_request_is_signed_for_the_terminal_and_names_the_order_and_i
     assert cancel["terminal_id"] == TERMINAL_ID
     assert [terminal for terminal, envelope in world.channel.published if envelope is cancel] == [TERMINAL_ID]
     assert cancel["body"] == {"order_id": ORDER_ID, "target_request_id": payment["request_id"]}
-    assert cancel["request_id"] not in (payment["request_id"], "")
+    assert re.fullmatch(r"[0-9a-f]{32}", cancel["request_id"]) and cancel["request_id"] != payment["request_id"]
 
 
 def test_a_cancel_naming_another_terminal_of_the_merchant_cancels_nothing(world: World) -> None:
@@ -545,3 +546,49 @@ def test_a_long_wait_logs_its_progress_every_ten_seconds(world: World) -> None:
     # whole seconds, each rounded down: the two add up to the payment window, or one second short
     window_s = (dispatch.deadline_ms - started) // 1000
     assert lines[0]["waited_s"] + lines[0]["deadline_in_s"] in (window_s - 1, window_s)
+
+
+def test_a_terminal_disabled_while_its_payment_waits_gets_no_cancel_and_the_ecr_its_504(world: World) -> None:
+    def disable(_request_id: str) -> None:
+        world.terminals.items[TERMINAL_ID].passphrase = None
+
+    world.script(disable)
+    errors = METRIC_COUNTS["PollErrors"]
+    with pytest.raises(ApiError) as caught:
+        pay(world)
+    assert caught.value.code == "terminal.ack_timeout"
+    assert METRIC_COUNTS["PollErrors"] == errors, "the timeout is written once, without an error"
+    assert [e["type"] for _, e in world.channel.published] == ["payment_request"]
+
+
+def test_a_synchronous_wait_is_traced_as_the_payment_wait_with_its_ids(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contextlib import contextmanager
+
+    from chalicelib.payments import service
+
+    spans: list[tuple[str, dict[str, str]]] = []
+
+    @contextmanager
+    def record(name: str, **annotations: str) -> Any:
+        spans.append((name, annotations))
+        yield
+
+    monkeypatch.setattr(service, "traced", record)
+    world.script(world.ack(), world.result())
+    pay(world)
+    assert spans == [("payment wait", {"order_id": ORDER_ID, "request_id": world.last_request()["request_id"]})]
+
+
+def test_a_publish_error_racing_the_terminals_answer_still_answers_the_payment(world: World) -> None:
+    publish = world.channel.publish
+
+    def answered_then_failed(terminal_id: str, envelope: dict[str, Any]) -> None:
+        publish(terminal_id, envelope)
+        world.result()(envelope["request_id"])
+        raise ChannelError("broker reported a failure")
+
+    world.channel.publish = answered_then_failed  # type: ignore[method-assign]
+    reply = pay(world)
+    assert (reply.status, reply.body["paymentStatus"], reply.headers) == (200, "Success", {})
