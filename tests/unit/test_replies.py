@@ -143,3 +143,14 @@ def test_a_final_result_is_a_200_payment_response() -> None:
     assert reply.status == 200
     assert reply.body["paymentStatus"] == "Success"
     assert reply.body["order"] == RAW["order"]
+
+
+@pytest.mark.parametrize(("acked_at_ms", "code"), [(None, "terminal.ack_timeout"), (1_000, "terminal.result_timeout")])
+def test_a_dispatch_still_cancelling_at_its_deadline_is_the_timeout_of_its_phase(
+    acked_at_ms: int | None, code: str
+) -> None:
+    cancelling = dispatch(DispatchState.CANCELLING)
+    cancelling.acked_at_ms = acked_at_ms
+    with pytest.raises(ApiError) as caught:
+        reply_for(head(), cancelling)
+    assert (caught.value.status, caught.value.code) == (504, code)
