@@ -207,3 +207,22 @@ def test_a_status_signed_ahead_of_its_arrival_is_ordered_by_its_arrival(world: W
     # a broker fact just after the arrival outranks the status, whatever its signed time said
     assert handle_presence(world.event_deps, lifecycle("connected", now + 1, "s-2")) == "connected"
     assert online(world)
+
+
+def test_a_lifecycle_event_that_is_not_an_object_is_refused(world: World) -> None:
+    assert handle_presence(world.event_deps, ["connected"]) == "refused:bad_presence"  # type: ignore[arg-type]
+
+
+def test_a_reconnect_during_a_payment_leaves_it_running(world: World) -> None:
+    request_id = start_payment(world)
+    assert handle_presence(world.event_deps, lifecycle("connected", world.clock.now_ms(), "s-2")) == "connected"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.state == DispatchState.ACKNOWLEDGED
+    assert world.terminals.items[TERMINAL_ID].busy_request_id == request_id
+
+
+def test_the_brokers_disconnect_during_a_payment_fails_it_as_disconnected(world: World) -> None:
+    request_id = start_payment(world)
+    assert handle_presence(world.event_deps, lifecycle("disconnected", world.clock.now_ms(), "s-1")) == "disconnected"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and (dispatch.state, dispatch.reason) == (DispatchState.FAILED, "terminal_disconnected")

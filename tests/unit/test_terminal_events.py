@@ -83,7 +83,7 @@ def assert_refused_and_nothing_moved(
     line = logged.one("terminal message refused")
     assert (line["level"], line["reason"]) == ("warning", reason)
     assert line["detail"] == (detail or REFUSAL_DETAILS.get(reason, line["detail"]))
-    assert isinstance(line["detail"], str) and line["detail"] not in ("", reason)
+    assert isinstance(line["detail"], str) and line["detail"] not in ("", "None", reason)
     assert line["topic"].startswith(("nepting/", "devices/"))
     assert state_of(world) == before
     assert world.waker.woken == woken
@@ -593,6 +593,29 @@ def test_a_disconnect_after_the_payment_ended_counts_nothing(world: World, reque
     say_status(world, "offline", world.clock.now_ms())
     assert METRIC_COUNTS["TerminalUnreachable.reason=disconnected"] == unreachable
     assert world.waker.woken == []
+    assert world.terminals.items[TERMINAL_ID].busy_request_id is None, "the stale claim is freed"
+
+
+def test_a_disconnect_while_a_cancel_awaits_the_terminal_keeps_the_order_cancelling_and_claimed(
+    world: World, request_id: str
+) -> None:
+    world.terminal_says("ack", request_id, {})
+    world.payments.apply(Transition(request_id, domain.CANCEL, DispatchState.CANCELLING, world.clock.now_ms()))
+    say_status(world, "offline", world.clock.now_ms())
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.state == DispatchState.CANCELLING
+    assert world.terminals.items[TERMINAL_ID].busy_request_id == request_id
+
+
+def test_a_status_with_an_unreadable_signing_time_is_refused(world: World) -> None:
+    payload = signed_payload("status", "s-1", {"state": "offline"}, sent_at="yesterday")
+    topic = protocol.topic_for(TERMINAL_ID, "status")
+    assert_refused_and_nothing_moved(
+        world,
+        "bad_timestamp",
+        lambda: handle_status(world.event_deps, topic, payload, world.clock.now_ms()),
+        detail="not an RFC 3339 timestamp: 'yesterday'",
+    )
 
 
 # -- races and late events on the new rules ------------------------------------------------------------
