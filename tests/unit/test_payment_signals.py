@@ -592,3 +592,25 @@ def test_a_publish_error_racing_the_terminals_answer_still_answers_the_payment(w
     world.channel.publish = answered_then_failed  # type: ignore[method-assign]
     reply = pay(world)
     assert (reply.status, reply.body["paymentStatus"], reply.headers) == (200, "Success", {})
+
+
+def test_an_order_whose_attempt_record_is_missing_is_an_internal_error_naming_it(world: World) -> None:
+    from chalicelib.exceptions import DispatchMissingError
+
+    request_id = started(world)
+    del world.payments.dispatches[request_id]
+    with pytest.raises(DispatchMissingError) as caught:
+        pay(world)
+    assert str(caught.value) == f"order head {ORDER_ID} points at a missing dispatch"
+
+
+def test_an_attempt_record_vanishing_during_the_wait_is_an_internal_error_naming_it(world: World) -> None:
+    from chalicelib.exceptions import DispatchMissingError
+
+    def vanish(request_id: str) -> None:
+        del world.payments.dispatches[request_id]
+
+    world.script(vanish)
+    with pytest.raises(DispatchMissingError) as caught:
+        pay(world)
+    assert str(caught.value) == f"dispatch {world.last_request()['request_id']} vanished"
