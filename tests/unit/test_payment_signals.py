@@ -63,6 +63,7 @@ def test_the_order_resource_names_every_field_of_the_latest_attempt(world: World
         "state": "succeeded",
         "reason": None,
         "late_result": False,
+        "flags": [],
         "created_at": at(created),
         "acknowledged_at": at(created + 1_000),
         "finished_at": at(created + 3_000),
