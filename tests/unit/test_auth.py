@@ -131,10 +131,13 @@ def test_scrypt_hash_verifies_only_its_password() -> None:
 
 
 def test_hash_is_salted_and_names_its_parameters() -> None:
-    scheme, n, r, p, salt, digest = STORED.split("$")
+    # Hashed here, not at import: the module's STORED is made before any test runs.
+    stored = hash_password(PASSWORD)
+    assert verify_password(PASSWORD, stored)
+    scheme, n, r, p, salt, digest = stored.split("$")
     assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
     assert len(base64.b64decode(salt)) == 16 and len(base64.b64decode(digest)) == 32
-    assert PASSWORD not in STORED
+    assert PASSWORD not in stored
     assert hash_password(PASSWORD, salt=b"0" * 16) == hash_password(PASSWORD, salt=b"0" * 16)
     assert hash_password(PASSWORD, salt=b"0" * 16) != hash_password(PASSWORD, salt=b"1" * 16)
 
@@ -244,6 +247,27 @@ def test_unknown_login_still_costs_a_hash(authenticator: Authenticator, monkeypa
         authenticator.merchant_for(basic(f"nobody:{PASSWORD}"))
     assert_unauthorized(caught.value)
     assert len(calls) == 1 and calls[0][1].startswith("scrypt$16384$8$1$")
+
+
+def test_the_hash_an_unknown_login_costs_is_made_once_and_is_a_real_scrypt_hash(
+    authenticator: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(auth, "_DUMMY_HASH", None)
+    for _ in range(2):
+        with pytest.raises(ApiError) as caught:
+            authenticator.merchant_for(basic(f"nobody:{PASSWORD}"))
+        assert_unauthorized(caught.value)
+    dummy = auth._DUMMY_HASH
+    assert dummy is not None and dummy.startswith("scrypt$16384$8$1$")
+    assert auth._dummy_hash() is dummy
+
+
+def test_credentials_with_characters_outside_base64_are_a_401() -> None:
+    # A lenient decoder would skip the stray characters and read valid credentials.
+    header = basic(f"{LOGIN}:{PASSWORD}")
+    with pytest.raises(ApiError) as caught:
+        parse_basic(header[:10] + "!" + header[10:])
+    assert_unauthorized(caught.value)
 
 
 def test_login_record_without_a_hash_still_costs_a_hash_and_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,10 +9,12 @@ import pytest
 
 from chalicelib.errors import ApiError
 from chalicelib.observability import METRIC_COUNTS
-from chalicelib.payments.domain import DispatchState
+from chalicelib.payments import domain
+from chalicelib.payments.domain import DispatchState, Transition
 from chalicelib.payments.schemas import parse_order_request
 from chalicelib.payments.service import order_status, request_payment
 from tests.conftest import MERCHANT, TERMINAL_ID, World, example
+from tests.logs import captured_logs
 
 ORDER = "ORDER_1537532589263"
 ABORTED = {"payment_status": "Failed", "error_code": "cancelled", "error_data": {}}
@@ -196,3 +198,101 @@ def test_terminal_abort_after_the_cancel_timed_out_lands_as_cancelled(world: Wor
     assert world.terminal_says("result", request_id, ABORTED) == "cancelled"
     status = order_status(world.payment_deps, MERCHANT, ORDER).wire()
     assert status["state"] == "cancelled" and status["payment"]["errorCode"] == "cancelled"
+
+
+# -- what operators see of a cancel -------------------------------------------------------------------
+
+
+def test_a_confirmed_cancel_is_counted_requested_and_cancelled_and_logged_with_its_ids(world: World) -> None:
+    world.on_cancel(ABORTED)
+    replies: list[Any] = []
+    world.script(world.ack(), cancel_during_payment(world, replies))
+    requested, cancelled = METRIC_COUNTS["CancelsRequested"], METRIC_COUNTS["PaymentsCancelled"]
+    with captured_logs() as logged:
+        pay(world)
+    request_id = world.last_request()["request_id"]
+    assert (METRIC_COUNTS["CancelsRequested"], METRIC_COUNTS["PaymentsCancelled"]) == (requested + 1, cancelled + 1)
+    ids = {"order_id": ORDER, "terminal_id": TERMINAL_ID, "request_id": request_id}
+    assert logged.one("cancel requested") == {"level": "info", **ids}
+    assert logged.one("payment cancelled") == {"level": "info", **ids}
+
+
+def test_an_unanswered_cancel_is_counted_and_logged_as_a_warning(world: World) -> None:
+    world.on_cancel(None)
+    replies: list[Any] = []
+    world.script(world.ack(), cancel_during_payment(world, replies), world.result())
+    timeouts, cancelled = METRIC_COUNTS["CancelTimeouts"], METRIC_COUNTS["PaymentsCancelled"]
+    with captured_logs() as logged:
+        pay(world)
+    assert (METRIC_COUNTS["CancelTimeouts"], METRIC_COUNTS["PaymentsCancelled"]) == (timeouts + 1, cancelled)
+    assert logged.one("cancel unanswered") == {
+        "level": "warning",
+        "order_id": ORDER,
+        "request_id": world.last_request()["request_id"],
+    }
+    error = replies[0]
+    assert isinstance(error, ApiError)
+    assert (
+        error.message
+        == "The terminal did not answer the cancellation; the order stays cancelling until its result lands"
+    )
+
+
+def test_a_cancel_records_when_it_was_requested(world: World) -> None:
+    pay(world, respond_async=True)
+    request_id = world.last_request()["request_id"]
+    world.ack()(request_id)
+    world.on_cancel(None)
+    world.clock.advance(1_500)
+    asked_at = world.clock.now_ms()
+    with pytest.raises(ApiError):
+        cancel(world)
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.cancel_requested_at_ms == asked_at
+
+
+def test_a_cancel_that_loses_to_the_terminals_result_is_not_cancellable_with_that_result(world: World) -> None:
+    pay(world, respond_async=True)
+    request_id = world.last_request()["request_id"]
+    world.ack()(request_id)
+    original = world.payments.apply
+
+    def paid_meanwhile(transition: Transition) -> Any:
+        if transition.rule is domain.CANCEL:
+            world.payments.apply = original  # type: ignore[method-assign]
+            world.result()(request_id)
+        return original(transition)
+
+    world.payments.apply = paid_meanwhile  # type: ignore[method-assign]
+    reply = cancel(world)
+    assert (reply.body["errorCode"], reply.body["errorData"]) == ("not_cancellable", {"state": "succeeded"})
+    assert [e["type"] for _, e in world.channel.published] == ["payment_request"]
+
+
+def test_a_cancel_that_cannot_be_sent_says_so_and_logs_the_broker_error(world: World) -> None:
+    pay(world, respond_async=True)
+    request_id = world.last_request()["request_id"]
+    world.ack()(request_id)
+    world.channel.fail = True
+    with captured_logs() as logged, pytest.raises(ApiError) as caught:
+        cancel(world)
+    assert caught.value.message == "The cancellation could not be sent to the terminal"
+    assert logged.one("cancel publish failed") == {"level": "warning", "request_id": request_id, "error": "broker down"}
+
+
+def test_a_cancel_waits_on_its_own_wake_key(world: World) -> None:
+    pay(world, respond_async=True)
+    request_id = world.last_request()["request_id"]
+    world.ack()(request_id)
+    world.on_cancel(None)
+    keys: list[str] = []
+    wait = world.waker.wait
+
+    def recording(key: str, timeout_s: float) -> None:
+        keys.append(key)
+        wait(key, timeout_s)
+
+    world.waker.wait = recording  # type: ignore[method-assign]
+    with pytest.raises(ApiError):
+        cancel(world)
+    assert keys and set(keys) == {f"{request_id}#cancel"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -218,6 +219,61 @@ def test_decode_refuses_floats_in_the_body() -> None:
     assert decode_reason(text) == "float_in_envelope"
 
 
+# The detail goes into the "terminal message refused" log line beside the reason: it is what an
+# operator reads to tell a broken terminal from a misconfigured one.
+@pytest.mark.parametrize(
+    ("payload", "detail"),
+    [
+        (b"not json", "payload is not JSON"),
+        (b"[1, 2]", "envelope is not a JSON object"),
+        (jsonutil.dumps({**ACK, "v": 2}), "unsupported envelope version 2"),
+        (jsonutil.dumps({k: v for k, v in ACK.items() if k != "v"}), "unsupported envelope version None"),
+        (jsonutil.dumps({**ACK, "sig": "x", "type": 1}), "envelope field 'type' missing or not a string"),
+        (jsonutil.dumps({**ACK, "sig": "x", "body": []}), "envelope body is not an object"),
+    ],
+    ids=["not-json", "not-object", "version", "no-version", "field", "body"],
+)
+def test_decode_refusals_say_what_is_wrong(payload: bytes | str, detail: str) -> None:
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.decode(payload)
+    assert str(caught.value) == detail
+
+
+def test_a_float_refusal_says_envelopes_carry_integers_only() -> None:
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.canonical_json({"amount": 8.99})
+    assert str(caught.value) == "envelopes carry integers only"
+
+
+@pytest.mark.parametrize(
+    ("value", "detail"),
+    [
+        ("yesterday", "not an RFC 3339 timestamp: 'yesterday'"),
+        ("2026-11-28T03:12:00.123", "timestamp has no time zone"),
+    ],
+)
+def test_timestamp_refusals_say_what_is_wrong(value: str, detail: str) -> None:
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.parse_timestamp_ms(value)
+    assert str(caught.value) == detail
+
+
+def test_sub_millisecond_digits_are_dropped_to_whole_milliseconds() -> None:
+    parsed = protocol.parse_timestamp_ms("2026-11-28T03:12:00.123999Z")
+    assert parsed == protocol.parse_timestamp_ms("2026-11-28T03:12:00.123Z") and type(parsed) is int
+
+
+def test_timestamps_are_written_in_utc_whatever_the_hosts_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        moment = datetime(2026, 11, 28, 3, 12, 0, 123_000, tzinfo=UTC)
+        assert protocol.format_timestamp(moment) == "2026-11-28T03:12:00.123Z"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
 def test_decode_accepts_text_and_bytes() -> None:
     encoded = protocol.encode(signed(REQUEST))
     assert protocol.decode(encoded) == protocol.decode(encoded.decode("utf-8")) == signed(REQUEST)
@@ -249,6 +305,7 @@ def test_other_topics_are_refused(topic: str) -> None:
     with pytest.raises(protocol.EnvelopeError) as caught:
         protocol.parse_topic(topic)
     assert caught.value.reason == "bad_topic"
+    assert str(caught.value) == f"not a terminal topic: {topic!r}"
 
 
 def test_terminal_id_is_the_upper_cased_manufacturer_and_the_serial() -> None:

@@ -4,6 +4,7 @@ summary. Reading the DynamoDB table, the scheduled export and S3 are pinned in t
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from admin import export
+from admin.__main__ import main as admin_main
+from chalicelib.adapters.aws import to_item
 from chalicelib.bootstrap import Components
 from chalicelib.bootstrap import components as ledger
 from chalicelib.console.domain import details_from_head
@@ -129,3 +132,83 @@ def test_no_transactions_export_header_only_files(tmp_path: Path) -> None:
     assert (tmp_path / "transactions.csv").read_text(encoding="utf-8").strip() == ",".join(COLUMNS)
     assert pq.read_table(tmp_path / "transactions.parquet").num_rows == 0
     assert pq.read_table(tmp_path / "daily_summary.parquet").num_rows == 0
+
+
+def test_a_sparse_item_exports_with_empty_text_and_its_creation_time_as_last_update() -> None:
+    row = export.transaction_row(
+        {"transaction_reference": "T9", "status_code": 113, "amount_minor": 0, "created_at": "2026-11-28T10:00:00.000Z"}
+    )
+    assert row == {
+        "transaction_reference": "T9",
+        "merchant_id": "",
+        "order_id": "",
+        "terminal_id": "",
+        "operation": "",
+        "status_code": 113,
+        "status": "",
+        "amount_minor": 0,
+        "currency": "",
+        "authorization_code": None,
+        "card_brand": None,
+        "masked_pan": None,
+        "created_at": "2026-11-28T10:00:00.000Z",
+        "updated_at": "2026-11-28T10:00:00.000Z",
+        "flags": "",
+        "custom_data": None,
+    }
+
+
+def test_an_item_exports_its_own_values_and_sorted_flags() -> None:
+    item = {
+        "transaction_reference": "T1",
+        "merchant_id": "M1",
+        "order_id": "O-1",
+        "terminal_id": "PAX-1",
+        "operation": "Credit",
+        "status_code": 125,
+        "status": "Refunded",
+        "amount_minor": 899,
+        "currency": "EUR",
+        "authorization_code": "A1",
+        "card_brand": "VISA",
+        "masked_pan": "497010******0001",
+        "created_at": "2026-11-28T10:00:00.000Z",
+        "updated_at": "2026-11-28T10:05:00.000Z",
+        "flags": ["late", "amount_mismatch"],
+        "custom_data_json": '{"a":1}',
+    }
+    row = export.transaction_row(item)
+    assert row["flags"] == "amount_mismatch|late"
+    assert row == {**{k: v for k, v in item.items() if k not in ("flags", "custom_data_json")}, "flags": row["flags"],
+                   "custom_data": '{"a":1}'}  # fmt: skip
+
+
+def test_the_export_command_writes_the_four_files_from_a_local_copy_of_a_table_export(
+    table: list[dict[str, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "copy" / "AWSDynamoDB" / "01700000000000-abcd" / "data"
+    data.mkdir(parents=True)
+    lines = "\n".join(json.dumps({"Item": to_item(item)}) for item in table)
+    (data / "part-0.json.gz").write_bytes(gzip.compress(lines.encode()))
+    out = tmp_path / "nested" / "out"
+    assert admin_main(["export", "--out", str(out), "--s3-export", str(tmp_path / "copy")]) == 0
+    assert capsys.readouterr().out.strip() == f"5 transactions, 4 summary rows -> {out}"
+    assert sorted(path.name for path in out.iterdir()) == [
+        "daily_summary.csv",
+        "daily_summary.parquet",
+        "transactions.csv",
+        "transactions.parquet",
+    ]
+    assert [row["transaction_reference"] for row in read_csv(out / "transactions.csv")] == [
+        "T1",
+        "T2",
+        "T3",
+        "T4",
+        "T5",
+    ]
+
+
+def test_the_export_command_requires_an_output_folder(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        admin_main(["export"])
+    assert "--out" in capsys.readouterr().err

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 import app as chalice_app
-from chalicelib import bootstrap, jsonutil
+from chalicelib import bootstrap, jsonutil, protocol
 from chalicelib.bootstrap import Components
 from chalicelib.bootstrap import components as ledger
-from chalicelib.console.domain import Transaction
+from chalicelib.console.domain import OrderDetails, Transaction, details_from_head
 from chalicelib.console.ipn import receive_ipn
 from chalicelib.exceptions import ConditionFailed
+from chalicelib.observability import METRIC_COUNTS
 from tests.console_helpers import (
     add_merchant,
     head_image,
@@ -24,6 +25,7 @@ from tests.console_helpers import (
     stream_event,
 )
 from tests.fakes import fake_components
+from tests.logs import captured_logs
 
 QUEUED_118 = [{"transaction_reference": "TX-1001", "status_code": 118}]
 
@@ -214,3 +216,186 @@ def test_conditional_write_refuses_a_stale_version(settings: Components) -> None
     tx = stored()
     with pytest.raises(ConditionFailed):
         ledger().transactions.put(tx, tx.version - 1)
+
+
+# -- the order head as the Console reads it ---------------------------------------------------------
+
+
+def test_order_details_carry_every_field_of_the_order_head() -> None:
+    request = {
+        "order": {
+            "order_id": "A-1",
+            "transaction_type": "Credit",
+            "price": {"amount": 1250, "currency": "USD"},
+            "description": "Two coffees",
+            "basket": [{"label": "coffee", "price": "6.25"}],
+            "custom_data": {"table": 4},
+        },
+        "customer": {"name": "Ada"},
+        "pos_technical_info": {"notify_url": "https://shop.example/ipn"},
+    }
+    details = details_from_head(head_image("M1", request, attempt=3, at_ms=1_795_000_000_000))
+    assert details == OrderDetails(
+        merchant_id="M1",
+        order_id="A-1",
+        attempt=3,
+        terminal_id="PAX-1850320198",
+        transaction_type="Credit",
+        amount=1250,
+        currency="USD",
+        description="Two coffees",
+        notify_url="https://shop.example/ipn",
+        basket_json='[{"label":"coffee","price":"6.25"}]',
+        customer_json='{"name":"Ada"}',
+        custom_data_json='{"table":4}',
+        created_at_ms=1_795_000_000_000,
+        updated_at_ms=1_795_000_000_003,
+    )
+
+
+def test_an_order_head_without_optional_fields_reads_as_a_euro_debit_of_unknown_amount() -> None:
+    image = head_image("M1", {"order": {"order_id": "A-1", "price": {"amount": "12"}}})
+    for optional in ("terminal_id", "created_at_ms", "updated_at_ms"):
+        del image[optional]
+    details = details_from_head(image)
+    assert (details.transaction_type, details.amount, details.currency) == ("Debit", None, "EUR")
+    assert (details.terminal_id, details.created_at_ms, details.updated_at_ms) == ("", 0, 0)
+    assert (details.notify_url, details.basket_json, details.customer_json, details.custom_data_json) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
+# -- the merge's writes, races and signals ------------------------------------------------------------
+
+
+def test_a_new_transaction_is_counted_created_then_updated_and_each_write_is_logged(settings: Components) -> None:
+    created, updated = METRIC_COUNTS["TransactionsCreated"], METRIC_COUNTS["TransactionsUpdated"]
+    receive(ipn_body())
+    with captured_logs() as logged:
+        ingest()
+    first = stored()
+    # one write, then the notification's "enqueued" mark
+    assert (first.version, first.updated_at) == (2, protocol.timestamp_from_ms(ledger().clock.now_ms()))
+    ledger().clock.advance(5_000)
+    order_notification(order_request())
+    second = stored()
+    assert (second.version, second.updated_at) == (3, protocol.timestamp_from_ms(ledger().clock.now_ms()))
+    assert (METRIC_COUNTS["TransactionsCreated"], METRIC_COUNTS["TransactionsUpdated"]) == (created + 1, updated + 1)
+    assert logged.one("transaction merged") == {
+        "level": "info",
+        "transaction_reference": "TX-1001",
+        "order_id": "ORDER_1537532589264",
+        "terminal_id": "PAX-1850320198",
+        "status_code": 118,
+        "flags": [],
+    }
+
+
+def test_a_merge_that_loses_a_write_race_counts_it_and_reads_again(settings: Components) -> None:
+    receive(ipn_body())
+    transactions = ledger().transactions
+    original = transactions.put
+    lost: list[int] = []
+
+    def lose_once(tx: Transaction, expected_version: int) -> None:
+        if not lost:
+            lost.append(expected_version)
+            raise ConditionFailed(tx.transaction_reference)
+        original(tx, expected_version)
+
+    transactions.put = lose_once  # type: ignore[method-assign]
+    races = METRIC_COUNTS["TransactionWriteRaces"]
+    assert ingest() == {"batchItemFailures": []}
+    assert METRIC_COUNTS["TransactionWriteRaces"] == races + 1
+    assert stored().status_code == 118
+
+
+def test_an_ipn_for_an_order_with_known_details_is_written_once_with_them(settings: Components) -> None:
+    order_notification(order_request())
+    receive(ipn_body())
+    created, updated = METRIC_COUNTS["TransactionsCreated"], METRIC_COUNTS["TransactionsUpdated"]
+    ingest()
+    tx = stored()
+    assert (METRIC_COUNTS["TransactionsCreated"], METRIC_COUNTS["TransactionsUpdated"]) == (created + 1, updated)
+    assert tx.details_attempt == 1 and tx.basket_json is not None
+
+
+def test_details_stored_while_the_ipn_merges_are_merged_into_it(settings: Components) -> None:
+    order_notification(order_request())
+    details_store = ledger().order_details
+    original = details_store.get
+    reads: list[str] = []
+
+    def stored_meanwhile(merchant_id: str, order_id: str) -> OrderDetails | None:
+        # The first read comes before the details landed; the second, after our write, sees them.
+        reads.append(order_id)
+        return None if len(reads) == 1 else original(merchant_id, order_id)
+
+    details_store.get = stored_meanwhile  # type: ignore[method-assign]
+    receive(ipn_body())
+    ingest()
+    tx = stored()
+    assert len(reads) == 2 and tx.details_attempt == 1 and tx.basket_json is not None
+
+
+def test_a_merged_ipn_is_marked_with_the_time_it_was_merged(settings: Components) -> None:
+    receive(ipn_body())
+    ingest()
+    entry = ledger().ipn_inbox.get("TX-1001")
+    assert entry is not None and entry["merged_at_ms"] == ledger().clock.now_ms()
+
+
+def test_recorded_order_details_are_counted_and_logged_with_what_they_merged(settings: Components) -> None:
+    receive(ipn_body())
+    ingest()
+    recorded = METRIC_COUNTS["OrderDetailsRecorded"]
+    with captured_logs() as logged:
+        order_notification(order_request())
+        order_notification(order_request())  # redelivered: nothing new to store
+    assert METRIC_COUNTS["OrderDetailsRecorded"] == recorded + 1
+    assert (
+        logged.lines("order details recorded")
+        == [
+            {
+                "level": "info",
+                "order_id": "ORDER_1537532589264",
+                "terminal_id": "PAX-1850320198",
+                "attempt": 1,
+                "merged": 1,
+            }
+        ]
+        * 2
+    )
+
+
+def test_recording_details_merges_the_newest_stored_into_each_transaction_of_the_order(settings: Components) -> None:
+    from chalicelib.console.ingest import record_order_details
+
+    receive(ipn_body())
+    ingest()
+    order_notification(order_request(description="second try"), attempt=2)
+    older = details_from_head(head_image("M1", order_request(description="first try"), attempt=1))
+    assert record_order_details(ledger().ingest_deps(), older) == ["TX-1001"]
+    assert stored().details_attempt == 2
+
+
+def test_a_notification_queued_by_another_writer_meanwhile_is_counted_as_an_enqueue_race(
+    settings: Components,
+) -> None:
+    transactions = ledger().transactions
+
+    def queued_meanwhile(reference: str, status_code: int) -> None:
+        raise ConditionFailed(reference)
+
+    transactions.mark_enqueued = queued_meanwhile  # type: ignore[method-assign]
+    races, enqueued = METRIC_COUNTS["NotificationsEnqueueRaces"], METRIC_COUNTS["NotificationsEnqueued"]
+    receive(ipn_body())
+    ingest()
+    assert (METRIC_COUNTS["NotificationsEnqueueRaces"], METRIC_COUNTS["NotificationsEnqueued"]) == (
+        races + 1,
+        enqueued + 1,
+    )
+    assert [m["status_code"] for m in queued_notifications()] == [118]

@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 import app as chalice_app
+from chalicelib import protocol
 from chalicelib.bootstrap import Components
 from chalicelib.bootstrap import components as ledger
 from chalicelib.config import Settings
@@ -24,8 +25,10 @@ from chalicelib.console.notifications import (
     encode_form,
     format_major,
     notification_fields,
+    replayable,
     retry_delay_s,
 )
+from chalicelib.exceptions import ConditionFailed
 from chalicelib.observability import METRIC_COUNTS
 from tests.console_helpers import (
     NOTIFY_PASSPHRASE,
@@ -37,6 +40,7 @@ from tests.console_helpers import (
     sqs_event,
     stream_event,
 )
+from tests.logs import captured_logs
 
 KNOWN_BODY = (
     "state=completed&status=118&message=Captured&transaction_reference=TX-1001"
@@ -78,7 +82,8 @@ def test_the_form_body_and_its_signature_match_the_known_vector() -> None:
 
 
 @pytest.mark.parametrize(
-    ("minor", "major"), [(899, "8.99"), (5, "0.05"), (100, "1.00"), (99_999_999, "999999.99"), (0, "0.00")]
+    ("minor", "major"),
+    [(899, "8.99"), (5, "0.05"), (100, "1.00"), (99_999_999, "999999.99"), (0, "0.00"), (-120, "-1.20"), (-5, "-0.05")],
 )
 def test_amounts_are_major_units_with_two_decimals_without_floats(minor: int, major: str) -> None:
     assert format_major(minor) == major
@@ -210,3 +215,147 @@ def test_a_failed_send_to_the_queue_leaves_the_message_for_a_retry(world: Any) -
     world.poster.status = 500
     world.retries.fail = ConnectionError("down")
     assert notify(world.message) == {"batchItemFailures": [{"itemIdentifier": "m0"}]}
+
+
+# -- each outcome of one delivery, and what operators see of it ------------------------------------------
+
+
+def deliver_now(message: dict[str, Any]) -> str:
+    from chalicelib.console.notifications import deliver
+
+    return deliver(ledger().notifier_deps(), message)
+
+
+def test_a_delivery_is_recorded_counted_and_logged_with_its_ids(world: Any) -> None:
+    delivered = METRIC_COUNTS["NotificationsDelivered"]
+    with captured_logs() as logged:
+        assert deliver_now(world.message) == "delivered"
+    assert METRIC_COUNTS["NotificationsDelivered"] == delivered + 1
+    assert logged.one("notification delivered") == {
+        "level": "info",
+        "transaction_reference": "TX-1001",
+        "order_id": "ORDER_1537532589264",
+        "status": 118,
+    }
+
+
+def test_a_status_already_acknowledged_is_skipped_and_counted(world: Any) -> None:
+    deliver_now(world.message)
+    skipped = METRIC_COUNTS["NotificationsSkipped.reason=already_acknowledged"]
+    assert deliver_now(world.message) == "already_acknowledged"
+    assert METRIC_COUNTS["NotificationsSkipped.reason=already_acknowledged"] == skipped + 1
+    assert len(world.poster.posts) == 1
+
+
+def test_a_delivery_recorded_concurrently_is_still_delivered_and_counted_as_such(world: Any) -> None:
+    transactions = ledger().transactions
+
+    def recorded_meanwhile(reference: str, status_code: int) -> None:
+        raise ConditionFailed(reference)
+
+    transactions.record_delivery = recorded_meanwhile  # type: ignore[method-assign]
+    concurrent = METRIC_COUNTS["NotificationsSkipped.reason=recorded_concurrently"]
+    assert deliver_now(world.message) == "delivered"
+    assert METRIC_COUNTS["NotificationsSkipped.reason=recorded_concurrently"] == concurrent + 1
+
+
+def test_a_failed_post_is_counted_and_its_retry_logged_with_the_answer_and_the_delay(world: Any) -> None:
+    world.poster.status = 502
+    failed = METRIC_COUNTS["NotificationsFailed"]
+    with captured_logs() as logged:
+        assert deliver_now(world.message) == "retry_scheduled"
+    assert METRIC_COUNTS["NotificationsFailed"] == failed + 1
+    assert logged.one("notification retry scheduled") == {
+        "level": "info",
+        "transaction_reference": "TX-1001",
+        "http_status": 502,
+        "failures": 1,
+        "delay_s": 30,
+    }
+    [(retry, delay)] = world.retries.sent
+    assert (retry["first_try_ms"], retry["failures"], retry["last_http"], delay) == (world.clock.now_ms(), 1, 502, 30)
+
+
+def test_a_message_for_a_missing_transaction_is_parked_with_its_reason_and_time(world: Any) -> None:
+    message = {**world.message, "transaction_reference": "TX-GONE"}
+    with captured_logs() as logged:
+        assert deliver_now(message) == "parked"
+    [(parked, _)] = world.parked.sent
+    assert parked["parked_reason"] == "transaction_missing"
+    assert parked["parked_at"] == protocol.timestamp_from_ms(world.clock.now_ms())
+    assert parked["first_try_ms"] == world.clock.now_ms()
+    assert logged.one("notification parked") == {
+        "level": "error",
+        "transaction_reference": "TX-GONE",
+        "reason": "transaction_missing",
+    }
+
+
+def test_a_merchant_without_a_notify_passphrase_gets_nothing_and_the_message_is_parked(world: Any) -> None:
+    merchants = ledger().merchants
+    merchants.put_merchant("M1", "http://127.0.0.1:9/unused-default", "")
+    assert deliver_now(world.message) == "parked"
+    assert world.parked.bodies[0]["parked_reason"] == "no_notify_passphrase"
+    assert world.poster.posts == []
+
+
+def test_without_an_order_notify_url_the_merchants_own_is_used(console: Components) -> None:
+    from chalicelib.console.ingest import merge
+    from chalicelib.console.schemas import IpnBody
+
+    add_merchant(console.merchants, "M1", notify_url="https://merchant.example/default")
+    facts = IpnBody(
+        transaction_reference="T9",
+        merchant_id="M1",
+        order_id="O9",
+        terminal_id="PAX-1",
+        operation="Debit",
+        status="approved",
+        amount=1,
+        processed_at="2026-11-28T03:12:00.000Z",
+    )
+    merge(console.ingest_deps(), "T9", ipn=facts)
+    [(message, _)] = console.notifications.sent  # type: ignore[attr-defined]
+    with captured_logs() as logged:
+        assert deliver_now(message) == "delivered"
+    assert [post.url for post in console.poster.posts] == ["https://merchant.example/default"]  # type: ignore[attr-defined]
+    assert logged.lines("no notify url; notification not sent") == []
+
+
+def test_a_missing_notify_url_is_logged_naming_the_transaction(console: Components) -> None:
+    from chalicelib.console.ingest import merge
+    from chalicelib.console.schemas import IpnBody
+
+    add_merchant(console.merchants, "M1", notify_url=None)
+    facts = IpnBody(
+        transaction_reference="T9",
+        merchant_id="M1",
+        order_id="O9",
+        terminal_id="PAX-1",
+        operation="Debit",
+        status="approved",
+        amount=1,
+        processed_at="2026-11-28T03:12:00.000Z",
+    )
+    merge(console.ingest_deps(), "T9", ipn=facts)
+    [(message, _)] = console.notifications.sent  # type: ignore[attr-defined]
+    with captured_logs() as logged:
+        assert deliver_now(message) == "no_notify_url"
+    assert logged.one("no notify url; notification not sent") == {"level": "info", "transaction_reference": "T9"}
+
+
+def test_a_replayed_parked_message_starts_its_tries_afresh() -> None:
+    parked = {
+        "transaction_reference": "TX-1",
+        "status_code": 118,
+        "parked_reason": "transaction_missing",
+        "parked_at": "2026-11-28T03:12:00.000Z",
+        "first_try_ms": 1,
+        "failures": 3,
+        "last_http": 500,
+    }
+    assert replayable(parked) == {"transaction_reference": "TX-1", "status_code": 118}
+
+
+def test_a_status_without_a_label_has_an_empty_message() -> None:
+    assert dict(notification_fields(captured(), 999))["message"] == ""

@@ -16,6 +16,7 @@ from chalicelib.payments.schemas import parse_order_request
 from chalicelib.payments.service import request_payment
 from chalicelib.payments.terminal_events import handle_presence, handle_status
 from tests.conftest import MERCHANT, PASSPHRASE, TERMINAL_ID, World, example
+from tests.logs import captured_logs
 
 
 def lifecycle(kind: str, at_ms: int, session: str = "s-1", client_id: str = TERMINAL_ID) -> dict[str, Any]:
@@ -166,3 +167,62 @@ def test_malformed_lifecycle_events_are_refused_counted_and_change_nothing(world
     assert handle_presence(world.event_deps, event) == "refused:bad_presence"
     assert METRIC_COUNTS["EventsRefused.reason=bad_presence"] == refused + 1
     assert world.terminals.items == before
+
+
+def test_each_recorded_presence_is_logged_with_the_terminal_its_state_and_session(world: World) -> None:
+    now = world.clock.now_ms()
+    with captured_logs() as logged:
+        handle_presence(world.event_deps, lifecycle("connected", now, "s-1"))
+        handle_presence(world.event_deps, lifecycle("disconnected", now + 10, "s-1"))
+    assert logged.lines("terminal presence") == [
+        {"level": "info", "terminal_id": TERMINAL_ID, "online": True, "session": "s-1"},
+        {"level": "info", "terminal_id": TERMINAL_ID, "online": False, "session": "s-1"},
+    ]
+    terminal = world.terminals.items[TERMINAL_ID]
+    assert terminal.last_seen_at == protocol.timestamp_from_ms(now + 10)
+
+
+@pytest.mark.parametrize(
+    ("event", "detail"),
+    [
+        ({"clientId": TERMINAL_ID}, "lifecycle event without a valid eventType"),
+        ({**lifecycle("connected", 1), "timestamp": True}, "lifecycle event without a valid timestamp"),
+        ({**lifecycle("connected", 1), "eventType": "subscribed"}, "eventType 'subscribed'"),
+    ],
+)
+def test_a_refused_lifecycle_event_is_logged_with_what_is_wrong(world: World, event: Any, detail: str) -> None:
+    with captured_logs() as logged:
+        handle_presence(world.event_deps, event)
+    assert logged.one("terminal message refused") == {
+        "level": "warning",
+        "reason": "bad_presence",
+        "detail": detail,
+        "topic": "$aws/events/presence",
+    }
+
+
+def test_a_status_signed_ahead_of_its_arrival_is_ordered_by_its_arrival(world: World) -> None:
+    now = world.clock.now_ms()
+    assert deliver_status(world, signed_status("offline", now + 60_000), received_at_ms=now) == "offline"
+    # a broker fact just after the arrival outranks the status, whatever its signed time said
+    assert handle_presence(world.event_deps, lifecycle("connected", now + 1, "s-2")) == "connected"
+    assert online(world)
+
+
+def test_a_lifecycle_event_that_is_not_an_object_is_refused(world: World) -> None:
+    assert handle_presence(world.event_deps, ["connected"]) == "refused:bad_presence"  # type: ignore[arg-type]
+
+
+def test_a_reconnect_during_a_payment_leaves_it_running(world: World) -> None:
+    request_id = start_payment(world)
+    assert handle_presence(world.event_deps, lifecycle("connected", world.clock.now_ms(), "s-2")) == "connected"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.state == DispatchState.ACKNOWLEDGED
+    assert world.terminals.items[TERMINAL_ID].busy_request_id == request_id
+
+
+def test_the_brokers_disconnect_during_a_payment_fails_it_as_disconnected(world: World) -> None:
+    request_id = start_payment(world)
+    assert handle_presence(world.event_deps, lifecycle("disconnected", world.clock.now_ms(), "s-1")) == "disconnected"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and (dispatch.state, dispatch.reason) == (DispatchState.FAILED, "terminal_disconnected")

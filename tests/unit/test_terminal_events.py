@@ -12,11 +12,13 @@ import pytest
 from chalicelib import protocol
 from chalicelib.errors import ApiError
 from chalicelib.observability import METRIC_COUNTS
+from chalicelib.payments import domain
 from chalicelib.payments.domain import DispatchState, Terminal, Transition
 from chalicelib.payments.schemas import parse_order_request
 from chalicelib.payments.service import Reply, order_status, reply_for, request_payment
 from chalicelib.payments.terminal_events import handle_event, handle_status
 from tests.conftest import MERCHANT, PASSPHRASE, TERMINAL_ID, World, example
+from tests.logs import captured_logs
 
 OTHER_TERMINAL = "PAX-77"
 OTHER_PASSPHRASE = "another terminal's passphrase"
@@ -59,11 +61,30 @@ def signed_payload(
     return protocol.encode(envelope)
 
 
-def assert_refused_and_nothing_moved(world: World, reason: str, act: Callable[[], str]) -> None:
+# The detail logged beside each fixed refusal reason: what an operator reads to find the fault.
+REFUSAL_DETAILS = {
+    "terminal_mismatch": "envelope terminal_id differs from its topic's",
+    "unknown_terminal": "no enrolled terminal with a passphrase",
+    "bad_signature": "signature does not match the terminal's passphrase",
+    "stale": "sent_at is outside the freshness window",
+    "unknown_request": "request_id is not a dispatch to this terminal",
+}
+
+
+def assert_refused_and_nothing_moved(
+    world: World, reason: str, act: Callable[[], str], detail: str | None = None
+) -> None:
+    """Refused: the outcome label, the metric, one warning line with reason, detail and topic, and no move."""
     before, woken = state_of(world), list(world.waker.woken)
     counted = METRIC_COUNTS[f"EventsRefused.reason={reason}"]
-    assert act() == f"refused:{reason}"
+    with captured_logs() as logged:
+        assert act() == f"refused:{reason}"
     assert METRIC_COUNTS[f"EventsRefused.reason={reason}"] == counted + 1
+    line = logged.one("terminal message refused")
+    assert (line["level"], line["reason"]) == ("warning", reason)
+    assert line["detail"] == (detail or REFUSAL_DETAILS.get(reason, line["detail"]))
+    assert isinstance(line["detail"], str) and line["detail"] not in ("", "None", reason)
+    assert line["topic"].startswith(("nepting/", "devices/"))
     assert state_of(world) == before
     assert world.waker.woken == woken
 
@@ -115,7 +136,12 @@ def test_message_on_a_topic_that_is_not_a_terminal_topic_is_refused(world: World
 def test_event_published_on_the_status_topic_is_refused_by_the_event_handler(world: World, request_id: str) -> None:
     payload = signed_payload("ack", request_id, {}, sent_at=protocol.timestamp_from_ms(world.clock.now_ms()))
     topic = protocol.topic_for(TERMINAL_ID, "status")
-    assert_refused_and_nothing_moved(world, "wrong_topic", lambda: handle_event(world.event_deps, topic, payload))
+    assert_refused_and_nothing_moved(
+        world,
+        "wrong_topic",
+        lambda: handle_event(world.event_deps, topic, payload),
+        detail="status message on the events handler",
+    )
 
 
 def test_envelope_terminal_id_differing_from_the_topics_is_refused(world: World, request_id: str) -> None:
@@ -171,7 +197,10 @@ def test_event_sent_exactly_5_minutes_from_now_is_accepted(world: World, request
 def test_event_with_an_unreadable_sent_at_is_refused(world: World, request_id: str) -> None:
     payload = signed_payload("ack", request_id, {}, sent_at="yesterday")
     assert_refused_and_nothing_moved(
-        world, "bad_timestamp", lambda: handle_event(world.event_deps, events_topic(), payload)
+        world,
+        "bad_timestamp",
+        lambda: handle_event(world.event_deps, events_topic(), payload),
+        detail="not an RFC 3339 timestamp: 'yesterday'",
     )
 
 
@@ -194,7 +223,10 @@ def test_event_for_a_dispatch_to_another_terminal_is_refused(world: World, reque
 @pytest.mark.parametrize("kind", ["payment_request", "cancel_request", "status", "hello"])
 def test_event_of_a_type_terminals_do_not_send_on_events_is_refused(world: World, request_id: str, kind: str) -> None:
     assert_refused_and_nothing_moved(
-        world, "unexpected_type", lambda: world.terminal_says(kind, request_id, {"state": "online"})
+        world,
+        "unexpected_type",
+        lambda: world.terminal_says(kind, request_id, {"state": "online"}),
+        detail=f"{kind!r} is not a terminal event",
     )
 
 
@@ -358,14 +390,20 @@ def test_event_types_other_than_status_are_refused_on_the_status_topic(world: Wo
     payload = signed_payload("ack", "r-1", {"state": "offline"})
     topic = protocol.topic_for(TERMINAL_ID, "status")
     assert_refused_and_nothing_moved(
-        world, "unexpected_type", lambda: handle_status(world.event_deps, topic, payload, world.clock.now_ms())
+        world,
+        "unexpected_type",
+        lambda: handle_status(world.event_deps, topic, payload, world.clock.now_ms()),
+        detail="'ack' on a status topic",
     )
 
 
 def test_status_on_the_events_topic_is_refused_by_the_status_handler(world: World) -> None:
     payload = signed_payload("status", "r-1", {"state": "offline"})
     assert_refused_and_nothing_moved(
-        world, "wrong_topic", lambda: handle_status(world.event_deps, events_topic(), payload, world.clock.now_ms())
+        world,
+        "wrong_topic",
+        lambda: handle_status(world.event_deps, events_topic(), payload, world.clock.now_ms()),
+        detail="events message on the status handler",
     )
 
 
@@ -428,3 +466,224 @@ def test_the_terminal_is_free_by_the_time_the_final_state_is_visible(world: Worl
     assert reply.body["paymentStatus"] == "Success"
     final_writes = [holder for state, holder in seen if state == "succeeded"]
     assert final_writes == [None], "the claim was released before the final state was written"
+
+
+# -- what operators see: the outcome line, the metrics, and when each write happened -----------------
+
+
+ORDER_ID = "ORDER_1537532589263"
+
+
+def test_every_applied_event_logs_its_outcome_with_the_ids_to_find_it(world: World, request_id: str) -> None:
+    with captured_logs() as logged:
+        world.terminal_says("ack", request_id, {})
+        world.result()(request_id)
+    assert logged.lines("terminal event") == [
+        {
+            "level": "info",
+            "outcome": outcome,
+            "request_id": request_id,
+            "terminal_id": TERMINAL_ID,
+            "order_id": ORDER_ID,
+            "type": kind,
+        }
+        for outcome, kind in (("acknowledged", "ack"), ("succeeded", "result"))
+    ]
+
+
+@pytest.mark.parametrize(("status", "metric"), [("Success", "PaymentsSucceeded"), ("Failed", "PaymentsFailed")])
+def test_each_final_result_is_counted_by_its_outcome(world: World, request_id: str, status: str, metric: str) -> None:
+    other = "PaymentsFailed" if metric == "PaymentsSucceeded" else "PaymentsSucceeded"
+    before = (METRIC_COUNTS[metric], METRIC_COUNTS[other], METRIC_COUNTS["LateResults"])
+    world.result(status)(request_id)
+    assert (METRIC_COUNTS[metric], METRIC_COUNTS[other], METRIC_COUNTS["LateResults"]) == (
+        before[0] + 1,
+        before[1],
+        before[2],
+    )
+
+
+def test_a_late_result_is_counted_as_late_too(world: World, request_id: str) -> None:
+    say_status(world, "offline", world.clock.now_ms())
+    before = (METRIC_COUNTS["PaymentsSucceeded"], METRIC_COUNTS["LateResults"])
+    assert world.result()(request_id) == "late_succeeded"
+    assert (METRIC_COUNTS["PaymentsSucceeded"], METRIC_COUNTS["LateResults"]) == (before[0] + 1, before[1] + 1)
+
+
+def test_a_busy_terminal_is_counted_and_the_dispatch_ends_when_it_said_so(world: World, request_id: str) -> None:
+    busy = METRIC_COUNTS["PaymentsBusy.reason=terminal"]
+    world.clock.advance(1_234)
+    world.terminal_says("ack", request_id, {"accepted": False, "reason": "busy"})
+    assert METRIC_COUNTS["PaymentsBusy.reason=terminal"] == busy + 1
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.finished_at_ms == world.clock.now_ms()
+
+
+def test_a_result_ends_the_dispatch_at_the_time_it_arrived(world: World, request_id: str) -> None:
+    world.clock.advance(4_321)
+    world.result()(request_id)
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.finished_at_ms == world.clock.now_ms()
+
+
+def test_a_late_result_ends_the_dispatch_at_the_time_it_arrived(world: World, request_id: str) -> None:
+    say_status(world, "offline", world.clock.now_ms())
+    world.clock.advance(7_000)
+    world.result()(request_id)
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.late and dispatch.finished_at_ms == world.clock.now_ms()
+    assert dispatch.result is not None and dispatch.result["transaction_reference"] == "TX-1"
+
+
+def test_a_clean_result_counts_no_unmasked_pan(world: World, request_id: str) -> None:
+    counted = METRIC_COUNTS["EventsRefused.reason=unmasked_pan"]
+    with captured_logs() as logged:
+        world.result()(request_id)
+    assert METRIC_COUNTS["EventsRefused.reason=unmasked_pan"] == counted
+    assert logged.lines("unmasked PAN dropped from a result") == []
+
+
+def test_an_unmasked_pan_is_logged_as_a_warning_with_its_request_and_never_the_pan(
+    world: World, request_id: str
+) -> None:
+    with captured_logs() as logged:
+        world.result(masked_pan="4970101234560001")(request_id)
+    assert logged.one("unmasked PAN dropped from a result") == {"level": "warning", "request_id": request_id}
+    assert all("4970101234560001" not in repr(vars(record)) for record in logged.records)
+
+
+def test_each_recorded_status_is_logged_with_the_terminal_and_its_presence(world: World) -> None:
+    with captured_logs() as logged:
+        say_status(world, "offline", world.clock.now_ms())
+        say_status(world, "online", world.clock.now_ms() + 1)
+    assert logged.lines("terminal status") == [
+        {"level": "info", "terminal_id": TERMINAL_ID, "online": False},
+        {"level": "info", "terminal_id": TERMINAL_ID, "online": True},
+    ]
+
+
+def test_an_online_status_during_a_payment_leaves_the_payment_running(world: World, request_id: str) -> None:
+    world.terminal_says("ack", request_id, {})
+    assert say_status(world, "online", world.clock.now_ms()) == "online"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.state == DispatchState.ACKNOWLEDGED
+    assert world.terminals.items[TERMINAL_ID].busy_request_id == request_id
+
+
+def test_a_disconnect_fails_the_payment_when_it_happened_counts_it_and_wakes_its_waiter(
+    world: World, request_id: str
+) -> None:
+    world.terminal_says("ack", request_id, {})
+    world.waker.woken.clear()
+    world.clock.advance(2_500)
+    unreachable = METRIC_COUNTS["TerminalUnreachable.reason=disconnected"]
+    say_status(world, "offline", world.clock.now_ms())
+    assert world.waker.woken == [request_id]
+    assert METRIC_COUNTS["TerminalUnreachable.reason=disconnected"] == unreachable + 1
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.finished_at_ms == world.clock.now_ms()
+
+
+def test_a_disconnect_after_the_payment_ended_counts_nothing(world: World, request_id: str) -> None:
+    world.result()(request_id)
+    # the claim is still held when the release lost a race: the disconnect finds nothing in flight
+    world.terminals.items[TERMINAL_ID].busy_request_id = request_id
+    world.waker.woken.clear()
+    unreachable = METRIC_COUNTS["TerminalUnreachable.reason=disconnected"]
+    say_status(world, "offline", world.clock.now_ms())
+    assert METRIC_COUNTS["TerminalUnreachable.reason=disconnected"] == unreachable
+    assert world.waker.woken == []
+    assert world.terminals.items[TERMINAL_ID].busy_request_id is None, "the stale claim is freed"
+
+
+def test_a_disconnect_while_a_cancel_awaits_the_terminal_keeps_the_order_cancelling_and_claimed(
+    world: World, request_id: str
+) -> None:
+    world.terminal_says("ack", request_id, {})
+    world.payments.apply(Transition(request_id, domain.CANCEL, DispatchState.CANCELLING, world.clock.now_ms()))
+    say_status(world, "offline", world.clock.now_ms())
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.state == DispatchState.CANCELLING
+    assert world.terminals.items[TERMINAL_ID].busy_request_id == request_id
+
+
+def test_a_status_with_an_unreadable_signing_time_is_refused(world: World) -> None:
+    payload = signed_payload("status", "s-1", {"state": "offline"}, sent_at="yesterday")
+    topic = protocol.topic_for(TERMINAL_ID, "status")
+    assert_refused_and_nothing_moved(
+        world,
+        "bad_timestamp",
+        lambda: handle_status(world.event_deps, topic, payload, world.clock.now_ms()),
+        detail="not an RFC 3339 timestamp: 'yesterday'",
+    )
+
+
+# -- races and late events on the new rules ------------------------------------------------------------
+
+
+def test_a_busy_ack_that_loses_to_the_terminals_own_ack_gives_the_claim_back_to_the_payment(
+    world: World, request_id: str
+) -> None:
+    original = world.payments.apply
+
+    def acknowledged_meanwhile(transition: Transition) -> Any:
+        if transition.rule is domain.BUSY_ACK:
+            original(Transition(request_id, domain.ACK, DispatchState.ACKNOWLEDGED, world.clock.now_ms()))
+        return original(transition)
+
+    world.payments.apply = acknowledged_meanwhile  # type: ignore[method-assign]
+    world.clock.advance(500)
+    assert world.terminal_says("ack", request_id, {"accepted": False, "reason": "busy"}) == "ignored:ack_not_pending"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and dispatch.state == DispatchState.ACKNOWLEDGED
+    terminal = world.terminals.items[TERMINAL_ID]
+    assert (terminal.busy_request_id, terminal.busy_until_ms, terminal.busy_order) == (
+        request_id,
+        dispatch.deadline_ms,
+        f"{MERCHANT}#{ORDER_ID}",
+    )
+
+
+def test_an_ack_after_the_ack_deadline_writes_the_timeout_first_and_frees_the_terminal(
+    world: World, request_id: str
+) -> None:
+    world.clock.advance(world.settings.ack_timeout_ms)
+    assert world.terminal_says("ack", request_id, {}) == "ignored:ack_not_pending"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None
+    assert (dispatch.state, dispatch.reason, dispatch.finished_at_ms) == (
+        DispatchState.TIMED_OUT,
+        "ack_timeout",
+        world.clock.now_ms(),
+    )
+    assert world.terminals.items[TERMINAL_ID].busy_request_id is None
+
+
+def test_a_result_after_the_payment_deadline_is_recorded_late_after_a_result_timeout(
+    world: World, request_id: str
+) -> None:
+    world.terminal_says("ack", request_id, {})
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None
+    world.clock.advance(dispatch.deadline_ms - world.clock.now_ms())
+    assert world.result()(request_id) == "late_succeeded"
+    dispatch = world.payments.get_dispatch(request_id)
+    assert dispatch is not None and (dispatch.state, dispatch.reason, dispatch.late) == (
+        DispatchState.SUCCEEDED,
+        "result_timeout",
+        True,
+    )
+
+
+def test_a_result_wakes_a_cancel_waiting_for_the_terminal_and_an_ack_does_not(world: World, request_id: str) -> None:
+    world.terminal_says("ack", request_id, {})
+    assert f"{request_id}#cancel" not in world.waker.woken
+    world.result()(request_id)
+    assert f"{request_id}#cancel" in world.waker.woken
+
+
+def test_a_second_result_is_refused_with_a_warning_naming_its_request(world: World, request_id: str) -> None:
+    world.result()(request_id)
+    with captured_logs() as logged:
+        assert world.result("Failed", error_code="declined")(request_id) == "ignored:already_final"
+    assert logged.one("result refused: the first result stands") == {"level": "warning", "request_id": request_id}
