@@ -191,7 +191,7 @@ def terminal_status_handler(event: dict[str, Any], context: Any) -> dict[str, st
     return {"outcome": terminal_events.handle_status(components().event_deps(), topic, payload, received_at)}
 
 
-# --- Console side (CONTRACT §3-§5): IPN, transactions, merchant notifications, finance export ---
+# --- Console side: IPN, transactions, merchant notifications, finance export (docs/ipn.md and the next) ---
 
 
 @app.route("/v1/ipn/nepting", methods=["POST"], content_types=ANY_CONTENT)

@@ -1,4 +1,4 @@
-"""``python -m admin export``: Console transactions to CSV and Parquet for finance (CONTRACT §5).
+"""``python -m admin export``: Console transactions to CSV and Parquet for finance (docs/export.md).
 
     python -m admin export --out DIR                          # the transactions table itself (local)
     python -m admin export --out DIR --s3-export s3://bucket/exports/

@@ -41,9 +41,9 @@ class Settings:
     iot_data_endpoint: str = ""
     mqtt_host: str = "127.0.0.1"
     mqtt_port: int = 1883
-    # The terminal must acknowledge within this window (CONTRACT §1 "Timing").
+    # The terminal must acknowledge within this window (docs/payment-api.md "Timing").
     ack_timeout_ms: int = 10_000
-    # A Cancel waits this long for the terminal to answer its cancel_request (CONTRACT §1 "Cancel").
+    # A Cancel waits this long for the terminal to answer its cancel_request (docs/payment-api.md "Cancel").
     cancel_timeout_ms: int = 10_000
     # Overall payment deadline; the terminal gets it as ``expires_at``. On AWS a synchronous wait must
     # also end inside API Gateway's integration timeout (infra/ sets this below it).
@@ -65,9 +65,9 @@ class Settings:
     credential_cache_ttl_s: int = 60
     # Heads and dispatches are kept this long (DynamoDB TTL), for idempotency and look-ups.
     payment_retention_days: int = 90
-    # IPNs whose X-Nepting-Timestamp is further than this from now are refused (CONTRACT §3).
+    # IPNs whose X-Nepting-Timestamp is further than this from now are refused (docs/ipn.md).
     ipn_freshness_s: int = 300
-    # Merchant notifications (CONTRACT §4): each POST gets this long, failed ones come back after a
+    # Merchant notifications (docs/merchant-notifications.md): each POST gets this long, failed ones come back after a
     # growing delay capped by SQS's 900 s DelaySeconds, and are parked once this long has passed.
     notify_timeout_s: int = 5
     notify_first_delay_s: int = 30

@@ -1,4 +1,4 @@
-"""Errors that carry their HTTP answer: one builder for the contract's error format (CONTRACT §1).
+"""Errors that carry their HTTP answer: one builder for the contract's error format (docs/payment-api.md).
 
 >>> ApiError(404, "terminal.not_found", "No such terminal").body()["error"]["code"]
 'terminal.not_found'

@@ -1,4 +1,4 @@
-"""Limits on expensive work (CONTRACT §1, 429 ``request.throttled`` with ``Retry-After``).
+"""Limits on expensive work (docs/payment-api.md, 429 ``request.throttled`` with ``Retry-After``).
 
 - failed authentications: per login and per source address, counted in fixed windows; past the
   limit, credentials are not even checked (no slow hash runs) until the window ends;

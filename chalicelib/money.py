@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-# The largest amount a payment may carry (CONTRACT §1), in minor units.
+# The largest amount a payment may carry (docs/payment-api.md), in minor units.
 MAX_AMOUNT = 99_999_999
 CENT = Decimal("0.01")
 BASKET_MISMATCH = "basket_mismatch"
@@ -24,7 +24,7 @@ def format_major(amount_minor: int) -> str:
 
 
 def basket_mismatch(lines: Sequence[Mapping[str, Any]] | None, amount_minor: Any) -> str | None:
-    """Where a validated basket's arithmetic is off (CONTRACT §1), as a dotted path; None when it adds
+    """Where a validated basket's arithmetic is off (docs/payment-api.md), as a dotted path; None when it adds
     up (or holds no arithmetic to check: lines without prices).
 
     A line's ``total_amount`` must be ``unit_price × quantity + discount`` rounded half-up to the

@@ -1,4 +1,4 @@
-"""Where merchant notifications may go (CONTRACT §4): https, public addresses only.
+"""Where merchant notifications may go (docs/merchant-notifications.md): https, public addresses only.
 
 A notification URL is checked twice. When it is given (an order's ``notify_url``, a merchant's
 default), an IP literal in a refused range, or a name that resolves only to refused addresses, is

@@ -1,4 +1,4 @@
-"""The signed JSON envelope of the terminal protocol (CONTRACT §2), the one signer everything calls.
+"""The signed JSON envelope of the terminal protocol (docs/terminal-protocol.md), the one signer everything calls.
 
 >>> env = make_envelope("ack", "r-1", "PAX-1", {}, "secret", sent_at="2026-11-28T03:12:00.123Z")
 >>> verify_signature(env, "secret")

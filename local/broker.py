@@ -1,4 +1,4 @@
-"""The embedded MQTT 3.1.1 broker of the local stack and the tests (CONTRACT §6), on amqtt 0.12.1.
+"""The embedded MQTT 3.1.1 broker of the local stack and the tests (docs/seed.md), on amqtt 0.12.1.
 
 The broker runs in its own thread with its own asyncio loop, so synchronous code (paho clients,
 pytest, the stack's launcher) can start one, talk to it and stop it:

@@ -1,4 +1,4 @@
-"""The local stack's seed (CONTRACT §6): validated, with errors that name the file and the field."""
+"""The local stack's seed (docs/seed.md): validated, with errors that name the file and the field."""
 
 from __future__ import annotations
 

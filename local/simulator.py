@@ -1,4 +1,4 @@
-"""Simulated payment terminals: the reference implementation of the terminal protocol (CONTRACT §2).
+"""Simulated payment terminals: the reference implementation of the terminal protocol (docs/terminal-protocol.md).
 
 As a library (the local stack, the tests):
 
@@ -113,7 +113,7 @@ class SimulatedTerminal:
         self._counters: Counter[str] = Counter()
         self._current: _Payment | None = None
         self._seen_request_ids: dict[str, None] = {}  # insertion-ordered, bounded below
-        # The result sent for each recent request: a cancel_request after it gets it again (CONTRACT §2).
+        # The result sent for each recent request: a cancel_request after it gets it again (docs/terminal-protocol.md).
         self._results: dict[str, dict[str, Any]] = {}
         self._connected = threading.Event()
         self._client = self._make_client(tls)

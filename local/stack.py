@@ -1,4 +1,4 @@
-"""`make run`: the whole system on one machine (CONTRACT §6).
+"""`make run`: the whole system on one machine (docs/seed.md).
 
 The embedded store (SQLite in ``DATA_DIR``, default ``.data/``; or ``STORE=moto``: moto in server
 mode for DynamoDB, SQS, S3, IoT), the MQTT broker, the Chalice routes on a threaded HTTP server, the
@@ -240,7 +240,7 @@ def start_stack(config: StackConfig) -> RunningStack:
             "METRICS_EMF": os.environ.get("METRICS_EMF", "false"),
             "POLL_INITIAL_MS": os.environ.get("POLL_INITIAL_MS", LOCAL_POLL_INITIAL_MS),
             "POLL_MAX_MS": os.environ.get("POLL_MAX_MS", LOCAL_POLL_MAX_MS),
-            # The one place http to loopback is allowed for merchant notifications (CONTRACT §6).
+            # The one place http to loopback is allowed for merchant notifications (docs/seed.md).
             "NOTIFY_ALLOW_LOOPBACK_HTTP": "1",
             **{name: _queue_url(queue) for name, queue in QUEUES.items()},
             **config.environment,

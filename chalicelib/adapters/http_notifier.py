@@ -3,7 +3,7 @@ no redirects.
 
 The URL's name is resolved once and the connection goes to the public address that was checked
 (``notify_urls.pinned_target``); TLS still verifies the certificate against the URL's host name.
-A redirect is not an acknowledgement (CONTRACT §4: any 2xx is) and is never followed: following it
+A redirect is not an acknowledgement (docs/merchant-notifications.md: any 2xx is) and is never followed: following it
 would re-send a signed body to a place the merchant did not configure.
 """
 

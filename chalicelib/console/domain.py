@@ -1,6 +1,6 @@
 """Console transactions as plain Python: the IPN and the order details merged into one record.
 
-No I/O here. A transaction is the IPN's facts (CONTRACT §3) plus, whenever they arrive, the
+No I/O here. A transaction is the IPN's facts (docs/ipn.md) plus, whenever they arrive, the
 order's details; both halves are applied by pure functions, so the result does not depend on
 which half came first:
 
@@ -23,7 +23,7 @@ from chalicelib.money import BASKET_MISMATCH, basket_mismatch
 
 AMOUNT_MISMATCH = "amount_mismatch"
 
-# CONTRACT §3: (IPN status, operation) -> HiPay status code and label.
+# docs/ipn.md: (IPN status, operation) -> HiPay status code and label.
 STATUS_LABELS = {118: "Captured", 125: "Refunded", 113: "Refused", 115: "Cancelled"}
 _STATUS_BY_LABEL = {label.lower(): code for code, label in STATUS_LABELS.items()}
 
@@ -142,7 +142,7 @@ class Transaction:
     customer_json: str | None = None
     custom_data_json: str | None = None
     version: int = 0
-    # Merchant notification outbox (CONTRACT §4): the status still to be announced, whether its
+    # Merchant notification outbox (docs/merchant-notifications.md): the status still to be announced, whether its
     # message is already queued, and the statuses a merchant server has acknowledged.
     notify_pending_status: int | None = None
     notify_enqueued: bool = False

@@ -1,4 +1,4 @@
-"""IPN reception (CONTRACT §3): verify, validate, store durably, queue for the merge, answer 200.
+"""IPN reception (docs/ipn.md): verify, validate, store durably, queue for the merge, answer 200.
 
 Every refusal is the contract's error format, counted as ``IpnRefused`` with its reason, and
 happens before anything is stored. The merge itself runs in ``ipn_ingest`` (``console.ingest``).

@@ -1,4 +1,4 @@
-"""Merchant notifications (CONTRACT §4): HiPay-style signed form POSTs, retried, then parked.
+"""Merchant notifications (docs/merchant-notifications.md): HiPay-style signed form POSTs, retried, then parked.
 
 A queue message names a transaction and the status to announce; the body is built from the stored
 transaction at send time (so details that arrived after the IPN are included). A failed POST puts

@@ -1,4 +1,4 @@
-"""Shapes of CONTRACT §3 (the IPN body) and of the Console transactions API.
+"""Shapes of docs/ipn.md (the IPN body) and of the Console transactions API.
 
 >>> body = parse_ipn({"transaction_reference": "T1", "merchant_id": "M1", "order_id": "O1",
 ...     "terminal_id": "PAX-1", "operation": "Debit", "status": "approved", "amount": 899,
@@ -95,7 +95,7 @@ class CardView(WireModel):
     entry_mode: str | None
 
 
-# CONTRACT §3's status codes and labels, as ``console.domain.STATUS_LABELS`` maps them.
+# docs/ipn.md's status codes and labels, as ``console.domain.STATUS_LABELS`` maps them.
 StatusCode = Literal[118, 125, 113, 115]
 StatusLabel = Literal["Captured", "Refunded", "Refused", "Cancelled"]
 

@@ -13,7 +13,7 @@ only forward, and only by the conditional writes of the moves in ``RULES``:
        └─disconnect / unreachable / dispatch error ─▶ failed ──late result──▶ …
 
 The terminal's first result for a request is its truth: every move that records a result is
-refused once one is recorded, whatever the state (CONTRACT §2, "a repeated result changes nothing").
+refused once one is recorded, whatever the state (docs/terminal-protocol.md, "a repeated result changes nothing").
 A cancel is a request to the terminal, not a fact: ``cancelling`` ends only with the terminal's result.
 """
 

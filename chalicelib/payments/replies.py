@@ -1,4 +1,4 @@
-"""What the payment API answers: the PaymentResponse (CONTRACT §1) built from a correlation record,
+"""What the payment API answers: the PaymentResponse (docs/payment-api.md) built from a correlation record,
 and the contract's 502/504 errors for the ways a dispatch can end without the terminal's result."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""Request, response and message shapes of CONTRACT §1 and §2: the single source of truth for
-validation, for what the API answers, and for the OpenAPI document.
+"""Request, response and message shapes (docs/payment-api.md, docs/terminal-protocol.md): the single
+source of truth for validation, for what the API answers, and for the OpenAPI document.
 
 A request body is parsed with :func:`chalicelib.jsonutil.loads` (fractions as ``Decimal``) and then
 validated here; the first error becomes a ``400`` whose ``details.path`` is the field's dotted path.
@@ -71,7 +71,7 @@ UNIT_PRICE_STEP = Decimal("0.0001")
 
 
 class _Model(BaseModel):
-    # Unknown fields are ignored (CONTRACT §1): ECRs send HiPay's full payloads.
+    # Unknown fields are ignored (docs/payment-api.md): ECRs send HiPay's full payloads.
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
@@ -286,7 +286,7 @@ def parse_order_request(
     return request
 
 
-# --- Terminal message bodies (CONTRACT §2): what the cloud sends, and what it accepts back -------
+# --- Terminal message bodies (docs/terminal-protocol.md): what the cloud sends, and what it accepts back -------
 
 
 class PaymentRequestBody(_Model):
@@ -339,7 +339,7 @@ def terminal_body(model: type[TerminalBody], body: dict[str, Any]) -> TerminalBo
         raise EventRefused("bad_body", f"{model.__name__} {where}: {first['msg']}") from None
 
 
-# --- What the payment API answers (CONTRACT §1) ----------------------------------------------------
+# --- What the payment API answers (docs/payment-api.md) ----------------------------------------------------
 
 
 class TransactionInfo(WireModel):

@@ -449,7 +449,7 @@ def cancel_payment(
 
     ``Success`` only when the terminal reports the payment aborted; ``not_cancellable`` with the real
     outcome when it had completed; ``504 terminal.cancel_timeout`` when it stays silent, the order
-    then being ``cancelling`` until the terminal's result lands (CONTRACT §1 "Cancel").
+    then being ``cancelling`` until the terminal's result lands (docs/payment-api.md "Cancel").
     """
     order_id = request.order.order_id
     now = deps.clock.now_ms()

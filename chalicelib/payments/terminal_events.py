@@ -1,4 +1,4 @@
-"""What terminals say: ``ack`` and ``result`` on ``…/events``, presence on ``…/status`` (CONTRACT §2).
+"""What terminals say: ``ack`` and ``result`` on ``…/events``, presence on ``…/status`` (docs/terminal-protocol.md).
 
 Every message is verified before it moves anything; each refusal is logged with its reason and
 counted (``EventsRefused``), so nothing is dropped silently. State moves by conditional writes only,

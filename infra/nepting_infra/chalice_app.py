@@ -202,7 +202,7 @@ class ChaliceApp(Construct):
                 )
 
 
-# response type -> (status, code, message), as CONTRACT §1's Error body.
+# response type -> (status, code, message), as docs/payment-api.md's Error body.
 GATEWAY_RESPONSES = {
     "MISSING_AUTHENTICATION_TOKEN": (404, "route.not_found", "No such route"),
     "RESOURCE_NOT_FOUND": (404, "route.not_found", "No such route"),

@@ -23,7 +23,7 @@ from constructs import Construct
 from .settings import METRICS_NAMESPACE, DeploymentSettings
 
 ORDER_ROUTE = "/v1/connector/order"
-# Retry-After of API Gateway's and WAF's 429s (CONTRACT §1: request.throttled).
+# Retry-After of API Gateway's and WAF's 429s (docs/payment-api.md: request.throttled).
 RETRY_AFTER_S = 5
 # One JSON object per request; every value a string (API Gateway writes "-" for a missing one).
 ACCESS_LOG_FIELDS = {

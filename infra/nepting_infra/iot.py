@@ -1,7 +1,7 @@
 """IoT Core: the terminals' thing type and policy, and the rules that route their messages.
 
 A terminal authenticates with its X.509 certificate, attached to its thing (named after its
-terminal id, CONTRACT §2). The one policy below serves every terminal: the policy variable
+terminal id, docs/terminal-protocol.md). The one policy below serves every terminal: the policy variable
 ``${iot:Connection.Thing.ThingName}`` pins each connection to its own client id and topics, so
 a stolen certificate can neither impersonate another terminal nor read its payment requests.
 """
@@ -86,7 +86,7 @@ def thing_type_name(settings: DeploymentSettings) -> str:
 class StageClaim(Construct):
     """One stage per account and region, enforced at deployment.
 
-    The terminal protocol fixes the topics (``nepting/v1/terminals/{id}/…``, CONTRACT §2) and IoT
+    The terminal protocol fixes the topics (``nepting/v1/terminals/{id}/…``, docs/terminal-protocol.md) and IoT
     topics are shared by the whole account and region, so two stages there would each receive
     every terminal's events and presence: each would count the other's as refused, and a load
     test on one would draw on the other's reserved concurrency. Every resource name carries the

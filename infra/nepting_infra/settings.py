@@ -33,7 +33,7 @@ METRICS_NAMESPACE = "NeptingCloudApi"
 INFRA_DIR = Path(__file__).resolve().parent.parent
 REPO_ROOT = INFRA_DIR.parent
 
-# The terminal must acknowledge within 10 s (CONTRACT §1 "Timing").
+# The terminal must acknowledge within 10 s (docs/payment-api.md "Timing").
 ACK_TIMEOUT_MS = 10_000
 DEFAULT_PAYMENT_DEADLINE_MS = 120_000
 # A regional REST API's integration timeout without a quota increase.

@@ -225,7 +225,7 @@ def test_another_merchants_terminal_is_unknown_and_bad_credentials_are_401(stack
 
 
 class OutsideTerminal:
-    """A terminal app written against CONTRACT §2 alone, connected from outside the stack."""
+    """A terminal app written against docs/terminal-protocol.md alone, connected from outside the stack."""
 
     def __init__(self, port: int, terminal_id: str, passphrase: str) -> None:
         self.terminal_id, self.passphrase = terminal_id, passphrase

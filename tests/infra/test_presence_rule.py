@@ -1,4 +1,4 @@
-"""Presence comes from IoT Core's lifecycle events (CONTRACT §2 "Presence"): a topic rule on
+"""Presence comes from IoT Core's lifecycle events (docs/terminal-protocol.md "Presence"): a topic rule on
 ``$aws/events/presence/+/+`` hands each event, as IoT publishes it, to the status handler."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """What the synthesized template deploys: data, messaging, IoT, exports, alarms and timings.
 
-Expectations are written out from the design (CONTRACT.md, ARCHITECTURE.md and the infra
+Expectations are written out from the design (docs/, docs/architecture.md and the infra
 brief), not read from infra/, so a wrong row in infra's access matrix fails here.
 """
 

@@ -1,5 +1,5 @@
 """The payment API through Chalice's test client, over moto tables, with a terminal played from a
-background thread through the ``terminal_events`` handler: every answer of CONTRACT §1."""
+background thread through the ``terminal_events`` handler: every answer of docs/payment-api.md."""
 
 from __future__ import annotations
 

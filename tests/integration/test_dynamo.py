@@ -1,5 +1,5 @@
 """What only the DynamoDB adapters do, against moto: items carry their expiry, and the IoT channel
-publishes what the contract says. Every repository's conditional semantics (CONTRACT §1 idempotency,
+publishes what the contract says. Every repository's conditional semantics (docs/payment-api.md idempotency,
 one payment per terminal) are pinned once for every store in ``tests/contract``."""
 
 from __future__ import annotations

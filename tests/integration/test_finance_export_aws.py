@@ -1,4 +1,4 @@
-"""Finance export (CONTRACT §5) on AWS: the CLI reading the transactions table, the scheduled export
+"""Finance export (docs/export.md) on AWS: the CLI reading the transactions table, the scheduled export
 to S3 read back from the bucket or a downloaded folder, and an empty table."""
 
 from __future__ import annotations

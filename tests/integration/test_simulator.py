@@ -1,4 +1,4 @@
-"""The terminal simulator against a scripted cloud speaking CONTRACT §2 through a real broker."""
+"""The terminal simulator against a scripted cloud speaking docs/terminal-protocol.md through a real broker."""
 
 from __future__ import annotations
 

@@ -133,7 +133,7 @@ def order_body(order_id: str) -> dict[str, Any]:
     }
 
 
-# -- terminal messages (CONTRACT §2) through the IoT topic rule ----------------------------------
+# -- terminal messages (docs/terminal-protocol.md) through the IoT topic rule ----------------------------------
 
 
 def envelope(kind: str, request_id: str, body: dict[str, Any]) -> bytes:

@@ -1,4 +1,4 @@
-"""HTTP Basic authentication (CONTRACT §1): parsing, slow salted hashes, the verified cache."""
+"""HTTP Basic authentication (docs/payment-api.md): parsing, slow salted hashes, the verified cache."""
 
 from __future__ import annotations
 

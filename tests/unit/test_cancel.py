@@ -1,4 +1,4 @@
-"""Cancel is a handshake with the terminal (CONTRACT §1 "Cancel"): the ECR is told ``Success`` only
+"""Cancel is a handshake with the terminal (docs/payment-api.md "Cancel"): the ECR is told ``Success`` only
 when the terminal reports the payment aborted, never on the cancel request's own word."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The signed envelope of CONTRACT §2, the JSON writer of the API and the card-data rules.
+"""The signed envelope of docs/terminal-protocol.md, the JSON writer of the API and the card-data rules.
 
 Signature vectors are computed here with hmac/hashlib from literal canonical strings, so the
 signer is checked against the contract's text, not against itself.

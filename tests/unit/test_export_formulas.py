@@ -1,4 +1,4 @@
-"""Finance export (CONTRACT §5): a text cell a spreadsheet would run as a formula is defused in the
+"""Finance export (docs/export.md): a text cell a spreadsheet would run as a formula is defused in the
 CSV files, every column and the daily summary alike; Parquet keeps the exact values."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Finance export (CONTRACT §5) on fakes: CSV and Parquet with the contract's columns, and a daily
+"""Finance export (docs/export.md) on fakes: CSV and Parquet with the contract's columns, and a daily
 summary. Reading the DynamoDB table, the scheduled export and S3 are pinned in tests/integration."""
 
 from __future__ import annotations

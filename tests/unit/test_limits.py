@@ -1,4 +1,4 @@
-"""Limits on expensive work (CONTRACT §1): 429 request.throttled with Retry-After, against the
+"""Limits on expensive work (docs/payment-api.md): 429 request.throttled with Retry-After, against the
 in-memory limit store."""
 
 from __future__ import annotations

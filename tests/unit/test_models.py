@@ -1,4 +1,4 @@
-"""POST /v1/connector/order bodies against CONTRACT §1, field by field: each refusal is a 400 whose
+"""POST /v1/connector/order bodies against docs/payment-api.md, field by field: each refusal is a 400 whose
 ``code`` says what is wrong and whose ``details.path`` names the first bad field."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Merchant notifications (CONTRACT §4) on fakes: the signed form, retries with growing delays, parking.
+"""Merchant notifications (docs/merchant-notifications.md) on fakes: the signed form, retries with
+growing delays, parking.
 
 The real HTTP poster, SQS's delays and the dead-letter replay are pinned in tests/integration."""
 

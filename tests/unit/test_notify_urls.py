@@ -1,4 +1,4 @@
-"""Merchant notifications go to public https addresses only (CONTRACT §4): refused when given, and
+"""Merchant notifications go to public https addresses only (docs/merchant-notifications.md): refused when given, and
 checked again when sending, with the connection pinned to the address that was checked."""
 
 from __future__ import annotations

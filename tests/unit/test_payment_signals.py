@@ -1,6 +1,6 @@
 """What the payment service tells ECRs and operators, pinned to the letter: the order resource's
 fields, the deadlines at their exact boundaries, the error codes of a lost race, and the metrics and
-log lines dashboards and alarms are built on (CONTRACT §1)."""
+log lines dashboards and alarms are built on (docs/payment-api.md)."""
 
 from __future__ import annotations
 

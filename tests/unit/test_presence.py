@@ -1,4 +1,4 @@
-"""Presence cannot be forged or replayed (CONTRACT §2 "Presence"): the broker's lifecycle events are
+"""Presence cannot be forged or replayed (docs/terminal-protocol.md "Presence"): the broker's lifecycle events are
 the authority, ordered by their timestamps and sessions; a terminal's signed ``status`` counts only
 when it is newer than every presence fact recorded."""
 

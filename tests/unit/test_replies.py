@@ -1,4 +1,4 @@
-"""What the payment API answers (CONTRACT §1), built from the correlation record alone: the
+"""What the payment API answers (docs/payment-api.md), built from the correlation record alone: the
 PaymentResponse's fields for each outcome, the 202 of an asynchronous order, and the 502/504 errors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Terminal message bodies (CONTRACT §2) against their models: what a terminal may send, field by
+"""Terminal message bodies (docs/terminal-protocol.md) against their models: what a terminal may send, field by
 field, and that anything else is refused as ``bad_body``."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What terminals say, against the fakes: every refusal is counted and moves nothing; accepted
-events move a dispatch only forward (CONTRACT §2)."""
+events move a dispatch only forward (docs/terminal-protocol.md)."""
 
 from __future__ import annotations
 
