@@ -12,8 +12,11 @@ from chalicelib import jsonutil
 from chalicelib.adapters.aws import client, to_item
 from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
 from chalicelib.bootstrap import Components, build, install
+from chalicelib.bootstrap import components as ledger
 from chalicelib.config import Settings
+from chalicelib.console.ingest import merge
 from chalicelib.console.ipn import ipn_signature
+from chalicelib.console.schemas import IpnBody
 from chalicelib.merchants.auth import hash_password
 from chalicelib.merchants.ports import MerchantRepository
 
@@ -185,3 +188,37 @@ def install_ledger(settings: Settings, **overrides: Any) -> Components:
     components = dataclasses.replace(build(settings), **overrides)
     install(components)
     return components
+
+
+# The finance export's columns, in order (docs/export.md).
+EXPORT_COLUMNS = [
+    "transaction_reference",
+    "merchant_id",
+    "order_id",
+    "terminal_id",
+    "operation",
+    "status_code",
+    "status",
+    "amount_minor",
+    "currency",
+    "authorization_code",
+    "card_brand",
+    "masked_pan",
+    "created_at",
+    "updated_at",
+    "flags",
+    "custom_data",
+]
+TRICKY = {"note": 'comma, "quote"\nand a new line', "ville": "Besançon €"}
+
+
+def add_export_row(
+    ref: str, merchant: str, terminal: str, status: str, amount: int, day: str, operation: str = "Debit"
+) -> None:
+    facts = ipn_body(
+        transaction_reference=ref, merchant_id=merchant, order_id=f"O-{ref}", terminal_id=terminal,
+        operation=operation, status=status, amount=amount, authorization_code="A1",
+        card={"brand": "VISA", "masked_pan": "497010******0001", "entry_mode": "chip"},
+        processed_at=f"2026-11-{day}T10:00:00.000Z",
+    )  # fmt: skip
+    merge(ledger().ingest_deps(), ref, ipn=IpnBody.model_validate(facts))

@@ -19,39 +19,10 @@ from chalicelib.adapters.aws import client
 from chalicelib.bootstrap import components as ledger
 from chalicelib.config import Settings
 from chalicelib.console.domain import details_from_head
-from chalicelib.console.ingest import merge, record_order_details
-from chalicelib.console.schemas import IpnBody
-from tests.console_helpers import head_image, ipn_body, order_request
-
-COLUMNS = [
-    "transaction_reference",
-    "merchant_id",
-    "order_id",
-    "terminal_id",
-    "operation",
-    "status_code",
-    "status",
-    "amount_minor",
-    "currency",
-    "authorization_code",
-    "card_brand",
-    "masked_pan",
-    "created_at",
-    "updated_at",
-    "flags",
-    "custom_data",
-]
-TRICKY = {"note": 'comma, "quote"\nand a new line', "ville": "Besançon €"}
-
-
-def add(ref: str, merchant: str, terminal: str, status: str, amount: int, day: str, operation: str = "Debit") -> None:
-    facts = ipn_body(
-        transaction_reference=ref, merchant_id=merchant, order_id=f"O-{ref}", terminal_id=terminal,
-        operation=operation, status=status, amount=amount, authorization_code="A1",
-        card={"brand": "VISA", "masked_pan": "497010******0001", "entry_mode": "chip"},
-        processed_at=f"2026-11-{day}T10:00:00.000Z",
-    )  # fmt: skip
-    merge(ledger().ingest_deps(), ref, ipn=IpnBody.model_validate(facts))
+from chalicelib.console.ingest import record_order_details
+from tests.console_helpers import EXPORT_COLUMNS as COLUMNS
+from tests.console_helpers import TRICKY, head_image, order_request
+from tests.console_helpers import add_export_row as add
 
 
 @pytest.fixture

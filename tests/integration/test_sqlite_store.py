@@ -4,8 +4,7 @@ and the queue and stream tables that stand in for SQS and DynamoDB Streams."""
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -20,12 +19,10 @@ from chalicelib.exceptions import ConditionFailed
 from chalicelib.merchants import enrollment
 from chalicelib.merchants.auth import Authenticator
 from chalicelib.payments import domain
-from chalicelib.payments.domain import Dispatch, DispatchState, OrderHead, Terminal, Transition
+from chalicelib.payments.domain import Dispatch, DispatchState, Terminal, Transition
 from tests.conftest import PASSPHRASE, TERMINAL_ID
+from tests.contract.builders import NOW, head_and_dispatch, race
 from tests.fakes import FakeClock
-
-NOW = 1_795_000_000_000
-PENDING = frozenset({DispatchState.PENDING})
 
 
 @pytest.fixture
@@ -47,61 +44,10 @@ def store(sqlite_store: SqliteStore) -> SqliteStore:
     return sqlite_store
 
 
-def head_and_dispatch(
-    request_id: str = "r-1", attempt: int = 1, order_id: str = "O-1", terminal_id: str = TERMINAL_ID
-) -> tuple[OrderHead, Dispatch]:
-    head = OrderHead(
-        merchant_id="M1",
-        order_id=order_id,
-        attempt=attempt,
-        request_id=request_id,
-        terminal_id=terminal_id,
-        payload_hash="h" * 64,
-        request_json='{"order":{"order_id":"O-1","price":{"amount":899}}}',
-        created_at_ms=NOW,
-        updated_at_ms=NOW + attempt,
-    )
-    dispatch = Dispatch(
-        request_id=request_id,
-        merchant_id="M1",
-        order_id=order_id,
-        attempt=attempt,
-        terminal_id=terminal_id,
-        transaction_type="Debit",
-        amount=899,
-        currency="EUR",
-        state=DispatchState.PENDING,
-        created_at_ms=NOW,
-        ack_deadline_ms=NOW + 10_000,
-        deadline_ms=NOW + 120_000,
-    )
-    return head, dispatch
-
-
 def started(store: SqliteStore, request_id: str = "r-1", **kwargs: Any) -> Dispatch:
     head, dispatch = head_and_dispatch(request_id, **kwargs)
     store.payments.start_attempt(head, dispatch, None)
     return dispatch
-
-
-def race(*actions: Callable[[], Any]) -> list[Any]:
-    """Run the actions at the same moment on threads; each one's return value or exception."""
-    barrier = threading.Barrier(len(actions))
-    outcomes: list[Any] = [None] * len(actions)
-
-    def run(index: int, action: Callable[[], Any]) -> None:
-        barrier.wait()
-        try:
-            outcomes[index] = action()
-        except Exception as exc:
-            outcomes[index] = exc
-
-    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(actions)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return outcomes
 
 
 # -- terminals ----------------------------------------------------------------------------------------
