@@ -239,7 +239,13 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
         seed_path = Path(tmp) / "seed.json"
         write_seed(seed_path, terminals)
         log(f"starting the local stack with {sum(len(g) for g in terminals.values())} simulated terminals…")
-        environment = {"PAYMENT_DEADLINE_MS": "120000", "ACK_TIMEOUT_MS": "10000"}
+        # The bench's terminals all belong to one merchant: its limit on waiting payments (100 by
+        # default) would answer 429 from the 150-in-flight step on and measure the limiter, not the stack.
+        environment = {
+            "PAYMENT_DEADLINE_MS": "120000",
+            "ACK_TIMEOUT_MS": "10000",
+            "MAX_WAITING_PAYMENTS_PER_MERCHANT": "1000",
+        }
         stack = start_stack(
             StackConfig(api_port=0, mqtt_port=0, seed_path=seed_path, environment=environment, store=config.store)
         )

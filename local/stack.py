@@ -370,6 +370,10 @@ def _start_handlers(stack: RunningStack) -> None:
     events = observing_results(stack, chalice_app.terminal_events_handler, components.payments)
     bridge = TopicRuleBridge(HOST, stack.mqtt_port, events, chalice_app.terminal_status_handler)
     stack._parts.append(bridge.stop)
+    # Stopping the broker ends every session, and it reports each end as a presence event: the bridge
+    # must still be there to record them (terminals are offline after a shutdown, not left online).
+    assert stack.broker is not None
+    stack._parts.append(stack.broker.stop)
     bridge.wait_ready()
     stack.bridge = bridge
     stack.presence.attach(bridge.presence)
