@@ -1,11 +1,14 @@
 """The load: an ECR's keep-alive HTTP client, the bare floors, sequential and concurrent payments.
 
-All traffic goes to 127.0.0.1, bounded in count and time.
+These run in the ECRs' own process (``bench/ecr.py``), never in the stack's: a load thread in the
+stack's process would take its share of the stack's GIL and count in its CPU. All traffic goes to
+127.0.0.1, bounded in count and time.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import socket
@@ -21,21 +24,6 @@ import paho.mqtt.client as mqtt
 HTTP_TIMEOUT_S = 180.0
 
 
-class CpuTally:
-    """CPU time spent by the ECR threads (the load, not the stack): each adds its own ``thread_time``."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.seconds = 0.0
-
-    def add(self, seconds: float) -> None:
-        with self._lock:
-            self.seconds += seconds
-
-
-ECR_CPU = CpuTally()
-
-
 class EcrClient:
     """One keep-alive HTTP/1.1 connection with Nagle off, as a well-behaved ECR would hold."""
 
@@ -45,6 +33,10 @@ class EcrClient:
         self.headers = {"Authorization": f"Basic {token}", "Content-Type": "application/json"}
         self._conn: http.client.HTTPConnection | None = None
         self.connects = 0
+
+    def connect(self) -> None:
+        """Open the connection now (an ECR keeps one open), rather than with the first request."""
+        self._connection()
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -169,6 +161,35 @@ class Sample:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Payment:
+    """One payment as the ECR process records it: ``started`` and ``received`` are ``perf_counter``
+    readings (seconds), joined with the terminal's publish time by the bench's process."""
+
+    scenario: str
+    order_id: str
+    terminal: str
+    customer_ms: int
+    status: int
+    outcome: str
+    started: float
+    received: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def sample(self, published: float | None) -> Sample:
+        return Sample(
+            scenario=self.scenario,
+            order_id=self.order_id,
+            terminal=self.terminal,
+            customer_ms=self.customer_ms,
+            latency_ms=(self.received - self.started) * 1000,
+            added_ms=(self.received - published) * 1000 if published is not None else None,
+            outcome=self.outcome,
+        )
+
+
 def order_body(order_id: str, terminal: Terminal, amount: int = 1250) -> dict[str, Any]:
     return {
         "order": {"order_id": order_id, "price": {"amount": amount, "currency": "EUR"}},
@@ -192,36 +213,46 @@ def outcome_of(status: int, body: bytes) -> str:
     return f"http_{status}:{(parsed.get('error') or {}).get('code')}"
 
 
-def pay(client: EcrClient, scenario: str, terminal: Terminal, result_clock: Any) -> Sample:
+def pay(client: EcrClient, scenario: str, terminal: Terminal) -> Payment:
     order_id = f"{scenario[:12]}-{uuid.uuid4().hex[:20]}"
     started = time.perf_counter()
+    status = 0
     try:
         status, body, received = client.request("POST", "/v1/connector/order", order_body(order_id, terminal))
         outcome = outcome_of(status, body)
     except (OSError, http.client.HTTPException) as exc:
         received, outcome = time.perf_counter(), f"exception:{type(exc).__name__}"
-    published = result_clock.published_at(order_id)
-    return Sample(
+    return Payment(
         scenario=scenario,
         order_id=order_id,
         terminal=f"{terminal.manufacturer}-{terminal.serial}",
         customer_ms=terminal.customer_ms,
-        latency_ms=(received - started) * 1000,
-        added_ms=(received - published) * 1000 if published is not None else None,
+        status=status,
         outcome=outcome,
+        started=started,
+        received=received,
     )
 
 
 def sequential(
-    host: str, port: int, credentials: tuple[str, str], scenario: str, terminal: Terminal, count: int, clock: Any
-) -> list[Sample]:
+    host: str,
+    port: int,
+    credentials: tuple[str, str],
+    scenario: str,
+    terminal: Terminal,
+    count: int,
+    ready: Callable[[], None] = lambda: None,
+) -> tuple[list[Payment], float]:
+    """``count`` payments in a row on one connection, after a warm-up payment made before ``ready()``
+    returns. Returns the payments and the wall time (s) from the first to the last answer."""
     client = EcrClient(host, port, *credentials)
-    pay(client, f"{scenario}-warmup", terminal, clock)
-    cpu_started = time.thread_time()
-    samples = [pay(client, scenario, terminal, clock) for _ in range(count)]
-    ECR_CPU.add(time.thread_time() - cpu_started)
+    pay(client, f"{scenario}-warmup", terminal)
+    ready()
+    started = time.perf_counter()
+    payments = [pay(client, scenario, terminal) for _ in range(count)]
+    wall_s = time.perf_counter() - started
     client.close()
-    return samples
+    return payments, wall_s
 
 
 def concurrent(
@@ -231,31 +262,45 @@ def concurrent(
     scenario: str,
     terminals: list[Terminal],
     per_terminal: int,
-    clock: Any,
-) -> tuple[list[Sample], float]:
-    """One ECR thread per terminal, all starting together, each paying ``per_terminal`` times in a row.
+    offsets_s: list[float] | None = None,
+    ready: Callable[[], None] = lambda: None,
+) -> tuple[list[Payment], float]:
+    """One ECR thread per terminal, each with its connection open before ``ready()`` returns, then
+    paying ``per_terminal`` times in a row. ``offsets_s``: each ECR's delay before its first payment
+    (``steady`` arrivals); None: all start together (``burst``).
 
-    Returns the samples and the wall time (s) from the start to the last answer.
+    Returns the payments and the wall time (s) from the start to the last answer.
     """
-    samples: list[Sample] = []
+    payments: list[Payment] = []
     lock = threading.Lock()
-    barrier = threading.Barrier(len(terminals) + 1)
+    connected = threading.Barrier(len(terminals) + 1)
+    go = threading.Event()
+    delays = offsets_s if offsets_s is not None else [0.0] * len(terminals)
 
-    def ecr(terminal: Terminal) -> None:
-        cpu_started = time.thread_time()
+    def ecr(terminal: Terminal, delay_s: float) -> None:
         client = EcrClient(host, port, *credentials)
-        barrier.wait()
-        mine = [pay(client, scenario, terminal, clock) for _ in range(per_terminal)]
+        # On a failed connect the first payment connects again, and records a second failure as its outcome.
+        with contextlib.suppress(OSError):
+            client.connect()
+        connected.wait()
+        go.wait()
+        if delay_s > 0:
+            time.sleep(delay_s)
+        mine = [pay(client, scenario, terminal) for _ in range(per_terminal)]
         client.close()
-        ECR_CPU.add(time.thread_time() - cpu_started)
         with lock:
-            samples.extend(mine)
+            payments.extend(mine)
 
-    threads = [threading.Thread(target=ecr, args=(t,), name=f"ecr-{t.serial}", daemon=True) for t in terminals]
+    threads = [
+        threading.Thread(target=ecr, args=(t, d), name=f"ecr-{t.serial}", daemon=True)
+        for t, d in zip(terminals, delays, strict=True)
+    ]
     for thread in threads:
         thread.start()
-    barrier.wait()
+    connected.wait(HTTP_TIMEOUT_S)
+    ready()
     started = time.perf_counter()
+    go.set()
     for thread in threads:
-        thread.join(HTTP_TIMEOUT_S * per_terminal)
-    return samples, time.perf_counter() - started
+        thread.join(HTTP_TIMEOUT_S * per_terminal + max(delays, default=0.0))
+    return payments, time.perf_counter() - started

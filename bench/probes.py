@@ -1,15 +1,18 @@
 """Counting instead of guessing: every AWS call, MQTT publish, handler invocation and poll wait made in
-the bench process, attributed to the component that made it.
+the stack's process, attributed to the component that made it.
 
-The local stack runs everything in this process (in-process moto, broker, API threads, topic-rule
-bridge, simulators), so wrapping a few functions sees it all:
+The local stack runs in the bench's process (in-process store, broker, API threads, topic-rule
+bridge, pollers), so wrapping a few functions sees it all:
 
 - ``botocore.client.BaseClient._make_api_call``: AWS calls by component, service, operation and
   table, with DynamoDB read/write request units computed from item sizes (bench/cost.py);
 - ``paho.mqtt.client.Client.publish``: MQTT messages by topic kind (requests, events, status);
 - the terminal-event handlers and the payment route: invocations and durations;
-- the waker: how long the API spends sleeping between polls;
-- the simulator's result publish: when each order's result left the terminal (``ResultClock``).
+- the waker: how long the API spends sleeping between polls.
+
+The simulated terminals run in processes of their own (bench/terminals.py), which install
+``ResultClock`` (when each order's result left its terminal) and the publish counter
+(``Probes.install_mqtt``) there and hand their readings to the bench.
 
 Attribution: a thread-local set by the wrappers (the HTTP path for API threads, the handler for
 topic-rule threads), else the thread's name (pollers are named ``stream:…``/``sqs:…``).
@@ -171,6 +174,11 @@ class Probes:
         self._wrap_handlers()
         return self
 
+    def install_mqtt(self) -> Probes:
+        """Only the MQTT publish counter: for a process that runs paho clients and nothing of the stack."""
+        self._wrap_paho()
+        return self
+
     def uninstall(self) -> None:
         for undo in reversed(self._undo):
             undo()
@@ -329,6 +337,12 @@ class ResultClock:
     def published_at(self, order_id: str) -> float | None:
         with self._lock:
             return self.published.get(order_id)
+
+    def drain(self) -> dict[str, float]:
+        """Every stamp taken since the last drain, forgotten here."""
+        with self._lock:
+            published, self.published = self.published, {}
+        return published
 
 
 # -- DynamoDB request units from item sizes -------------------------------------------------------

@@ -1,6 +1,9 @@
 """``make bench``: start the local stack on free ports and measure, in one run, the physical floor,
 end-to-end and added latency (AWS mode and local mode), concurrency, and the cost drivers per payment.
 
+The stack runs in this process; its load does not: the simulated terminals run in processes of their
+own (bench/terminals.py), and so do the ECRs (bench/ecr.py), so the figures are the stack's.
+
     python -m bench.run            # the full run, a few minutes on 2 cores
     python -m bench.run --quick    # a smoke run with tiny sample counts
 
@@ -19,7 +22,6 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,9 +30,11 @@ from typing import Any
 # Before anything imports chalicelib.observability: no EMF lines on stdout in the bench.
 os.environ.setdefault("METRICS_EMF", "false")
 
-from bench import load
-from bench.probes import Probes, ResultClock, ThreadCpu, TimingWaker
+from bench import ecr, load
+from bench.cpu import HARNESS, STACK, ProcessCpu, raise_open_files_limit
+from bench.probes import Probes, ThreadCpu, TimingWaker
 from bench.report import summarize_scenario, write_outputs
+from bench.terminals import PER_PROCESS, TerminalProcesses
 from chalicelib.config import Settings
 
 RESULTS = Path(__file__).with_name("results")
@@ -50,10 +54,14 @@ class BenchConfig:
     long_terminals: int = 4
     long_customer_ms: int = 30_000
     # Stepped until one breaks (see max_error_rate, max_overhead_p99_ms): the report says which and why.
-    # The simulated terminals are paho clients in this process, whose select() loops cannot watch a
-    # socket numbered past 1024: about 250 terminals (4 descriptors each) is the harness's own limit.
-    steps: tuple[int, ...] = (10, 50, 100, 150, 200, 230)
+    # Steps are run with steady arrivals: each ECR starts after a random offset in [0, mean customer
+    # time), so the N payments are in flight together without all arriving in the same millisecond.
+    steps: tuple[int, ...] = (10, 50, 100, 150, 200, 300, 400, 600, 800)
+    # Also run as a burst (every ECR starts at once), right after the steady run of the same step.
+    burst_steps: tuple[int, ...] = (200,)
     step_payments: int = 3
+    # Simulated terminals per process (paho's select() cannot watch a descriptor past 1023).
+    terminals_per_process: int = PER_PROCESS
     customer_min_ms: int = 2_000
     customer_max_ms: int = 5_000
     random_seed: int = 20261128
@@ -80,6 +88,7 @@ class BenchConfig:
             long_terminals=1,
             long_customer_ms=3_000,
             steps=(5, 10),
+            burst_steps=(10,),
             step_payments=1,
             customer_min_ms=500,
             customer_max_ms=1_500,
@@ -90,15 +99,17 @@ def terminals_for(config: BenchConfig) -> dict[str, list[load.Terminal]]:
     rng = random.Random(config.random_seed)
     crowd = [
         load.Terminal(MANUFACTURER, f"C{index:04d}", rng.randint(config.customer_min_ms, config.customer_max_ms))
-        for index in range(max((*config.steps, config.cap_terminals)))
+        for index in range(max((*config.steps, *config.burst_steps, config.cap_terminals)))
     ]
+    # In this order in the seed: the terminals processes start in order, the first one holding the
+    # instant and long terminals and the start of the crowd.
     return {
         "instant": [load.Terminal(MANUFACTURER, "INSTANT", 0)],
-        "crowd": crowd,
         "long": [
             load.Terminal(MANUFACTURER, f"L{index:02d}", config.long_customer_ms)
             for index in range(config.long_terminals)
         ],
+        "crowd": crowd,
     }
 
 
@@ -133,13 +144,27 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def terminal_id(terminal: load.Terminal) -> str:
+    return f"{terminal.manufacturer}-{terminal.serial}"
+
+
+def steady_offsets(config: BenchConfig, terminals: list[load.Terminal]) -> list[float]:
+    """Each ECR's start, uniform in [0, the mean customer time of these terminals), with the fixed seed."""
+    mean_s = sum(t.customer_ms for t in terminals) / len(terminals) / 1000 if terminals else 0.0
+    rng = random.Random(config.random_seed + len(terminals))
+    return [rng.random() * mean_s for _ in terminals]
+
+
 class Bench:
-    def __init__(self, config: BenchConfig, stack: Any, probes: Probes, clock: ResultClock, threads: ThreadCpu) -> None:
+    def __init__(
+        self, config: BenchConfig, stack: Any, probes: Probes, threads: ThreadCpu, fleet: TerminalProcesses
+    ) -> None:
         self.threads = threads
         self.config = config
         self.stack = stack
         self.probes = probes
-        self.clock = clock
+        self.fleet = fleet
+        self.cpu = ProcessCpu()
         host, port = stack.api_url.removeprefix("http://").split(":")
         self.host, self.port = host, int(port)
         self.settings = stack.settings
@@ -171,51 +196,129 @@ class Bench:
         if mode == "local" and self.config.local_poll_max_ms is not None:
             parts.settings = replace(self.settings, poll_max_ms=self.config.local_poll_max_ms)
 
+    def ensure_terminals(self, terminals: list[load.Terminal], timeout_s: float = 60.0) -> None:
+        """Start the processes of these terminals if need be, and wait until the stack has them online
+        (it dispatches only to a terminal it has seen come online)."""
+        started = self.fleet.ensure(terminal_id(t) for t in terminals)
+        if not started:
+            return
+        from chalicelib.bootstrap import components
+
+        log(f"  started {len(started)} simulated terminals ({self.fleet.count} processes)")
+        repository = components().terminals
+        deadline = time.monotonic() + timeout_s
+        pending = set(started)
+        while pending:
+            pending = {tid for tid in pending if not getattr(repository.get(tid), "online", False)}
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"{len(pending)} simulated terminals not online in the stack, e.g. {min(pending)}")
+            time.sleep(0.1)
+
+    def floor(self, kind: str, samples: int) -> list[float]:
+        job = {"kind": kind, "host": self.host, "port": self.port, "mqtt_port": self.stack.mqtt_port}
+        answer = ecr.run({**job, "samples": samples}, timeout_s=120 + samples)
+        return [round(v, 3) for v in answer["values"]]
+
     def scenario(
-        self, name: str, mode: str, run: Callable[[], tuple[list[load.Sample], float]], **extra: Any
+        self,
+        name: str,
+        mode: str,
+        terminals: list[load.Terminal],
+        job: dict[str, Any],
+        timeout_s: float,
+        **extra: Any,
     ) -> dict[str, Any]:
+        self.ensure_terminals(terminals)
         self.set_mode(mode)
         time.sleep(0.3)  # let the previous scenario's stragglers (IPNs, stream records) drain
         self.probes.reset()
+        self.fleet.drain()  # forget the previous scenario's publish times and counts
         log(f"{name} ({mode} mode)…")
-        cpu_started = time.process_time()
-        ecr_started = load.ECR_CPU.seconds
-        threads_before = self.threads.snapshot()
-        samples, wall_s = run()
+        marks: dict[str, Any] = {}
+
+        def before_go(ecr_pid: int) -> None:
+            marks["load"] = {ecr_pid: "ECRs", **dict.fromkeys(self.fleet.pids, "simulated terminals")}
+            marks["threads"] = self.threads.snapshot()
+            marks["cpu"] = self.cpu.snapshot(marks["load"])
+            marks["main"] = time.thread_time()
+
+        credentials = {"login": LOGIN, "password": PASSWORD}
+        job = {**job, **credentials, "host": self.host, "port": self.port, "scenario": name}
+        answer = ecr.run(job, timeout_s, before_go)
         time.sleep(0.3)
-        cpu_s = time.process_time() - cpu_started
-        cpu_by_thread = ThreadCpu.per_payment(threads_before, self.threads.snapshot(), len(samples))
-        ecr_cpu_s = load.ECR_CPU.seconds - ecr_started
+        threads_after = self.threads.snapshot()
+        cpu_s = ProcessCpu.spent(marks["cpu"], self.cpu.snapshot(marks["load"]))
+        # This thread is the bench's, not the stack's (it reads the ECRs' answer and /proc): moved apart.
+        harness_s = time.thread_time() - marks["main"]
+        cpu_s[STACK] = max(cpu_s.get(STACK, 0.0) - harness_s, 0.0)
+        cpu_s[HARNESS] = harness_s
+        # The ECR process has ended by now: its own reading of its CPU, from the start of the load.
+        cpu_s["ECRs"] = answer["cpu_s"]
+        from_terminals = self.fleet.drain()
+        payments = [load.Payment(**row) for row in answer["payments"]]
+        samples = [p.sample(from_terminals["published"].get(p.order_id)) for p in payments]
+        snapshot = self.probes.snapshot()
+        for kind, count in from_terminals["mqtt_publishes"].items():
+            snapshot["mqtt_publishes"][kind] = snapshot["mqtt_publishes"].get(kind, 0) + count
+        snapshot["mqtt_max_payload_bytes"] = max(
+            snapshot["mqtt_max_payload_bytes"], from_terminals["mqtt_max_payload_bytes"]
+        )
         result = summarize_scenario(
             name,
             mode,
             samples,
-            wall_s,
-            self.probes.snapshot(),
-            cpu_s=round(cpu_s, 3),
-            ecr_cpu_s=round(ecr_cpu_s, 3),
-            cpu_ms_by_thread=cpu_by_thread,
+            answer["wall_s"],
+            snapshot,
+            cpu_s={part: round(seconds, 3) for part, seconds in cpu_s.items()},
+            cpu_ms_by_thread=ThreadCpu.per_payment(marks["threads"], threads_after, len(samples)),
             **extra,
         )
         latency = result["latency_ms"]
         log(
             f"  {result['payments']} payments, outcomes {result['outcomes']}, "
             f"latency p50 {latency.get('p50')} p99 {latency.get('p99')} ms, "
-            f"overhead p99 {result['overhead_ms'].get('p99')} ms, added p99 {result['added_ms'].get('p99')} ms, "
-            f"CPU {result['cpu_ms_per_payment']} ms/payment ({result['stack_cpu_ms_per_payment']} without the ECR)"
+            f"overhead p50 {result['overhead_ms'].get('p50')} p99 {result['overhead_ms'].get('p99')} ms, "
+            f"added p99 {result['added_ms'].get('p99')} ms, {result['throughput_per_s']} payments/s, "
+            f"CPU ms/payment: stack {result['stack_cpu_ms_per_payment']}, "
+            + ", ".join(f"{part} {ms}" for part, ms in result["cpu_ms_per_payment_by_part"].items())
+            + f" (load average {os.getloadavg()[0]:.2f})"
         )
         crash = self.stack.crash_report()
         if crash:
             raise RuntimeError(f"the stack crashed during {name}: {crash}")
         return result
 
-    def sequential(self, name: str, terminal: load.Terminal, count: int) -> tuple[list[load.Sample], float]:
-        started = time.perf_counter()
-        samples = load.sequential(self.host, self.port, (LOGIN, PASSWORD), name, terminal, count, self.clock)
-        return samples, time.perf_counter() - started
+    def sequential(self, name: str, mode: str, terminal: load.Terminal, count: int) -> dict[str, Any]:
+        job = {"kind": "sequential", "terminal": asdict(terminal), "count": count}
+        return self.scenario(name, mode, [terminal], job, timeout_s=load.HTTP_TIMEOUT_S * (count + 1))
 
-    def concurrent(self, name: str, terminals: list[load.Terminal], per: int) -> tuple[list[load.Sample], float]:
-        return load.concurrent(self.host, self.port, (LOGIN, PASSWORD), name, terminals, per, self.clock)
+    def concurrent(
+        self, name: str, mode: str, terminals: list[load.Terminal], per: int, arrival: str = "burst", **extra: Any
+    ) -> dict[str, Any]:
+        offsets = steady_offsets(self.config, terminals) if arrival == "steady" else None
+        job = {
+            "kind": "concurrent",
+            "terminals": [asdict(t) for t in terminals],
+            "per_terminal": per,
+            "offsets_s": offsets,
+        }
+        timeout_s = load.HTTP_TIMEOUT_S * per + max(offsets or [0.0]) + 120
+        return self.scenario(name, mode, terminals, job, timeout_s, arrival=arrival, **extra)
+
+
+def broken(outcome: dict[str, Any], config: BenchConfig) -> str | None:
+    """Why a step broke (more than the allowed errors, or the overhead p99 over its limit), or None."""
+    errors = outcome["payments"] - outcome["outcomes"].get("ok", 0)
+    p99 = outcome["overhead_ms"].get("p99", 0)
+    reasons = []
+    if errors > config.max_error_rate * outcome["payments"]:
+        reasons.append(
+            f"{errors} of {outcome['payments']} payments failed ({_outcome_kinds(outcome)}), "
+            f"over {config.max_error_rate:.0%}"
+        )
+    if p99 > config.max_overhead_p99_ms:
+        reasons.append(f"overhead p99 {p99} ms, over {config.max_overhead_p99_ms:.0f} ms")
+    return "; ".join(reasons) or None
 
 
 def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
@@ -229,16 +332,16 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
         # The stack starts these only when the modules import (see local/stack.py).
         sys.modules["local.pollers"] = None  # type: ignore[assignment]
         sys.modules["local.gateway"] = None  # type: ignore[assignment]
+    open_files = raise_open_files_limit()
     started_at = datetime.now(UTC)
     load_start = os.getloadavg()
     terminals = terminals_for(config)
     probes = Probes().install()
-    clock = ResultClock().install()
     threads = ThreadCpu().install()
     with tempfile.TemporaryDirectory(prefix="bench-seed-") as tmp:
         seed_path = Path(tmp) / "seed.json"
         write_seed(seed_path, terminals)
-        log(f"starting the local stack with {sum(len(g) for g in terminals.values())} simulated terminals…")
+        log(f"starting the local stack ({sum(len(g) for g in terminals.values())} terminals enrolled)…")
         # The bench's terminals all belong to one merchant: its limit on waiting payments (100 by
         # default) would answer 429 from the 150-in-flight step on and measure the limiter, not the stack.
         environment = {
@@ -246,10 +349,33 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
             "ACK_TIMEOUT_MS": "10000",
             "MAX_WAITING_PAYMENTS_PER_MERCHANT": "1000",
         }
+        # The simulated terminals run in processes of their own (bench/terminals.py), not the stack's.
         stack = start_stack(
-            StackConfig(api_port=0, mqtt_port=0, seed_path=seed_path, environment=environment, store=config.store)
+            StackConfig(
+                api_port=0,
+                mqtt_port=0,
+                seed_path=seed_path,
+                environment=environment,
+                store=config.store,
+                simulate=False,
+            )
         )
-    bench = Bench(config, stack, probes, clock, threads)
+    fleet = TerminalProcesses(
+        "127.0.0.1",
+        stack.mqtt_port,
+        (
+            {
+                "terminal_id": t.terminal_id,
+                "passphrase": t.passphrase or "",
+                "behavior": t.simulator.behavior,
+                "delay_ms": t.simulator.delay_ms,
+            }
+            for t in stack.seed.terminals
+            if t.simulator is not None
+        ),
+        config.terminals_per_process,
+    )
+    bench = Bench(config, stack, probes, threads, fleet)
     results: dict[str, Any] = {
         "started_at": started_at.isoformat(timespec="seconds"),
         "store": config.store,
@@ -259,6 +385,12 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "loadavg_start": [round(x, 2) for x in load_start],
+        },
+        "harness": {
+            "processes": "the stack (and its child processes) in the bench's process; the simulated terminals "
+            f"in processes of {config.terminals_per_process}; the ECRs in a process of their own per scenario",
+            "open_files_limit": list(open_files),
+            "terminals_per_process": config.terminals_per_process,
         },
         # The schedule the cost model extrapolates with is the deployed (AWS mode) one; the local
         # stack's slower safety-net schedule is recorded apart.
@@ -284,55 +416,60 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
         "scenarios": {},
     }
     try:
+        instant = terminals["instant"][0]
+        bench.ensure_terminals([instant])
+        log("floors…")
         results["floor"] = {
-            "http_ms": _rounded(load.http_floor(bench.host, bench.port, config.floor_samples)),
-            "mqtt_ms": _rounded(load.mqtt_floor("127.0.0.1", stack.mqtt_port, config.floor_samples)),
+            "http_ms": bench.floor("http_floor", config.floor_samples),
+            "mqtt_ms": bench.floor("mqtt_floor", config.floor_samples),
         }
         scenarios = results["scenarios"]
-        instant = terminals["instant"][0]
         for mode in ("local", "aws") if "instant" in config.groups else ():
             name = f"instant_{mode}"
-            scenarios[name] = bench.scenario(
-                name, mode, lambda n=name: bench.sequential(n, instant, config.e2e_samples)
-            )
+            scenarios[name] = bench.sequential(name, mode, instant, config.e2e_samples)
         cap_group = terminals["crowd"][: config.cap_terminals]
         for mode in ("local", "aws") if "customer" in config.groups else ():
             name = f"customer_{mode}"
-            scenarios[name] = bench.scenario(
-                name, mode, lambda n=name: bench.concurrent(n, cap_group, config.cap_payments)
-            )
+            scenarios[name] = bench.concurrent(name, mode, cap_group, config.cap_payments)
         if "long" in config.groups:
-            scenarios["long_aws"] = bench.scenario(
-                "long_aws", "aws", lambda: bench.concurrent("long_aws", terminals["long"], 1)
-            )
+            scenarios["long_aws"] = bench.concurrent("long_aws", "aws", terminals["long"], 1)
         results["concurrency"] = []
+        results["concurrency_burst"] = []
         for step in config.steps if "concurrency" in config.groups else ():
-            name = f"concurrency_{step}"
-            outcome = bench.scenario(
-                name,
+            crowd = terminals["crowd"][:step]
+            outcome = bench.concurrent(
+                f"concurrency_steady_{step}",
                 config.concurrency_mode,
-                lambda n=name, s=step: bench.concurrent(n, terminals["crowd"][:s], config.step_payments),
+                crowd,
+                config.step_payments,
+                arrival="steady",
                 in_flight=step,
             )
             results["concurrency"].append(outcome)
-            errors = outcome["payments"] - outcome["outcomes"].get("ok", 0)
-            if errors > config.max_error_rate * outcome["payments"] or (
-                outcome["overhead_ms"].get("p99", 0) > config.max_overhead_p99_ms
-            ):
-                reason = (
-                    f"{errors} of {outcome['payments']} payments failed "
-                    f"({_outcome_kinds(outcome)}), overhead p99 {outcome['overhead_ms'].get('p99')} ms"
+            if step in config.burst_steps:
+                results["concurrency_burst"].append(
+                    bench.concurrent(
+                        f"concurrency_burst_{step}",
+                        config.concurrency_mode,
+                        crowd,
+                        config.step_payments,
+                        arrival="burst",
+                        in_flight=step,
+                    )
                 )
+            reason = broken(outcome, config)
+            if reason:
                 results["concurrency_stopped"] = {"in_flight": step, "reason": reason}
                 log(f"stopping the steps at {step}: {reason}")
                 break
     finally:
         results["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
         results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        results["harness"]["terminal_processes"] = fleet.count
         crash = stack.crash_report()
+        fleet.stop()
         stack.stop()
         probes.uninstall()
-        clock.uninstall()
         threads.uninstall()
         if crash:
             results["crash"] = crash
@@ -346,15 +483,14 @@ def _outcome_kinds(outcome: dict[str, Any]) -> str:
     return ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) or "none"
 
 
-def _rounded(values: list[float]) -> list[float]:
-    return [round(v, 3) for v in values]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sample counts: a smoke run of the harness")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
-    parser.add_argument("--steps", help="concurrency steps, e.g. 10,50,100,200")
+    parser.add_argument("--steps", help="concurrency steps (steady arrivals), e.g. 10,50,100,200")
+    parser.add_argument(
+        "--burst-steps", help="steps also run as a burst, every ECR at once (default 200; none: no burst)"
+    )
     parser.add_argument("--concurrency-mode", choices=("local", "aws"), help="waker for the concurrency steps")
     parser.add_argument("--local-poll-max-ms", type=int, help="poll cap in local mode (default: as configured)")
     parser.add_argument("--no-console", action="store_true", help="without the IPN gateway and event-source pollers")
@@ -364,6 +500,9 @@ def main(argv: list[str] | None = None) -> int:
     config = BenchConfig.quick() if args.quick else BenchConfig()
     if args.steps:
         config = replace(config, steps=tuple(int(s) for s in args.steps.split(",")))
+    if args.burst_steps:
+        bursts = () if args.burst_steps == "none" else tuple(int(s) for s in args.burst_steps.split(","))
+        config = replace(config, burst_steps=bursts)
     if args.concurrency_mode:
         config = replace(config, concurrency_mode=args.concurrency_mode)
     if args.no_console:
