@@ -230,13 +230,15 @@ class Bench:
     ) -> dict[str, Any]:
         self.ensure_terminals(terminals)
         self.set_mode(mode)
-        time.sleep(0.3)  # let the previous scenario's stragglers (IPNs, stream records) drain
-        self.probes.reset()
-        self.fleet.drain()  # forget the previous scenario's publish times and counts
         log(f"{name} ({mode} mode)…")
         marks: dict[str, Any] = {}
 
         def before_go(ecr_pid: int) -> None:
+            # The ECRs are connected (and a sequential one has made its warm-up payment): counting
+            # starts now, once the stragglers of what came before (IPNs, stream records) have drained.
+            time.sleep(0.3)
+            self.probes.reset()
+            self.fleet.drain()  # forget earlier publish times and counts
             marks["load"] = {ecr_pid: "ECRs", **dict.fromkeys(self.fleet.pids, "simulated terminals")}
             marks["threads"] = self.threads.snapshot()
             marks["cpu"] = self.cpu.snapshot(marks["load"])

@@ -319,3 +319,28 @@ def test_thread_cpu_groups_threads_by_role_and_counts_ended_threads() -> None:
     finally:
         probe.uninstall()
     assert spent["gateway-ipn"] >= 10.0  # 20 ms of CPU over 2 payments, counted after the thread ended
+
+
+def test_steady_arrivals_spread_each_ecr_over_the_mean_customer_time_the_same_way_every_run() -> None:
+    from bench.load import Terminal
+    from bench.run import BenchConfig, steady_offsets
+
+    config = BenchConfig()
+    terminals = [Terminal("BENCH", f"C{i}", ms) for i, ms in enumerate((2_000, 3_000, 4_000, 5_000))]
+    offsets = steady_offsets(config, terminals)
+    assert len(offsets) == 4 and all(0.0 <= offset < 3.5 for offset in offsets)
+    assert len(set(offsets)) == 4, "not a burst: no two ECRs start together"
+    assert steady_offsets(config, terminals) == offsets
+    assert steady_offsets(replace(config, random_seed=1), terminals) != offsets
+
+
+def test_a_step_breaks_on_too_many_errors_or_a_slow_overhead_p99_and_says_which() -> None:
+    from bench.run import BenchConfig, broken
+
+    config = BenchConfig()
+    ok = {"payments": 100, "outcomes": {"ok": 95, "http_504:terminal.result_timeout": 5}, "overhead_ms": {"p99": 2_000}}
+    assert broken(ok, config) is None
+    errors = dict(ok, outcomes={"ok": 94, "http_504:terminal.result_timeout": 6})
+    assert broken(errors, config) == "6 of 100 payments failed (http_504:terminal.result_timeout 6), over 5%"
+    slow = dict(ok, overhead_ms={"p99": 2_000.5})
+    assert broken(slow, config) == "overhead p99 2000.5 ms, over 2000 ms"
