@@ -65,6 +65,11 @@ class ProcessCpu:
         self._labels: dict[int, str] = {}
 
     def snapshot(self, load: dict[int, str]) -> dict[int, tuple[str, float]]:
+        if not PROC.is_dir():
+            # Without /proc (not Linux) only this process is seen: the stack's part, its children and
+            # the terminals' processes unaccounted (the report shows them as missing).
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return {self.root: (STACK, usage.ru_utime + usage.ru_stime)}
         parents: dict[int, int] = {}
         spent: dict[int, float] = {}
         for entry in PROC.iterdir():
