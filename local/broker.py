@@ -1,7 +1,17 @@
 """The embedded MQTT 3.1.1 broker of the local stack and the tests (docs/seed.md), on amqtt 0.12.1.
 
-The broker runs in its own thread with its own asyncio loop, so synchronous code (paho clients,
-pytest, the stack's launcher) can start one, talk to it and stop it:
+Two ways to run it, with the same surface (``host``, ``port``, ``url``, ``stop()``, ``restart()``,
+``raise_if_crashed()``, a context manager):
+
+- ``start_broker()``: in this process, in its own thread with its own asyncio loop, so synchronous
+  code (paho clients, pytest) can start one, talk to it and stop it. Tests that patch the broker
+  use this one.
+- ``start_broker_process()``: in a child process (``python -m local.broker``), which the local
+  stack uses. amqtt's loop (routing, packet encoding) is pure Python: in the stack's process it took
+  about half of the GIL under load, so every API thread, handler and poller waited for it. In its
+  own process it has its own GIL and a core of its own, as IoT Core is a service of its own on
+  AWS. The child relays its presence events to the parent over a pipe, its logs go to the parent's
+  stderr, and it exits by itself when its parent dies; ``pid`` names it.
 
     >>> with start_broker() as broker:                     # port 0: a free port is picked
     ...     client.connect(broker.host, broker.port)       # doctest: +SKIP
@@ -13,10 +23,11 @@ every connection, and reports a failed broadcast instead of letting amqtt drop i
 Presence: like IoT Core's lifecycle events (``$aws/events/presence/…``), the broker reports each
 client's connect and disconnect from its own connection tracking, with a session id and its own
 timestamp, to ``on_presence`` (the local stack hands them to the same presence handler). Only the
-broker produces them, so a terminal cannot forge or replay them.
+broker produces them, so a terminal cannot forge or replay them. ``stop()`` returns once the
+disconnects of the shutdown have been reported too.
 
-``RunningBroker.restart()`` stops and starts the broker on the same port, as a broker outage
-would: clients (terminals, the cloud) reconnect on their own.
+``restart()`` stops and starts the broker on the same port, as a broker outage would: clients
+(terminals, the cloud) reconnect on their own.
 """
 
 from __future__ import annotations
@@ -468,14 +479,12 @@ class BrokerProcess:
         command += ["--log-level", str(log.getEffectiveLevel())]
         if not self._tcp_nodelay:
             command.append("--no-tcp-nodelay")
-        # The child imports this package whatever the parent's working directory.
-        python_path = os.pathsep.join(p for p in (str(_PROJECT_ROOT), os.environ.get("PYTHONPATH")) if p)
         process = subprocess.Popen(  # noqa: S603 -- our own interpreter and module, no shell
             command,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": python_path},
+            cwd=_PROJECT_ROOT,  # ``-m`` finds this package from the project's directory, wherever we run
         )
         self._process = process
         assert process.stdout is not None and process.stderr is not None
