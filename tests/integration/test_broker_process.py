@@ -89,7 +89,7 @@ def test_runs_in_a_child_process_on_a_free_port(broker: BrokerProcess) -> None:
     assert not process_gone(broker.pid)
     assert broker.port > 0
     assert broker.url == f"mqtt://127.0.0.1:{broker.port}"
-    recorder = Recorder(broker, "client").start("orders/#")  # type: ignore[arg-type]
+    recorder = Recorder(broker, "client").start("orders/#")
     recorder.client.publish("orders/1", b"x", qos=1)
     assert recorder.wait_for(lambda m: m.topic == "orders/1").payload == b"x"
     recorder.stop()
@@ -109,12 +109,12 @@ def test_presence_events_reach_the_parent_in_the_order_the_broker_emitted_them(
     broker: BrokerProcess, presence: PresenceLog
 ) -> None:
     before = time.time_ns() // 1_000_000
-    first = Recorder(broker, "PAX-1").start()  # type: ignore[arg-type]
+    first = Recorder(broker, "PAX-1").start()
     presence.wait_for("PAX-1", "connected")
     first.client.loop_stop()
     first.client.socket().close()  # dropped, not a clean disconnect
     presence.wait_for("PAX-1", "disconnected")
-    second = Recorder(broker, "PAX-1").start()  # type: ignore[arg-type]
+    second = Recorder(broker, "PAX-1").start()
     presence.wait_for("PAX-1", "connected", 2)
     second.stop()
     presence.wait_for("PAX-1", "disconnected", 2)
@@ -158,8 +158,8 @@ def test_a_failing_presence_hook_is_logged_and_later_events_still_arrive(caplog:
         received.append(event)
 
     with start_broker_process(on_presence=hook) as running:
-        Recorder(running, "PAX-BAD").start().stop()  # type: ignore[arg-type]
-        Recorder(running, "PAX-OK").start().stop()  # type: ignore[arg-type]
+        Recorder(running, "PAX-BAD").start().stop()
+        Recorder(running, "PAX-OK").start().stop()
         eventually(lambda: len(received) == 2, "PAX-OK's events after PAX-BAD's failed")
 
     assert [(e["clientId"], e["eventType"]) for e in received] == [("PAX-OK", "connected"), ("PAX-OK", "disconnected")]
@@ -200,7 +200,7 @@ def test_a_killed_broker_process_is_reported_as_crashed() -> None:
 def test_a_crashed_broker_loop_is_reported_with_what_the_process_printed() -> None:
     presence = PresenceLog()
     running = start_broker_process(on_presence=presence, module="tests.integration.broker_that_breaks")
-    subscriber = Recorder(running, "subscriber").start("break/#")  # type: ignore[arg-type]
+    subscriber = Recorder(running, "subscriber").start("break/#")
     subscriber.client.publish("break/1", b"x", qos=1)
 
     eventually(lambda: running.crashed, "the parent noticed")
@@ -212,7 +212,7 @@ def test_a_crashed_broker_loop_is_reported_with_what_the_process_printed() -> No
     assert "mqtt_broker_crashed" in report  # the tail of its stderr: its own log line
     # The sessions the crash ended were reported too.
     presence.wait_for("subscriber", "disconnected")
-    stack = RunningStack(StackConfig(), None, None, "", running.port, "", broker=running)  # type: ignore[arg-type]
+    stack = RunningStack(StackConfig(), None, None, "", running.port, "", broker=running)
     assert "routing table corrupted" in (stack.crash_report() or "")
     with pytest.raises(BrokerCrashedError):
         running.stop()
@@ -259,7 +259,7 @@ def test_the_broker_process_exits_when_its_parent_is_killed() -> None:
 
 def _report(samples: int = 300) -> None:
     for mode, start in (("in-process", start_broker), ("own process", start_broker_process)):
-        with start() as running:  # type: ignore[operator]
+        with start() as running:
             rtts = measure_round_trips(running, samples)
         cuts = statistics.quantiles(rtts, n=100)
         print(f"broker {mode:11} QoS1 round trip: p50 {cuts[49]:6.2f} ms  p99 {cuts[98]:6.2f} ms  (n={samples})")
