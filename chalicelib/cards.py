@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 _MASK = frozenset("*Xx#")
+# ASCII digits only: ``str.isdigit`` also takes other scripts' digits and superscripts.
+_SHOWN = frozenset("0123456789") | _MASK
 
 
 def is_masked_pan(value: Any) -> bool:
@@ -16,4 +18,4 @@ def is_masked_pan(value: Any) -> bool:
     if not isinstance(value, str) or not 12 <= len(value) <= 19:
         return False
     head, middle, tail = value[:6], value[6:-4], value[-4:]
-    return all(ch.isdigit() or ch in _MASK for ch in head + tail) and all(ch in _MASK for ch in middle)
+    return all(ch in _SHOWN for ch in head + tail) and all(ch in _MASK for ch in middle)

@@ -46,9 +46,15 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _SURROGATE = re.compile("[\ud800-\udfff]")
-# What could be past a limit, looked for at C speed: a long run of digits, a two-digit exponent, a
-# surrogate escape. A text with none of these and fewer brackets than the depth limit needs no scan.
-_SUSPECT = re.compile(rf"[0-9.]{{{MAX_DIGITS + 1},}}|[eE][+-]?[0-9]{{2}}|\\u[dD][89a-fA-F]")
+# What only the scan can judge, looked for at C speed: a surrogate escape, or more brackets than the
+# depth limit. Numbers are judged by the parser's own hooks as it meets them (``_parse_int``,
+# ``_parse_float``): signatures, ids and timestamps full of digits and ``e`` cost no scan.
+_SUSPECT = re.compile(r"\\u[dD][89a-fA-F]")
+_NUMBER = re.compile(r"-?(?P<int>[0-9]+)(?:\.(?P<frac>[0-9]+))?(?:[eE](?P<exp>[+-]?[0-9]+))?")
+
+
+class _NumberPastLimit(Exception):
+    """Raised by a parser hook; the scan then finds the number again and names its path."""
 
 
 def _reject_constant(name: str) -> Any:
@@ -67,9 +73,40 @@ def loads(text: str | bytes) -> Any:
     if _SUSPECT.search(text) or text.count("[") + text.count("{") > MAX_DEPTH:
         check_limits(text)
     try:
-        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
+    except _NumberPastLimit as past:
+        check_limits(text)  # raises with the number's path
+        raise JsonLimitError(past.args[0], past.args[1], "") from None  # a scan that finds no path
     except RecursionError:  # unreachable after check_limits; kept so no input can crash a caller
         raise JsonLimitError("too_deep", f"nesting deeper than {MAX_DEPTH}", "") from None
+
+
+def _parse_int(literal: str) -> int:
+    _judge_number(literal)
+    return int(literal)
+
+
+def _parse_float(literal: str) -> Decimal:
+    _judge_number(literal)
+    return Decimal(literal)
+
+
+def _judge_number(literal: str) -> None:
+    parts = _NUMBER.fullmatch(literal)
+    refusal = _number_refusal(parts.group("int"), parts.group("frac"), parts.group("exp")) if parts else None
+    if refusal is not None:
+        raise _NumberPastLimit(*refusal)
+
+
+def _number_refusal(integral: str, fraction: str | None, exponent: str | None) -> tuple[str, str] | None:
+    """(reason, message) for a number past a limit, from its parts as written; None within them."""
+    digits = (integral + (fraction or "")).lstrip("0")
+    magnitude = (exponent or "0").lstrip("+-").lstrip("0")
+    if len(digits) > MAX_DIGITS:
+        return "number_too_long", f"numbers have at most {MAX_DIGITS} significant digits"
+    if len(magnitude) > 2 or int(magnitude or "0") > MAX_EXPONENT:
+        return "exponent_too_large", f"exponents are limited to ±{MAX_EXPONENT}"
+    return None
 
 
 def _path(stack: list[list[Any]]) -> str:
@@ -120,12 +157,9 @@ def check_limits(text: str) -> None:
 
 
 def _check_number(token: re.Match[str], stack: list[list[Any]]) -> None:
-    digits = (token.group("int") + (token.group("frac") or "")).lstrip("0")
-    exponent = (token.group("exp") or "0").lstrip("+-").lstrip("0")
-    if len(digits) > MAX_DIGITS:
-        raise JsonLimitError("number_too_long", f"numbers have at most {MAX_DIGITS} significant digits", _path(stack))
-    if len(exponent) > 2 or int(exponent or "0") > MAX_EXPONENT:
-        raise JsonLimitError("exponent_too_large", f"exponents are limited to ±{MAX_EXPONENT}", _path(stack))
+    refusal = _number_refusal(token.group("int"), token.group("frac"), token.group("exp"))
+    if refusal is not None:
+        raise JsonLimitError(*refusal, _path(stack))
 
 
 def dumps(value: Any) -> str:

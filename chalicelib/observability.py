@@ -30,7 +30,12 @@ logger = Logger(service=os.environ.get("POWERTOOLS_SERVICE_NAME", "nepting-cloud
 # Every metric is also counted in-process: tests and the local stack read these.
 METRIC_COUNTS: Counter[str] = Counter()
 _lock = threading.Lock()
-_emit = os.environ.get("METRICS_EMF", "true").lower() != "false"
+
+
+def _emitting() -> bool:
+    """EMF lines on stdout (CloudWatch reads them on Lambda), unless ``METRICS_EMF=false``: read at
+    each metric, since the local stack turns them off after this module is imported."""
+    return os.environ.get("METRICS_EMF", "true").lower() != "false"
 
 
 def count(name: str, value: int = 1, **dimensions: str) -> None:
@@ -38,7 +43,7 @@ def count(name: str, value: int = 1, **dimensions: str) -> None:
         METRIC_COUNTS[name] += value
         for key, dim in dimensions.items():
             METRIC_COUNTS[f"{name}.{key}={dim}"] += value
-    if _emit:
+    if _emitting():
         with single_metric(name=name, unit=MetricUnit.Count, value=value, namespace=NAMESPACE) as metric:
             for key, dim in dimensions.items():
                 metric.add_dimension(name=key, value=dim)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +25,7 @@ from chalice.local import LambdaEventConverter, LocalGateway, LocalGatewayExcept
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError
 from chalicelib.http import MAX_BODY_BYTES, log_request
+from chalicelib.observability import log_event
 
 
 class ApiPortInUseError(OSError):
@@ -169,9 +171,11 @@ class _Handler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
+        # Head and body leave in one write: one system call, one segment for a small answer.
+        self._headers_buffer.append(b"\r\n")
         if self.command != "HEAD":
-            self.wfile.write(body)
+            self._headers_buffer.append(body)
+        self.flush_headers()
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _handle
 
@@ -216,6 +220,19 @@ class ApiServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One JSON line instead of socketserver's traceback on stderr.
+
+        A client that hangs up before its answer is written (an ECR that gave up on a payment) is
+        an expected event: the payment goes on and its result stays readable; nothing is retried.
+        """
+        exc = sys.exc_info()[1]
+        address = client_address[0] if isinstance(client_address, tuple) and client_address else str(client_address)
+        if isinstance(exc, ConnectionError):
+            log_event("client_disconnected", reason=type(exc).__name__, client=address)
+            return
+        log_event("api_server_error", level="exception", client=address)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.serve_forever, name="api-server", daemon=True)

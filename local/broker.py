@@ -1,7 +1,17 @@
 """The embedded MQTT 3.1.1 broker of the local stack and the tests (docs/seed.md), on amqtt 0.12.1.
 
-The broker runs in its own thread with its own asyncio loop, so synchronous code (paho clients,
-pytest, the stack's launcher) can start one, talk to it and stop it:
+Two ways to run it, with the same surface (``host``, ``port``, ``url``, ``stop()``, ``restart()``,
+``raise_if_crashed()``, a context manager):
+
+- ``start_broker()``: in this process, in its own thread with its own asyncio loop, so synchronous
+  code (paho clients, pytest) can start one, talk to it and stop it. Tests that patch the broker
+  use this one.
+- ``start_broker_process()``: in a child process (``python -m local.broker``), which the local
+  stack uses. amqtt's loop (routing, packet encoding) is pure Python: in the stack's process it took
+  about half of the GIL under load, so every API thread, handler and poller waited for it. In its
+  own process it has its own GIL and a core of its own, as IoT Core is a service of its own on
+  AWS. The child relays its presence events to the parent over a pipe, its logs go to the parent's
+  stderr, and it exits by itself when its parent dies; ``pid`` names it.
 
     >>> with start_broker() as broker:                     # port 0: a free port is picked
     ...     client.connect(broker.host, broker.port)       # doctest: +SKIP
@@ -13,23 +23,33 @@ every connection, and reports a failed broadcast instead of letting amqtt drop i
 Presence: like IoT Core's lifecycle events (``$aws/events/presence/…``), the broker reports each
 client's connect and disconnect from its own connection tracking, with a session id and its own
 timestamp, to ``on_presence`` (the local stack hands them to the same presence handler). Only the
-broker produces them, so a terminal cannot forge or replay them.
+broker produces them, so a terminal cannot forge or replay them. ``stop()`` returns once the
+disconnects of the shutdown have been reported too.
 
-``RunningBroker.restart()`` stops and starts the broker on the same port, as a broker outage
-would: clients (terminals, the cloud) reconnect on their own.
+``restart()`` stops and starts the broker on the same port, as a broker outage would: clients
+(terminals, the cloud) reconnect on their own.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import errno
+import json
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -38,10 +58,16 @@ from amqtt.errors import BrokerError
 from amqtt.events import BrokerEvents
 from amqtt.session import OutgoingApplicationMessage, Session
 
-log = logging.getLogger(__name__)
+# Named, not __name__: run as ``python -m local.broker`` the module is ``__main__``.
+log = logging.getLogger("local.broker")
 
 _STARTUP_TIMEOUT_S = 10.0
 _SHUTDOWN_TIMEOUT_S = 10.0
+# The broker's process starts a fresh interpreter and imports amqtt before it listens.
+_PROCESS_STARTUP_TIMEOUT_S = 30.0
+# How much of what the broker's process printed last a crash report quotes.
+_STDERR_TAIL_LINES = 30
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # amqtt logs every connection and packet at INFO and expected client drops at WARNING.
 _CHATTY_LOGGERS = ("amqtt", "transitions")
 
@@ -215,13 +241,17 @@ class RunningBroker:
 
     def stop(self) -> None:
         """Disconnect every client, stop listening; raises ``BrokerCrashedError`` if the loop failed."""
-        loop, stop_requested = self._loop, self._stop_requested
-        if loop is not None and stop_requested is not None and self._thread.is_alive():
-            loop.call_soon_threadsafe(stop_requested.set)
+        self._request_stop()
         self._thread.join(_SHUTDOWN_TIMEOUT_S)
         if self._thread.is_alive():
             raise BrokerCrashedError(f"MQTT broker on port {self.port} still running after {_SHUTDOWN_TIMEOUT_S}s")
         self.raise_if_crashed()
+
+    def _request_stop(self) -> None:
+        loop, stop_requested = self._loop, self._stop_requested
+        if loop is not None and stop_requested is not None and self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: it is stopping anyway
+                loop.call_soon_threadsafe(stop_requested.set)
 
     def __enter__(self) -> RunningBroker:
         return self
@@ -335,3 +365,304 @@ def start_broker(
     running = RunningBroker(host, port, tcp_nodelay, on_presence)
     running._start()
     return running
+
+
+class BrokerProcess:
+    """A broker in a child process (``python -m local.broker``), with ``RunningBroker``'s surface.
+
+    ``host``, ``port``, ``url``, ``stop()``, ``restart()``, ``crashed``, ``raise_if_crashed()``, a
+    context manager; and ``pid``, the child's process id (it changes on ``restart()``).
+
+    The child speaks JSON lines on its stdout: ``{"ready": port}`` or ``{"error": kind, "message": …}``
+    once, then ``{"presence": event}`` for each lifecycle event, and last ``{"stopped": true}`` or
+    ``{"crashed": traceback}``. One reader thread here hands the presence events to ``on_presence`` in
+    the order the broker emitted them. The child's stderr (its JSON-lines logs) is copied to this
+    process's stderr, and its last lines are kept for the crash report. The child stops when it reads
+    ``stop`` on its stdin, and exits at once when its stdin ends without one: its parent is gone.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        requested_port: int,
+        tcp_nodelay: bool,
+        on_presence: PresenceHook | None = None,
+        module: str = "local.broker",
+    ) -> None:
+        self.host = host
+        self.port = requested_port
+        self._tcp_nodelay = tcp_nodelay
+        self._on_presence = on_presence
+        self._module = module
+        self._process: subprocess.Popen[bytes] | None = None
+        self._readers: list[threading.Thread] = []
+        self._stopping = False
+        self._failure: str | None = None
+        self._ready = threading.Event()
+        self._reply: dict[str, Any] | None = None
+        self._outcome: dict[str, Any] | None = None
+        self._tail: deque[str] = deque(maxlen=_STDERR_TAIL_LINES)
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise BrokerStartError("the MQTT broker's process was never started")
+        return self._process.pid
+
+    @property
+    def crashed(self) -> bool:
+        process = self._process
+        if self._failure is None and process is not None and not self._stopping and process.poll() is not None:
+            self._failure = self._describe_exit(process)
+        return self._failure is not None
+
+    def raise_if_crashed(self) -> None:
+        if self.crashed:
+            raise BrokerCrashedError(self._failure)
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port: every client is disconnected and must reconnect."""
+        self.stop()
+        self._start()
+
+    def stop(self) -> None:
+        """Stop the broker and its process; every presence event it emitted, down to the disconnects
+        of the shutdown, has been handed to ``on_presence`` when this returns. Raises
+        ``BrokerCrashedError`` if the process failed. Calling it again does nothing more."""
+        process = self._process
+        if process is not None and not self._stopping:
+            self._stopping = True
+            assert process.stdin is not None
+            with contextlib.suppress(OSError):  # already gone: its exit is reported below
+                process.stdin.write(b"stop\n")
+                process.stdin.flush()
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+            try:
+                process.wait(_SHUTDOWN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+                self._failure = f"MQTT broker on port {self.port} still running after {_SHUTDOWN_TIMEOUT_S}s"
+            if not self._join_readers(_SHUTDOWN_TIMEOUT_S) and self._failure is None:
+                self._failure = (
+                    f"MQTT broker on port {self.port}: its presence events were still being delivered "
+                    f"after {_SHUTDOWN_TIMEOUT_S}s (a blocked presence hook?)"
+                )
+            if self._failure is None and (process.returncode != 0 or self._outcome != {"stopped": True}):
+                self._failure = self._describe_exit(process)
+        self.raise_if_crashed()
+
+    def __enter__(self) -> BrokerProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _start(self) -> None:
+        self._stopping = False
+        self._failure = None
+        self._ready = threading.Event()
+        self._reply = None
+        self._outcome = None
+        self._tail = deque(maxlen=_STDERR_TAIL_LINES)
+        command = [sys.executable, "-m", self._module, "--host", self.host, "--port", str(self.port)]
+        command += ["--log-level", str(log.getEffectiveLevel())]
+        if not self._tcp_nodelay:
+            command.append("--no-tcp-nodelay")
+        process = subprocess.Popen(  # noqa: S603 -- our own interpreter and module, no shell
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=_PROJECT_ROOT,  # ``-m`` finds this package from the project's directory, wherever we run
+        )
+        self._process = process
+        assert process.stdout is not None and process.stderr is not None
+        self._readers = [
+            threading.Thread(
+                target=self._read_messages, args=(process.stdout,), name="mqtt-broker-events", daemon=True
+            ),
+            threading.Thread(target=self._relay_stderr, args=(process.stderr,), name="mqtt-broker-stderr", daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+        if not self._ready.wait(_PROCESS_STARTUP_TIMEOUT_S):
+            self._abandon(process)
+            raise BrokerStartError(
+                f"MQTT broker on port {self.port} did not start in {_PROCESS_STARTUP_TIMEOUT_S}s{self._tail_text()}"
+            )
+        reply = self._reply
+        if reply is not None and "ready" in reply:
+            self.port = int(reply["ready"])
+            return
+        self._abandon(process)
+        if reply is not None and reply.get("error") == "port_in_use":
+            raise BrokerPortInUseError(reply["message"])
+        if reply is not None:
+            raise BrokerStartError(f"{reply['message']}{self._tail_text()}")
+        raise BrokerStartError(
+            f"the MQTT broker's process ended before listening on port {self.port} "
+            f"({_exit_status(process.returncode)}){self._tail_text()}"
+        )
+
+    def _abandon(self, process: subprocess.Popen[bytes]) -> None:
+        """A start that failed: the process is made to end and its output read to the end."""
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            process.kill()
+        process.wait()
+        self._join_readers(_SHUTDOWN_TIMEOUT_S)
+
+    def _read_messages(self, stream: Any) -> None:
+        for raw in stream:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                log.error("mqtt_broker_unreadable_message", extra={"line": raw[:200]})
+                continue
+            if "presence" in message:
+                self._deliver(message["presence"])
+            elif "ready" in message or "error" in message:
+                self._reply = message
+                self._ready.set()
+            else:
+                self._outcome = message
+        self._ready.set()
+
+    def _deliver(self, event: dict[str, Any]) -> None:
+        if self._on_presence is None:
+            return
+        try:
+            self._on_presence(event)
+        except Exception:  # as in the broker itself: logged loudly, the next events still flow
+            log.exception("presence_hook_failed", extra={"client_id": event.get("clientId")})
+
+    def _relay_stderr(self, stream: Any) -> None:
+        for raw in stream:
+            line = raw.decode("utf-8", errors="replace")
+            self._tail.append(line.rstrip("\n"))
+            try:
+                sys.stderr.write(line)
+                sys.stderr.flush()
+            except (OSError, ValueError):  # our stderr is gone or closed: the tail is still kept
+                pass
+
+    def _join_readers(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        for reader in self._readers:
+            reader.join(max(0.0, deadline - time.monotonic()))
+        return not any(reader.is_alive() for reader in self._readers)
+
+    def _describe_exit(self, process: subprocess.Popen[bytes]) -> str:
+        self._join_readers(2.0)  # its last words: the crash message and the end of its stderr
+        code = process.returncode
+        outcome = self._outcome or {}
+        why = outcome.get("crashed") or _exit_status(code)
+        return f"MQTT broker process {process.pid} on port {self.port} crashed: {why}{self._tail_text()}"
+
+    def _tail_text(self) -> str:
+        if not self._tail:
+            return ""
+        return "\nlast output of the broker's process:\n" + "\n".join(self._tail)
+
+
+def _exit_status(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
+
+
+def start_broker_process(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    tcp_nodelay: bool = True,
+    on_presence: PresenceHook | None = None,
+    module: str = "local.broker",
+) -> BrokerProcess:
+    """Start a broker in its own process and return once it accepts connections.
+
+    As ``start_broker``: ``port=0`` binds a free port, a busy port raises ``BrokerPortInUseError``.
+    ``on_presence`` is called on one reader thread of this process, in the broker's order. The
+    broker gets its own interpreter, so its own GIL and a core of its own. ``module`` is the child's
+    entry point (tests run one that breaks the broker on purpose).
+    """
+    running = BrokerProcess(host, port, tcp_nodelay, on_presence, module)
+    running._start()
+    return running
+
+
+def _watch_parent(running: RunningBroker) -> None:
+    for line in sys.stdin.buffer:
+        if line.strip() == b"stop":
+            running._request_stop()
+            return
+    # Our stdin ended without a stop: the parent is gone (kill -9). Nobody is left to take the
+    # presence events, and the port must be free for the next start.
+    os._exit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m local.broker``: the broker of ``start_broker_process``, driven by its parent."""
+    parser = argparse.ArgumentParser(prog="python -m local.broker", description=main.__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--log-level", type=int, default=logging.WARNING, help="a number: 20 INFO, 30 WARNING")
+    parser.add_argument("--no-tcp-nodelay", action="store_true", help="leave Nagle on (to measure it)")
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group; the parent stops the broker itself, after which the
+    # shutdown's presence events still have somewhere to go.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # stdout is the channel to the parent; anything else printing there goes to stderr instead.
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    from local.jsonlog import log_json_lines
+
+    log_json_lines(args.log_level)
+    sending = threading.Lock()
+
+    def send(message: dict[str, Any]) -> None:
+        line = json.dumps(message, separators=(",", ":")) + "\n"
+        with sending:
+            channel.write(line)
+            channel.flush()
+
+    try:
+        running = start_broker(
+            args.host,
+            args.port,
+            tcp_nodelay=not args.no_tcp_nodelay,
+            on_presence=lambda event: send({"presence": event}),
+        )
+    except BrokerPortInUseError as exc:
+        send({"error": "port_in_use", "message": str(exc)})
+        return 3
+    except BrokerStartError as exc:
+        send({"error": "start", "message": str(exc)})
+        return 3
+    send({"ready": running.port})
+    threading.Thread(target=_watch_parent, args=(running,), name="parent-watch", daemon=True).start()
+    running._thread.join()
+    if running._failure is not None:
+        send({"crashed": "".join(traceback.format_exception(running._failure)).rstrip()})
+        return 1
+    send({"stopped": True})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -10,33 +10,15 @@ Against the local broker, or AWS IoT Core with the device certificate from enrol
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import signal
-import sys
 import threading
 from types import FrameType
 
-from chalicelib.protocol import timestamp_from_ms
+from local.jsonlog import log_json_lines
 from local.simulator import BEHAVIORS, TerminalSpec, TlsFiles, run_terminals
 
 log = logging.getLogger("local.simulator")
-
-_LOG_RECORD_FIELDS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
-
-
-class _JsonLines(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "ts": timestamp_from_ms(int(record.created * 1000)),
-            "level": record.levelname,
-            "logger": record.name,
-            "event": record.getMessage(),
-        }
-        line.update({k: v for k, v in vars(record).items() if k not in _LOG_RECORD_FIELDS})
-        if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -62,9 +44,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_JsonLines())
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
+    log_json_lines(logging.INFO)
     tls = TlsFiles(args.ca, args.cert, args.key) if args.tls else None
     ids = [f"PAX-SIM{n:04d}" for n in range(1, args.count + 1)] if args.count else [args.terminal]
     specs = [TerminalSpec(tid, args.passphrase, args.behavior, args.delay_ms) for tid in ids]

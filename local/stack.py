@@ -1,9 +1,10 @@
 """`make run`: the whole system on one machine (docs/seed.md).
 
 The embedded store (SQLite in ``DATA_DIR``, default ``.data/``; or ``STORE=moto``: moto in server
-mode for DynamoDB, SQS, S3, IoT), the MQTT broker, the Chalice routes on a threaded HTTP server, the
-topic-rule bridge and the event-source pollers feeding the very same handlers, and simulated
-terminals. With the embedded store a restart, even after ``kill -9``, carries on where it stopped.
+mode for DynamoDB, SQS, S3, IoT), the MQTT broker (in a child process: ``local/broker.py``), the
+Chalice routes on a threaded HTTP server, the topic-rule bridge and the event-source pollers feeding
+the very same handlers, and simulated terminals. With the embedded store a restart, even after
+``kill -9``, carries on where it stopped.
 Ctrl-C stops everything; a crashed component stops the stack with its traceback instead of leaving
 a half-working system.
 
@@ -163,7 +164,7 @@ class RunningStack:
             try:
                 self.broker.raise_if_crashed()
             except BaseException as exc:
-                return f"MQTT broker crashed: {exc!r}"
+                return f"MQTT broker crashed:\n{exc}"
         if self.bridge is not None and self.bridge.crash:
             return f"terminal event handler crashed:\n{self.bridge.crash}"
         for poller in self.pollers:
@@ -206,7 +207,7 @@ def start_stack(config: StackConfig) -> RunningStack:
     _check_port_free(config.mqtt_port, "MQTT_PORT")
     if config.store == "moto":
         _check_port_free(config.moto_port, "MOTO_PORT")
-    from local.broker import start_broker
+    from local.broker import start_broker_process
 
     saved: dict[str, str | None] = {}
     parts: list[Any] = []
@@ -224,7 +225,9 @@ def start_stack(config: StackConfig) -> RunningStack:
             temporary = Path(tempfile.mkdtemp(prefix="nepting-data-"))
             parts.append(lambda: shutil.rmtree(temporary, ignore_errors=True))
             data_dir = temporary
-        broker = start_broker(HOST, config.mqtt_port, on_presence=presence)
+        # Its own process, as IoT Core is its own service: the broker's loop gets its own GIL and a
+        # core, instead of taking turns with the API threads, the handlers and the pollers.
+        broker = start_broker_process(HOST, config.mqtt_port, on_presence=presence)
         parts.append(broker.stop)
         env: dict[str, str | None] = {
             # In-process clients reach moto directly; outside tools use the printed moto URL.

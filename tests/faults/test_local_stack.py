@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,6 +98,14 @@ def terminal(stack: RunningStack) -> dict[str, Any]:
 
 def state_of(stack: RunningStack, order_id: str) -> dict[str, Any]:
     return call(stack, "GET", f"/v1/connector/order/{order_id}")[1]
+
+
+def test_the_broker_runs_in_a_process_of_its_own(stack: RunningStack) -> None:
+    command = Path(f"/proc/{stack.broker.pid}/cmdline").read_bytes().split(b"\0")
+
+    assert stack.broker.pid != os.getpid()
+    assert command[1:3] == [b"-m", b"local.broker"]
+    assert stack.broker.port == stack.mqtt_port
 
 
 def test_broker_restart_mid_payment_ends_it_truthfully_and_payments_resume(stack: RunningStack) -> None:

@@ -127,6 +127,34 @@ def test_values_at_the_limits_are_read_exactly() -> None:
     assert depth_of(value) == 32
 
 
+@GARBAGE
+@given(json_values)
+def test_the_parser_hooks_refuse_exactly_what_the_full_scan_refuses(value: Any) -> None:
+    text = jsonutil.dumps(value)
+    try:
+        jsonutil.check_limits(text)
+        expected = None
+    except JsonLimitError as refused:
+        expected = (refused.reason, refused.path)
+    try:
+        jsonutil.loads(text)
+        got = None
+    except JsonLimitError as refused:
+        got = (refused.reason, refused.path)
+    assert got == expected
+
+
+def test_digits_and_exponents_inside_strings_cost_no_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_scan(_text: str) -> None:
+        raise AssertionError("scanned")
+
+    monkeypatch.setattr(jsonutil, "check_limits", no_scan)
+    text = json.dumps({"signature": "3e45" * 16, "id": "9" * 64, "at": "2026-11-29T07:00:00.123Z", "n": 1e20})
+    assert jsonutil.loads(text)["id"] == "9" * 64
+    with pytest.raises(AssertionError, match="scanned"):  # a number past a limit is looked up by the scan
+        jsonutil.loads('{"n":1e21}')
+
+
 def test_a_raw_lone_surrogate_in_text_is_refused() -> None:
     with pytest.raises(JsonLimitError) as caught:
         jsonutil.loads('{"a":"\ud800"}')
