@@ -561,7 +561,7 @@ def _concurrency_section(results: dict[str, Any]) -> list[str]:
             "payments/s",
             "overhead p50 / p95 / p99 ms",
             "added p99 ms",
-            "CPU ms per payment: stack / terminals / ECRs",
+            "CPU ms per payment: stack (its process + its children) / terminals / ECRs",
             "DynamoDB calls/s",
         ),
     ]
@@ -573,7 +573,7 @@ def _concurrency_section(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"| {s.get('arrival', 'burst')} | {s['in_flight']} | {s['payments']} | {_outcomes(errors) or 'none'} | "
             f"{_f(s['throughput_per_s'], 2)} | {_f(ovh.get('p50'))} / {_f(ovh.get('p95'))} / {_f(ovh.get('p99'))} | "
-            f"{_f(s['added_ms'].get('p99'))} | {_f(s.get('stack_cpu_ms_per_payment'), 1)} / "
+            f"{_f(s['added_ms'].get('p99'))} | {_stack_split(s)} / "
             f"{_f(parts.get('simulated terminals'), 1)} / {_f(parts.get('ECRs'), 1)} | "
             f"{_f(calls / s['wall_s'] if s['wall_s'] else 0.0, 0)} |"
         )
@@ -591,6 +591,15 @@ def _concurrency_section(results: dict[str, Any]) -> list[str]:
     if ceiling:
         lines.append(ceiling)
     return lines
+
+
+def _stack_split(step: dict[str, Any]) -> str:
+    parts = step.get("cpu_ms_per_payment_by_part", {})
+    children = sum(ms for part, ms in parts.items() if part.startswith("stack child: "))
+    total = _f(step.get("stack_cpu_ms_per_payment"), 1)
+    if not any(part.startswith("stack child: ") for part in parts):
+        return total
+    return f"{total} ({_f(parts.get('stack process'), 1)} + {_f(children, 1)})"
 
 
 def harness_ceiling(results: dict[str, Any]) -> str | None:

@@ -270,6 +270,8 @@ def test_the_200_step_is_judged_on_errors_overhead_and_the_stacks_cpu_without_it
     rows = {row["goal"]: row for row in goals(results, {})}
     assert rows[CONCURRENCY_GOAL]["met"] is True and rows[CONCURRENCY_GOAL]["result"].startswith("0 errors")
     assert rows[CPU_GOAL]["result"] == 9.0 and rows[CPU_GOAL]["met"] is True
+    report = render_markdown(results, floor_summary(results), {}, [])
+    assert "| 9.0 (8.0 + 1.0) / 2.0 / 3.0 |" in report, "the stack's process and its broker child, then the load"
     assert rows[CONCURRENCY_BURST_GOAL] == {"goal": CONCURRENCY_BURST_GOAL, "result": "step not run", "met": False}
     step = results["concurrency"][-1]
     assert step["cpu_ms_per_payment"] == 14.0
