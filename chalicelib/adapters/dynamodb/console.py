@@ -9,11 +9,12 @@ Every write is conditional, so redelivered stream records and queue messages cha
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any
 
 from chalicelib.adapters.aws import client, from_item, to_item
 from chalicelib.adapters.dynamodb.conditions import conditional, holds
+from chalicelib.adapters.records import as_record
 from chalicelib.console.domain import OrderDetails, Transaction, TransactionQuery
 from chalicelib.console.ports import Position
 from chalicelib.keys import order_key
@@ -45,7 +46,7 @@ class DynamoTransactionRepository:
 
     def put(self, tx: Transaction, expected_version: int) -> None:
         """Write ``tx`` if the stored one is still at ``expected_version`` (0: does not exist yet)."""
-        item = to_item({**asdict(tx), "merchant_order": tx.merchant_order})
+        item = to_item({**as_record(tx), "merchant_order": tx.merchant_order})
         if expected_version == 0:
             condition: dict[str, Any] = {"ConditionExpression": "attribute_not_exists(transaction_reference)"}
         else:
@@ -175,7 +176,7 @@ class DynamoOrderDetailsRepository:
         return holds(
             lambda: client("dynamodb").put_item(
                 TableName=self.table,
-                Item=to_item({**asdict(details), "merchant_order": details.merchant_order}),
+                Item=to_item({**as_record(details), "merchant_order": details.merchant_order}),
                 ConditionExpression="attribute_not_exists(merchant_order) OR attempt < :a",
                 ExpressionAttributeValues={":a": {"N": str(details.attempt)}},
             )

@@ -10,11 +10,12 @@ Tables (see infra/ for their definitions):
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any
 
 from chalicelib.adapters.aws import client, from_item, to_item, to_value
 from chalicelib.adapters.dynamodb.conditions import conditional, holds
+from chalicelib.adapters.records import as_record
 from chalicelib.keys import order_key
 from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, OrderPosition, Terminal, Transition
 
@@ -53,14 +54,14 @@ class DynamoTerminalRepository:
             kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
     def put(self, terminal: Terminal) -> None:
-        client("dynamodb").put_item(TableName=self.table, Item=to_item(asdict(terminal)))
+        client("dynamodb").put_item(TableName=self.table, Item=to_item(as_record(terminal)))
 
     def create(self, terminal: Terminal) -> None:
         """Enroll; ConditionFailed if the terminal id is taken (by this merchant or another)."""
         with conditional(f"terminal {terminal.terminal_id} is already enrolled"):
             client("dynamodb").put_item(
                 TableName=self.table,
-                Item=to_item(asdict(terminal)),
+                Item=to_item(as_record(terminal)),
                 ConditionExpression="attribute_not_exists(terminal_id)",
             )
 
@@ -214,7 +215,7 @@ class DynamoPaymentRepository:
 
     def start_attempt(self, head: OrderHead, dispatch: Dispatch, previous_attempt: int | None) -> None:
         expires_at = head.updated_at_ms // 1000 + self.retention_s
-        head_item = {**head_key(head.merchant_id, head.order_id), **to_item(asdict(head))}
+        head_item = {**head_key(head.merchant_id, head.order_id), **to_item(as_record(head))}
         head_item["expires_at"] = to_value(expires_at)
         dispatch_item = {**dispatch_key(dispatch.request_id), **to_item(_dispatch_values(dispatch))}
         dispatch_item["expires_at"] = to_value(expires_at)
@@ -296,7 +297,7 @@ class DynamoPaymentRepository:
 
 
 def _dispatch_values(dispatch: Dispatch) -> dict[str, Any]:
-    values = asdict(dispatch)
+    values = as_record(dispatch)
     values["state"] = dispatch.state.value
     extra = values.pop("extra")
     values.update(extra)

@@ -9,10 +9,11 @@ filters and sorts on.
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any
 
 from chalicelib import jsonutil
+from chalicelib.adapters.records import as_record
 from chalicelib.adapters.sqlite.db import Database
 from chalicelib.console.domain import OrderDetails, Transaction, TransactionQuery
 from chalicelib.console.ports import Position
@@ -30,7 +31,7 @@ def _transaction(body_json: str) -> Transaction:
 
 def transaction_item(tx: Transaction) -> dict[str, Any]:
     """The transaction as the table holds it (what the finance export reads)."""
-    return {**asdict(tx), "merchant_order": tx.merchant_order}
+    return {**as_record(tx), "merchant_order": tx.merchant_order}
 
 
 class SqliteTransactionRepository:
@@ -179,7 +180,7 @@ class SqliteOrderDetailsRepository:
                 "INSERT INTO order_details (merchant_order, attempt, body_json) VALUES (?, ?, ?) "
                 "ON CONFLICT (merchant_order) DO UPDATE SET attempt = excluded.attempt, body_json = excluded.body_json "
                 "WHERE order_details.attempt < excluded.attempt",
-                (details.merchant_order, details.attempt, jsonutil.dumps(asdict(details))),
+                (details.merchant_order, details.attempt, jsonutil.dumps(as_record(details))),
             ).rowcount
         return changed == 1
 

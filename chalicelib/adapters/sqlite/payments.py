@@ -9,10 +9,10 @@ and the stream record the Console side reads).
 from __future__ import annotations
 
 import sqlite3
-from dataclasses import asdict
 from typing import Any
 
 from chalicelib import jsonutil
+from chalicelib.adapters.records import as_record
 from chalicelib.adapters.sqlite.db import Database
 from chalicelib.exceptions import ConditionFailed
 from chalicelib.keys import order_key
@@ -58,7 +58,7 @@ class SqliteTerminalRepository:
         return [_terminal(row) for row in rows]
 
     def _insert(self, terminal: Terminal, verb: str) -> None:
-        values = asdict(terminal)
+        values = as_record(terminal)
         values["online"] = int(values["online"])
         columns = ", ".join(_TERMINAL_COLUMNS)
         marks = ", ".join("?" for _ in _TERMINAL_COLUMNS)
@@ -162,7 +162,7 @@ _DISPATCH_COLUMNS = (
 
 def head_image(head: OrderHead, expires_at: int) -> dict[str, Any]:
     """The head as the payments table's stream shows it on AWS (``pk`` = ``ORDER#…``)."""
-    return {"pk": f"ORDER#{order_key(head.merchant_id, head.order_id)}", **asdict(head), "expires_at": expires_at}
+    return {"pk": f"ORDER#{order_key(head.merchant_id, head.order_id)}", **as_record(head), "expires_at": expires_at}
 
 
 def _dispatch(row: sqlite3.Row) -> Dispatch:
@@ -221,7 +221,7 @@ class SqlitePaymentRepository:
         expires_at = head.updated_at_ms // 1000 + self.retention_s
         head_values = [getattr(head, name) for name in _HEAD_COLUMNS] + [expires_at]
         dispatch_values: dict[str, Any] = {
-            **asdict(dispatch),
+            **as_record(dispatch),
             "state": dispatch.state.value,
             "late": int(dispatch.late),
             "result_json": jsonutil.dumps(dispatch.result) if dispatch.result is not None else None,
