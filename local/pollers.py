@@ -42,6 +42,10 @@ RETRY_AFTER_S = 1
 # An idle poller asks again after this long: each empty poll costs moto a few ms of CPU, and the
 # Console side has a second or two to show a transaction, not milliseconds.
 IDLE_S = 0.2
+# An idle poller woken by a new message waits this long for more before reading, so that under
+# load it hands over batches (one receive and one settle per batch, not per message), as a Lambda
+# event source's batching window does. The Console side has seconds to show a transaction.
+BATCHING_WINDOW_S = 0.1
 # Shards change rarely (never, in moto): list them again only this often.
 SHARD_DISCOVERY_S = 10.0
 
@@ -55,6 +59,7 @@ class Poller(threading.Thread):
         self.stop_event = stop_event
         self.crash: str | None = None
         self.batches = 0
+        self.idles = 0  # polls that found nothing
         self.failed_items = 0
 
     def run(self) -> None:
@@ -69,6 +74,7 @@ class Poller(threading.Thread):
                 logger.exception("poller error", extra={"poller": self.name})
                 worked, backoff = False, min(backoff * 2, 2.0)
             if not worked:
+                self.idles += 1
                 self.idle(seen, backoff)
 
     def activity(self) -> int:
@@ -220,10 +226,14 @@ class _SqlitePoller(Poller):
     def activity(self) -> int:
         return self.db.generation(self.channel)
 
+    batching_window_s = BATCHING_WINDOW_S
+
     def idle(self, seen: int, timeout_s: float) -> None:
         # A delayed or retried message becomes visible by the clock alone: poll again after timeout_s
         # anyway (a SELECT on an index, microseconds).
-        self.db.wait_for_activity(self.channel, seen, timeout_s)
+        if self.db.wait_for_activity(self.channel, seen, timeout_s) != seen and self.batching_window_s:
+            # Woken by a new message: let the batch gather, as Lambda's batching window does.
+            self.stop_event.wait(self.batching_window_s)
 
 
 class OutboxPoller(_SqlitePoller):
@@ -303,11 +313,11 @@ class SqliteQueuePoller(_SqlitePoller):
         try:
             failed = self.call({"Records": [self._lambda_record(message) for message in messages]})
         finally:
-            for message in messages:
-                if message.message_id in failed:
-                    self.queue.retry_later(message.receipt, RETRY_AFTER_S)
-                else:
-                    self.queue.delete(message.receipt)
+            self.queue.settle(
+                [m.receipt for m in messages if m.message_id not in failed],
+                [m.receipt for m in messages if m.message_id in failed],
+                RETRY_AFTER_S,
+            )
         return True
 
     def _lambda_record(self, message: SqliteMessage) -> dict[str, Any]:

@@ -4,6 +4,8 @@ and the queue and stream tables that stand in for SQS and DynamoDB Streams."""
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
@@ -20,6 +22,7 @@ from chalicelib.merchants import enrollment
 from chalicelib.merchants.auth import Authenticator
 from chalicelib.payments import domain
 from chalicelib.payments.domain import Dispatch, DispatchState, Terminal, Transition
+from local.pollers import SqliteQueuePoller
 from tests.conftest import PASSPHRASE, TERMINAL_ID
 from tests.contract.builders import NOW, head_and_dispatch, race
 from tests.fakes import FakeClock
@@ -378,6 +381,61 @@ def test_retry_later_brings_a_failed_message_back_after_the_wait(store: SqliteSt
     assert store.ipn_queue.receive() == []
     clock.advance(1)
     assert [m.message_id for m in store.ipn_queue.receive()] == [message.message_id]
+
+
+def test_settling_a_batch_deletes_the_handled_and_brings_the_failed_back_after_the_wait(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    queue = store.ipn_queue
+    for index in range(3):
+        queue.send({"n": index})
+    handled, failed = queue.receive(2, visibility_s=30)
+    [stale] = queue.receive(1, visibility_s=1)
+    clock.advance(1000)
+    [stale_again] = queue.receive(10, visibility_s=30)
+    # the third was received again meanwhile: its first receipt is stale and changes nothing
+    assert stale_again.message_id == stale.message_id
+    assert queue.settle([handled.receipt, stale.receipt], [failed.receipt], retry_after_s=1) == 2
+    assert queue.depth() == 2
+    clock.advance(999)
+    assert queue.receive(10) == []
+    clock.advance(1)
+    [back] = queue.receive(10)
+    assert back.message_id == failed.message_id
+    assert queue.settle([back.receipt, stale_again.receipt], [], retry_after_s=1) == 2
+    assert queue.depth() == 0
+
+
+def test_a_woken_queue_poller_hands_over_what_arrived_during_its_batching_window(store: SqliteStore) -> None:
+    batches: list[list[Any]] = []
+
+    def handler(event: dict[str, Any], _context: Any) -> dict[str, Any]:
+        batches.append([jsonutil.loads(record["body"])["n"] for record in event["Records"]])
+        return {"batchItemFailures": []}
+
+    stop = threading.Event()
+    poller = SqliteQueuePoller(store.ipn_queue, handler, stop)
+    poller.batching_window_s = 0.5
+    poller.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not _idle(poller) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for index in range(3):
+            store.ipn_queue.send({"n": index})
+        while sum(len(batch) for batch in batches) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        store.db.notify()
+        poller.join(5)
+    assert batches == [[0, 1, 2]]
+    assert store.ipn_queue.depth() == 0
+
+
+def _idle(poller: SqliteQueuePoller) -> bool:
+    """The poller has polled once and found nothing (it now waits for activity)."""
+    return poller.idles > 0
 
 
 def test_a_message_received_too_often_moves_to_its_dead_letter_queue(store: SqliteStore, clock: FakeClock) -> None:

@@ -113,6 +113,21 @@ class SqliteQueue:
             ).rowcount
         return changed == 1
 
+    def settle(self, done: list[str], failed: list[str], retry_after_s: int) -> int:
+        """A handled batch in one transaction (as SQS's ``DeleteMessageBatch`` and
+        ``ChangeMessageVisibilityBatch``): ``done`` receipts deleted, ``failed`` ones visible again
+        after ``retry_after_s``. Stale receipts change nothing; the number of messages changed."""
+        visible_at = self.clock.now_ms() + retry_after_s * 1000
+        changed = 0
+        with self.db.write() as conn:
+            for receipt in done:
+                changed += conn.execute("DELETE FROM messages WHERE receipt = ?", (receipt,)).rowcount
+            for receipt in failed:
+                changed += conn.execute(
+                    "UPDATE messages SET visible_at_ms = ? WHERE receipt = ?", (visible_at, receipt)
+                ).rowcount
+        return changed
+
     def depth(self) -> int:
         """Messages on the queue, visible or not."""
         with self.db.connection() as conn:
