@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from chalice.config import Config
-from chalice.local import LambdaEventConverter, LocalGateway, LocalGatewayException
+from chalice.local import LambdaContext, LambdaEventConverter, LocalGateway, LocalGatewayException
 
 from chalicelib import jsonutil
 from chalicelib.errors import ApiError
@@ -39,6 +39,13 @@ class _FrontDoorGateway(LocalGateway):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.arrival = threading.local()
+        # Chalice looks these up through its layered config on every request; they never change.
+        timeout_s = self._config.lambda_timeout or self.MAX_LAMBDA_EXECUTION_TIME
+        self._context_args = (self._config.function_name, self._config.lambda_memory_size, timeout_s * 1000)
+
+    def _generate_lambda_context(self) -> LambdaContext:
+        function_name, memory_size, timeout_ms = self._context_args
+        return LambdaContext(function_name=function_name, memory_size=memory_size, max_runtime_ms=timeout_ms)
 
     def _generate_lambda_event(self, method: str, path: str, headers: Any, body: bytes | None) -> Any:
         event = super()._generate_lambda_event(method, path, headers, body)
