@@ -325,7 +325,7 @@ def broken(outcome: dict[str, Any], config: BenchConfig) -> str | None:
 
 def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
     from chalicelib.observability import logger
-    from local.stack import StackConfig, start_stack
+    from local.stack import StackConfig, freeze_startup_heap, start_stack
 
     # One JSON line per event would measure the terminal, not the API; the Console side warns on every
     # payment that the bench merchant has no notify URL.
@@ -362,6 +362,7 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
                 simulate=False,
             )
         )
+        freeze_startup_heap()  # as make run does once the stack is up
     fleet = TerminalProcesses(
         "127.0.0.1",
         stack.mqtt_port,

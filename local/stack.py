@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -443,6 +444,14 @@ def _wait_ready(api_url: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def freeze_startup_heap() -> None:
+    """Keep what the start-up built (modules, schemas, the seed: about 120,000 objects, all alive
+    for the whole run) out of the garbage collector's full passes: each of those stopped every
+    payment in flight for about 50 ms."""
+    gc.collect()
+    gc.freeze()
+
+
 def describe(stack: RunningStack) -> str:
     """What is where, the demo credentials, and a payment to paste."""
     lines = [
@@ -548,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         _write_admin_env(stack)
     except OSError as exc:
         print(f"note: could not write {ADMIN_ENV_FILE} for make admin: {exc}", file=sys.stderr)
+    freeze_startup_heap()
     print(describe(stack))
     print(f"(ready in {time.monotonic() - started:.1f} s)", flush=True)
 
