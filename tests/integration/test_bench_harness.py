@@ -154,7 +154,9 @@ def test_process_cpu_counts_a_child_of_the_stack_as_the_stacks_and_a_load_proces
     assert spent["stack child: burner"] >= 0.25
     assert spent["ECRs"] >= 0.25
     assert STACK in spent
-    assert set(spent) == {STACK, "stack child: burner", "ECRs"}
+    # The load process is the load's alone, never also a stack child (the test run may have other
+    # children of its own, such as the CDK tests' node process).
+    assert f"stack child: {Path(sys.executable).name}" not in spent
 
 
 @pytest.fixture
