@@ -54,8 +54,10 @@ from types import TracebackType
 from typing import Any
 
 from amqtt.broker import Broker
+from amqtt.contexts import Action
 from amqtt.errors import BrokerError
 from amqtt.events import BrokerEvents
+from amqtt.mqtt.constants import QOS_1, QOS_2
 from amqtt.session import OutgoingApplicationMessage, Session
 
 # Named, not __name__: run as ``python -m local.broker`` the module is ``__main__``.
@@ -193,12 +195,50 @@ class IsolatingBroker(Broker):
         # amqtt's broadcast loop never reads this task's result: a routing failure would vanish
         # with the message it was routing. Report it, so the broker stops loudly instead.
         try:
-            await super()._run_broadcast(running_tasks)
+            await self._route_one(running_tasks)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._on_fatal(exc)
             raise
+
+    async def _route_one(self, running_tasks: deque[asyncio.Task[OutgoingApplicationMessage]]) -> None:
+        """amqtt 0.12.1's ``Broker._run_broadcast``, delivering to the same sessions in the same
+        order, without its per-filter cost: amqtt formats a debug line for every subscription a
+        message does not match (one per connected terminal, whatever the log level) and runs the
+        wildcard matcher on filters that have no wildcard. Here an exact filter is compared as a
+        string, only wildcard filters go through ``_matches``, and debug lines are built only when
+        debug logging is on."""
+        broadcast = await self._broadcast_queue.get()
+        topic = broadcast["topic"]
+        debug = self.logger.isEnabledFor(logging.DEBUG)
+        if debug:
+            self.logger.debug(f"Processing broadcast message: {broadcast}")
+        for k_filter, subscriptions in self._subscriptions.items():
+            if k_filter != topic and not (("+" in k_filter or "#" in k_filter) and self._matches(topic, k_filter)):
+                continue
+            for target_session, sub_qos in subscriptions:
+                qos = broadcast.get("qos", sub_qos)
+                if not await self._topic_filtering(target_session, topic=topic, action=Action.RECEIVE):
+                    self.logger.info(f"{target_session.client_id} not allowed to receive messages from TOPIC {topic}.")
+                    continue
+                connected = target_session.transitions.state == "connected"
+                if (
+                    not connected
+                    and not target_session.clean_session
+                    and qos in (QOS_1, QOS_2)
+                    and not target_session.is_anonymous
+                ):
+                    await self._retain_broadcast_message(broadcast, qos, target_session)
+                    continue
+                if not connected:
+                    continue
+                if debug:
+                    self.logger.debug(f"Broadcasting on topic '{topic}' to {target_session.client_id}")
+                handler = self._get_handler(target_session)
+                if handler:
+                    task = asyncio.ensure_future(handler.mqtt_publish(topic, broadcast["data"], qos, retain=False))
+                    running_tasks.append(task)
 
 
 class RunningBroker:

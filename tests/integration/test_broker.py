@@ -138,6 +138,26 @@ def test_unpatched_amqtt_leaks_other_terminals_retained_status(monkeypatch: pyte
     assert topic_for("PAX-0001", "status") in received["PAX-0004"]
 
 
+def test_a_message_reaches_each_matching_subscription_once_exact_and_wildcard_alike(broker: RunningBroker) -> None:
+    exact = Recorder(broker, "exact").start("shop/1/till")
+    plus = Recorder(broker, "plus").start("shop/+/till")
+    everything = Recorder(broker, "everything").start("#")
+    both = Recorder(broker, "both").start("shop/1/till", "shop/#")
+    other = Recorder(broker, "other").start("shop/2/till", "shop/1/till/x", "shop/+")
+    publisher = Recorder(broker, "publisher").start()
+    publisher.client.publish("shop/1/till", b"paid", qos=1)
+    publisher.client.publish("$SYS/load", b"system", qos=1)
+    for recorder in (exact, plus, everything, both, other):
+        recorder.sync()
+    assert exact.topics() == ["shop/1/till"]
+    assert plus.topics() == ["shop/1/till"]
+    assert everything.topics() == ["shop/1/till"]  # no $ topic through a leading wildcard
+    assert both.topics() == ["shop/1/till", "shop/1/till"]  # once per matching filter, as amqtt does
+    assert other.topics() == []
+    for recorder in (exact, plus, everything, both, other, publisher):
+        recorder.stop()
+
+
 def test_dropped_terminal_connection_delivers_its_retained_offline_last_will(broker: RunningBroker) -> None:
     cloud = Recorder(broker, "cloud").start(topic_for("+", "status"))
     status_topic = topic_for("PAX-WILL1", "status")
