@@ -87,6 +87,7 @@ class Authenticator:
         self._wall_clock = wall_clock
         self._key = secrets.token_bytes(32)
         self._cache: dict[str, tuple[bytes, str, float, str]] = {}
+        self._in_flight: dict[tuple[bytes, str | None], _Verification] = {}
         self._lock = threading.Lock()
 
     def _fingerprint(self, login: str, password: str) -> bytes:
@@ -110,8 +111,7 @@ class Authenticator:
         now_s = int(self._wall_clock())
         if self._guard is not None:
             self._guard.check(login, source, now_s)
-        # Unknown logins cost the same hash, so timing does not tell which logins exist.
-        valid = verify_password(password, stored or _dummy_hash())
+        valid = self._verify_once(fingerprint, password, stored)
         if not (record and stored and valid):
             if self._guard is not None:
                 self._guard.failed(login, source, now_s)
@@ -120,6 +120,38 @@ class Authenticator:
         with self._lock:
             self._cache[login] = (fingerprint, merchant_id, now + self._ttl_s, str(stored))
         return merchant_id
+
+    def _verify_once(self, fingerprint: bytes, password: str, stored: str | None) -> bool:
+        """The slow hash, run once for requests that bring the same credentials at the same time:
+        the others wait for its answer instead of each running it (200 payments arriving together
+        on a cold cache were 200 hashes, seconds of CPU, before the first answer)."""
+        key = (fingerprint, stored)
+        with self._lock:
+            flight = self._in_flight.get(key)
+            leading = flight is None
+            if flight is None:
+                flight = self._in_flight[key] = _Verification()
+        if leading:
+            try:
+                # Unknown logins cost the same hash, so timing does not tell which logins exist.
+                flight.valid = verify_password(password, stored or _dummy_hash())
+            finally:
+                with self._lock:
+                    del self._in_flight[key]
+                flight.done.set()
+            return flight.valid
+        flight.done.wait()
+        if flight.valid is None:  # the hash it waited for failed: run its own
+            return verify_password(password, stored or _dummy_hash())
+        return flight.valid
+
+
+class _Verification:
+    """One slow hash in progress, and its answer once known."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.valid: bool | None = None
 
 
 def _dummy_hash() -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -285,3 +287,117 @@ def test_malformed_header_is_refused_before_any_lookup(
     with pytest.raises(ApiError):
         authenticator.merchant_for("Basic %%%")
     assert logins.lookups == [] and calls == []
+
+
+# -- requests arriving together -------------------------------------------------------------------
+
+
+def _gated_verify(monkeypatch: pytest.MonkeyPatch, outcome: Any = None) -> tuple[list[str], threading.Event]:
+    """verify_password held until the gate opens (so requests overlap), recording each call;
+    ``outcome``: an exception to raise instead of answering."""
+    calls: list[str] = []
+    gate = threading.Event()
+    real = auth.verify_password
+
+    def gated(password: str, stored: str) -> bool:
+        calls.append(password)
+        assert gate.wait(10)
+        if outcome is not None:
+            raise outcome
+        return real(password, stored)
+
+    monkeypatch.setattr(auth, "verify_password", gated)
+    return calls, gate
+
+
+def _together(count: int, call: Any) -> tuple[list[Any], list[threading.Thread]]:
+    results: list[Any] = []
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            value = call()
+        except Exception as exc:  # the outcome under test may be an error
+            value = exc
+        with lock:
+            results.append(value)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    return results, threads
+
+
+def _when(condition: Any) -> None:
+    deadline = time.monotonic() + 5
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def test_requests_arriving_together_with_the_same_credentials_run_one_slow_hash(
+    authenticator: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls, gate = _gated_verify(monkeypatch)
+    results, threads = _together(8, lambda: authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}")))
+    _when(lambda: calls)
+    time.sleep(0.05)  # the others are waiting for the first one's hash by now
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert results == [MERCHANT_ID] * 8
+    assert calls == [PASSWORD]
+
+
+def test_each_request_of_a_wrong_password_arriving_together_is_refused_and_counted(
+    logins: CountingLogins, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[str] = []
+
+    class Guard:
+        def check(self, login: str, _source: str | None, _now_s: int) -> None:
+            pass
+
+        def failed(self, login: str, _source: str | None, _now_s: int) -> None:
+            failures.append(login)
+
+    authenticator = Authenticator(logins, ttl_s=60, clock=clock, guard=Guard())  # type: ignore[arg-type]
+    calls, gate = _gated_verify(monkeypatch)
+    results, threads = _together(5, lambda: authenticator.merchant_for(basic(f"{LOGIN}:wrong")))
+    _when(lambda: calls)
+    time.sleep(0.05)
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert [(r.status, r.code) for r in results] == [(401, "auth.unauthorized")] * 5
+    assert calls == ["wrong"]
+    assert failures == [LOGIN] * 5
+
+
+def test_different_passwords_arriving_together_are_each_hashed(
+    authenticator: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls, gate = _gated_verify(monkeypatch)
+    right, right_threads = _together(1, lambda: authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}")))
+    wrong, wrong_threads = _together(1, lambda: authenticator.merchant_for(basic(f"{LOGIN}:wrong")))
+    _when(lambda: len(calls) == 2)
+    gate.set()
+    for thread in right_threads + wrong_threads:
+        thread.join(10)
+    assert sorted(calls) == sorted([PASSWORD, "wrong"])
+    assert right == [MERCHANT_ID]
+    assert [(e.status, e.code) for e in wrong] == [(401, "auth.unauthorized")]
+
+
+def test_when_the_hash_waited_for_fails_the_waiting_requests_run_their_own(
+    authenticator: Authenticator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls, gate = _gated_verify(monkeypatch, outcome=MemoryError("no room for scrypt"))
+    results, threads = _together(3, lambda: authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}")))
+    _when(lambda: calls)
+    time.sleep(0.05)
+    monkeypatch.setattr(auth, "verify_password", lambda password, stored: True)  # what the others run
+    gate.set()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(map(repr, results)) == sorted([repr(MemoryError("no room for scrypt")), "'M1'", "'M1'"])
+    assert authenticator._in_flight == {}
