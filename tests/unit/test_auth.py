@@ -391,13 +391,21 @@ def test_different_passwords_arriving_together_are_each_hashed(
 def test_when_the_hash_waited_for_fails_the_waiting_requests_run_their_own(
     authenticator: Authenticator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    real = auth.verify_password
     calls, gate = _gated_verify(monkeypatch, outcome=MemoryError("no room for scrypt"))
     results, threads = _together(3, lambda: authenticator.merchant_for(basic(f"{LOGIN}:{PASSWORD}")))
     _when(lambda: calls)
     time.sleep(0.05)
-    monkeypatch.setattr(auth, "verify_password", lambda password, stored: True)  # what the others run
+    own: list[tuple[str, str]] = []
+
+    def own_hash(password: str, stored: str) -> bool:  # what the waiting ones run
+        own.append((password, stored))
+        return real(password, stored)
+
+    monkeypatch.setattr(auth, "verify_password", own_hash)
     gate.set()
     for thread in threads:
         thread.join(10)
     assert sorted(map(repr, results)) == sorted([repr(MemoryError("no room for scrypt")), "'M1'", "'M1'"])
+    assert own == [(PASSWORD, STORED)] * 2
     assert authenticator._in_flight == {}
