@@ -4,7 +4,9 @@ so the local stack and an AWS deployment (API Gateway → the API Lambda) serve 
 Every file ships in ``static/`` (the Lambda package holds it, as part of ``chalicelib/``); nothing is
 fetched from another origin, and the Content-Security-Policy says so to the browser. Only files
 listed at import are served: a name is looked up, never joined to a path. All are text, so API
-Gateway passes them through without binary media types.
+Gateway passes them through without binary media types. A vendored file kept as ``name.gz`` (Swagger
+UI's 1.7 MB bundle: 0.46 MB in the package) is served as ``name``, decompressed once per process:
+the bytes are upstream's, unchanged.
 
 The pages hold no data: the Console's script calls the JSON API with the credentials its user
 types, kept in the tab's memory and sessionStorage only.
@@ -12,6 +14,7 @@ types, kept in the tab's memory and sessionStorage only.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,8 +57,14 @@ class StaticFile:
     etag: str
 
 
+def _served_name(path: Path) -> str:
+    return path.name.removesuffix(".gz")
+
+
 def _listing(section: str) -> frozenset[str]:
-    return frozenset(p.name for p in (STATIC / section).iterdir() if p.is_file() and p.suffix in _TYPES)
+    return frozenset(
+        _served_name(p) for p in (STATIC / section).iterdir() if p.is_file() and Path(_served_name(p)).suffix in _TYPES
+    )
 
 
 # Names only: every function of the app imports this module, and only the API's reads a file,
@@ -65,7 +74,11 @@ _NAMES = {section: _listing(section) for section in SECTIONS}
 
 @lru_cache(maxsize=32)
 def _file(section: str, name: str) -> StaticFile:
-    body = (STATIC / section / name).read_text(encoding="utf-8")
+    packed = STATIC / section / f"{name}.gz"
+    if packed.is_file():
+        body = gzip.decompress(packed.read_bytes()).decode("utf-8")
+    else:
+        body = (STATIC / section / name).read_text(encoding="utf-8")
     etag = '"' + hashlib.sha256(body.encode("utf-8")).hexdigest()[:32] + '"'
     return StaticFile(body, _TYPES[Path(name).suffix], etag)
 

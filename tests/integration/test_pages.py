@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,16 @@ def test_assets_are_served_with_their_type_and_revalidated_by_etag(
     assert response.headers["Content-Type"] == content_type
     again = client.http.get(path, headers={"If-None-Match": response.headers["ETag"]})
     assert again.status_code == 304 and again.body == b""
+
+
+def test_the_vendored_bundle_is_served_as_upstream_wrote_it_and_its_archive_is_not(client: Client) -> None:
+    response = client.http.get("/docs/swagger-ui-bundle.js")
+    assert response.status_code == 200
+    # swagger-ui-dist 5.35.0's swagger-ui-bundle.js, byte for byte (kept gzipped in the package)
+    assert hashlib.sha256(response.body).hexdigest() == (
+        "e6a898692f2d768e807c3ba4626068a69a2c5dd960dd6c76f3e4d3a3de180af2"
+    )
+    assert client.http.get("/docs/swagger-ui-bundle.js.gz").status_code == 404
 
 
 @pytest.mark.parametrize("name", ["nope.js", "index.html", "..%2Fpages.py", "%2E%2E"])
