@@ -24,6 +24,7 @@ import os
 import threading
 import time
 import traceback
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +51,7 @@ BATCHING_WINDOW_S = 0.1
 SHARD_DISCOVERY_S = 10.0
 
 
-class Poller(threading.Thread):
+class Poller(threading.Thread, ABC):
     """A daemon thread calling ``poll_once`` until ``stop_event`` is set; errors never end it."""
 
     def __init__(self, name: str, handler: Handler, stop_event: threading.Event) -> None:
@@ -85,8 +86,9 @@ class Poller(threading.Thread):
         """Nothing to do: wait before polling again."""
         self.stop_event.wait(timeout_s)
 
+    @abstractmethod
     def poll_once(self) -> bool:
-        raise NotImplementedError
+        """Read the source once and hand what it holds to the handler; False when it held nothing."""
 
     def call(self, event: dict[str, Any]) -> set[str]:
         """Run the handler; the identifiers it reports failed (all of them if it raised)."""
