@@ -47,11 +47,24 @@ class SqliteTransactionRepository:
 
     def put(self, tx: Transaction, expected_version: int) -> None:
         """Write ``tx`` if the stored one is still at ``expected_version`` (0: does not exist yet)."""
-        with self.db.write() as conn:
-            stored = self._version(conn, tx.transaction_reference)
-            if (expected_version == 0 and stored is not None) or (expected_version != 0 and stored != expected_version):
-                raise ConditionFailed(f"transaction {tx.transaction_reference} changed meanwhile")
-            self._write(conn, tx)
+        # One conditional statement: the insert of a new one, or the update of the version we read.
+        columns = (tx.merchant_id, tx.merchant_order, tx.created_at, tx.status_code, tx.terminal_id, tx.version)
+        body_json = jsonutil.dumps(transaction_item(tx))
+        if expected_version == 0:
+            changed = self.db.write_one(
+                "INSERT INTO transactions (merchant_id, merchant_order, created_at, status_code, terminal_id, "
+                "version, body_json, transaction_reference) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (transaction_reference) DO NOTHING",
+                (*columns, body_json, tx.transaction_reference),
+            )
+        else:
+            changed = self.db.write_one(
+                "UPDATE transactions SET merchant_id = ?, merchant_order = ?, created_at = ?, status_code = ?, "
+                "terminal_id = ?, version = ?, body_json = ? WHERE transaction_reference = ? AND version = ?",
+                (*columns, body_json, tx.transaction_reference, expected_version),
+            )
+        if changed != 1:
+            raise ConditionFailed(f"transaction {tx.transaction_reference} changed meanwhile")
 
     def mark_enqueued(self, reference: str, status_code: int) -> None:
         """The pending notification of ``status_code`` is in the queue; ConditionFailed if it moved on."""
@@ -72,11 +85,6 @@ class SqliteTransactionRepository:
             tx.notified_statuses = [*tx.notified_statuses, status_code]
             tx.version += 1
             self._write(conn, tx)
-
-    @staticmethod
-    def _version(conn: sqlite3.Connection, reference: str) -> int | None:
-        row = conn.execute("SELECT version FROM transactions WHERE transaction_reference = ?", (reference,)).fetchone()
-        return int(row["version"]) if row else None
 
     @staticmethod
     def _current(conn: sqlite3.Connection, reference: str) -> Transaction | None:
@@ -175,13 +183,12 @@ class SqliteOrderDetailsRepository:
 
     def put_if_newer(self, details: OrderDetails) -> bool:
         """Store the details unless those of this attempt or a newer one are already there."""
-        with self.db.write() as conn:
-            changed = conn.execute(
-                "INSERT INTO order_details (merchant_order, attempt, body_json) VALUES (?, ?, ?) "
-                "ON CONFLICT (merchant_order) DO UPDATE SET attempt = excluded.attempt, body_json = excluded.body_json "
-                "WHERE order_details.attempt < excluded.attempt",
-                (details.merchant_order, details.attempt, jsonutil.dumps(as_record(details))),
-            ).rowcount
+        changed = self.db.write_one(
+            "INSERT INTO order_details (merchant_order, attempt, body_json) VALUES (?, ?, ?) "
+            "ON CONFLICT (merchant_order) DO UPDATE SET attempt = excluded.attempt, body_json = excluded.body_json "
+            "WHERE order_details.attempt < excluded.attempt",
+            (details.merchant_order, details.attempt, jsonutil.dumps(as_record(details))),
+        )
         return changed == 1
 
 
@@ -193,12 +200,11 @@ class SqliteIpnInbox:
 
     def store(self, reference: str, merchant_id: str, body_json: str, body_sha256: str, received_at_ms: int) -> bool:
         """False when this transaction_reference was already received."""
-        with self.db.write() as conn:
-            changed = conn.execute(
-                "INSERT INTO ipn_inbox (transaction_reference, merchant_id, body_json, body_sha256, received_at_ms) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (transaction_reference) DO NOTHING",
-                (reference, merchant_id, body_json, body_sha256, received_at_ms),
-            ).rowcount
+        changed = self.db.write_one(
+            "INSERT INTO ipn_inbox (transaction_reference, merchant_id, body_json, body_sha256, received_at_ms) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (transaction_reference) DO NOTHING",
+            (reference, merchant_id, body_json, body_sha256, received_at_ms),
+        )
         return changed == 1
 
     def get(self, reference: str) -> dict[str, Any] | None:
@@ -211,10 +217,9 @@ class SqliteIpnInbox:
 
     def mark_merged(self, reference: str, merged_at_ms: int) -> None:
         """The first merge time is kept; ConditionFailed for an IPN never stored."""
-        with self.db.write() as conn:
-            found = conn.execute(
-                "UPDATE ipn_inbox SET merged_at_ms = COALESCE(merged_at_ms, ?) WHERE transaction_reference = ?",
-                (merged_at_ms, reference),
-            ).rowcount
+        found = self.db.write_one(
+            "UPDATE ipn_inbox SET merged_at_ms = COALESCE(merged_at_ms, ?) WHERE transaction_reference = ?",
+            (merged_at_ms, reference),
+        )
         if found != 1:
             raise ConditionFailed(f"no stored IPN for {reference}")

@@ -30,20 +30,17 @@ class SqliteMerchantRepository:
     def put_merchant(
         self, merchant_id: str, notify_url: str | None, notify_passphrase: str, basket_policy: str = "lenient"
     ) -> None:
-        with self.db.write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO merchants (merchant_id, notify_url, notify_passphrase, basket_policy) "
-                "VALUES (?, ?, ?, ?)",
-                (merchant_id, notify_url, notify_passphrase, basket_policy),
-            )
+        self.db.write_one(
+            "INSERT OR REPLACE INTO merchants (merchant_id, notify_url, notify_passphrase, basket_policy) "
+            "VALUES (?, ?, ?, ?)",
+            (merchant_id, notify_url, notify_passphrase, basket_policy),
+        )
 
     def delete_login(self, login: str) -> bool:
-        with self.db.write() as conn:
-            return conn.execute("DELETE FROM logins WHERE login = ?", (login,)).rowcount == 1
+        return self.db.write_one("DELETE FROM logins WHERE login = ?", (login,)) == 1
 
     def put_login(self, login: str, merchant_id: str, password_hash: str) -> None:
-        with self.db.write() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO logins (login, merchant_id, password_hash) VALUES (?, ?, ?)",
-                (login, merchant_id, password_hash),
-            )
+        self.db.write_one(
+            "INSERT OR REPLACE INTO logins (login, merchant_id, password_hash) VALUES (?, ?, ?)",
+            (login, merchant_id, password_hash),
+        )

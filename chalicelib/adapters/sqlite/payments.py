@@ -62,8 +62,7 @@ class SqliteTerminalRepository:
         values["online"] = int(values["online"])
         columns = ", ".join(_TERMINAL_COLUMNS)
         marks = ", ".join("?" for _ in _TERMINAL_COLUMNS)
-        with self.db.write() as conn:
-            conn.execute(f"{verb} INTO terminals ({columns}) VALUES ({marks})", [values[c] for c in _TERMINAL_COLUMNS])
+        self.db.write_one(f"{verb} INTO terminals ({columns}) VALUES ({marks})", [values[c] for c in _TERMINAL_COLUMNS])
 
     def put(self, terminal: Terminal) -> None:
         self._insert(terminal, "INSERT OR REPLACE")
@@ -120,8 +119,7 @@ class SqliteTerminalRepository:
 
     def _update(self, statement: str, parameters: tuple[Any, ...]) -> bool:
         """One conditional statement: True when it changed the row."""
-        with self.db.write() as conn:
-            return conn.execute(statement, parameters).rowcount == 1
+        return self.db.write_one(statement, parameters) == 1
 
 
 _HEAD_COLUMNS = (

@@ -58,11 +58,10 @@ class SqliteQueue:
 
     def send_raw(self, text: str, delay_s: int = 0) -> None:
         now = self.clock.now_ms()
-        with self.db.write() as conn:
-            conn.execute(
-                "INSERT INTO messages (message_id, queue, body, sent_at_ms, visible_at_ms) VALUES (?, ?, ?, ?, ?)",
-                (str(uuid.uuid4()), self.name, text, now, now + max(0, min(delay_s, MAX_DELAY_S)) * 1000),
-            )
+        self.db.write_one(
+            "INSERT INTO messages (message_id, queue, body, sent_at_ms, visible_at_ms) VALUES (?, ?, ?, ?, ?)",
+            (str(uuid.uuid4()), self.name, text, now, now + max(0, min(delay_s, MAX_DELAY_S)) * 1000),
+        )
         self.db.notify(self.name)
 
     def receive(self, max_messages: int = 10, visibility_s: int = 30) -> list[Message]:
@@ -101,16 +100,13 @@ class SqliteQueue:
 
     def delete(self, receipt: str) -> bool:
         """Done with a message; False when the receipt is stale (it was received again meanwhile)."""
-        with self.db.write() as conn:
-            return conn.execute("DELETE FROM messages WHERE receipt = ?", (receipt,)).rowcount == 1
+        return self.db.write_one("DELETE FROM messages WHERE receipt = ?", (receipt,)) == 1
 
     def retry_later(self, receipt: str, after_s: int) -> bool:
         """Make a received message visible again after ``after_s`` (what a failed Lambda batch item waits for)."""
-        with self.db.write() as conn:
-            changed = conn.execute(
-                "UPDATE messages SET visible_at_ms = ? WHERE receipt = ?",
-                (self.clock.now_ms() + after_s * 1000, receipt),
-            ).rowcount
+        changed = self.db.write_one(
+            "UPDATE messages SET visible_at_ms = ? WHERE receipt = ?", (self.clock.now_ms() + after_s * 1000, receipt)
+        )
         return changed == 1
 
     def settle(self, done: list[str], failed: list[str], retry_after_s: int) -> int:
