@@ -430,27 +430,32 @@ class MemoryLimitStore:
     def __init__(self) -> None:
         self.counters: dict[str, int] = {}
         self.gauges: dict[str, tuple[int, int]] = {}
+        # Each change is one atomic step, as one conditional statement or UpdateItem is.
+        self._lock = threading.Lock()
 
     def increment(self, key: str, expires_at_s: int) -> int:
-        self.counters[key] = self.counters.get(key, 0) + 1
-        return self.counters[key]
+        with self._lock:
+            self.counters[key] = self.counters.get(key, 0) + 1
+            return self.counters[key]
 
     def read(self, key: str) -> int:
         return self.counters.get(key, 0)
 
     def acquire(self, key: str, limit: int, now_ms: int, stale_after_ms: int) -> bool:
-        taken, touched = self.gauges.get(key, (0, now_ms))
-        if taken >= limit:
-            if touched >= now_ms - stale_after_ms:
-                return False
-            taken = 0
-        self.gauges[key] = (taken + 1, now_ms)
-        return True
+        with self._lock:
+            taken, touched = self.gauges.get(key, (0, now_ms))
+            if taken >= limit:
+                if touched >= now_ms - stale_after_ms:
+                    return False
+                taken = 0
+            self.gauges[key] = (taken + 1, now_ms)
+            return True
 
     def release(self, key: str, now_ms: int) -> None:
-        taken, _ = self.gauges.get(key, (0, now_ms))
-        if taken > 0:
-            self.gauges[key] = (taken - 1, now_ms)
+        with self._lock:
+            taken, _ = self.gauges.get(key, (0, now_ms))
+            if taken > 0:
+                self.gauges[key] = (taken - 1, now_ms)
 
 
 def fake_components(

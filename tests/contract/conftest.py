@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 
 from chalicelib.console.ports import IpnInbox, OrderDetailsRepository, TransactionRepository
+from chalicelib.limits import LimitStore
 from chalicelib.merchants.ports import MerchantRepository
 from chalicelib.payments.ports import PaymentRepository, TerminalRepository
 from tests.contract.stores import IMPLEMENTATIONS, Stores
@@ -53,3 +54,8 @@ def order_details(stores: Stores) -> OrderDetailsRepository:
 @pytest.fixture
 def ipn_inbox(stores: Stores) -> IpnInbox:
     return stores.ipn_inbox
+
+
+@pytest.fixture
+def limits(stores: Stores) -> LimitStore:
+    return stores.limits

@@ -14,9 +14,18 @@ import pytest
 
 from chalicelib.config import Settings
 from chalicelib.console.ports import IpnInbox, OrderDetailsRepository, TransactionRepository
+from chalicelib.limits import LimitStore
 from chalicelib.merchants.ports import MerchantRepository
 from chalicelib.payments.ports import PaymentRepository, TerminalRepository
-from tests.fakes import FakeIpnInbox, FakeMerchants, FakeOrderDetails, FakePayments, FakeTerminals, FakeTransactions
+from tests.fakes import (
+    FakeIpnInbox,
+    FakeMerchants,
+    FakeOrderDetails,
+    FakePayments,
+    FakeTerminals,
+    FakeTransactions,
+    MemoryLimitStore,
+)
 
 RETENTION_S = 90 * 86_400
 
@@ -29,11 +38,18 @@ class Stores:
     transactions: TransactionRepository
     order_details: OrderDetailsRepository
     ipn_inbox: IpnInbox
+    limits: LimitStore
 
 
 def in_memory(request: pytest.FixtureRequest) -> Stores:
     return Stores(
-        FakeTerminals(), FakePayments(), FakeMerchants(), FakeTransactions(), FakeOrderDetails(), FakeIpnInbox()
+        FakeTerminals(),
+        FakePayments(),
+        FakeMerchants(),
+        FakeTransactions(),
+        FakeOrderDetails(),
+        FakeIpnInbox(),
+        MemoryLimitStore(),
     )
 
 
@@ -43,6 +59,7 @@ def dynamodb_on_moto(request: pytest.FixtureRequest) -> Stores:
         DynamoOrderDetailsRepository,
         DynamoTransactionRepository,
     )
+    from chalicelib.adapters.dynamodb.limits import DynamoLimitStore
     from chalicelib.adapters.dynamodb.merchants import DynamoMerchantRepository
     from chalicelib.adapters.dynamodb.payments import DynamoPaymentRepository, DynamoTerminalRepository
 
@@ -56,6 +73,7 @@ def dynamodb_on_moto(request: pytest.FixtureRequest) -> Stores:
         DynamoTransactionRepository(settings.transactions_table),
         DynamoOrderDetailsRepository(settings.order_details_table),
         DynamoIpnInbox(settings.ipn_table),
+        DynamoLimitStore(settings.merchants_table),
     )
 
 
@@ -66,7 +84,13 @@ def sqlite_in_tmp(request: pytest.FixtureRequest) -> Stores:
     store = SqliteStore.open(request.getfixturevalue("tmp_path") / "data", retention_s=RETENTION_S)
     request.addfinalizer(store.close)
     return Stores(
-        store.terminals, store.payments, store.merchants, store.transactions, store.order_details, store.ipn_inbox
+        store.terminals,
+        store.payments,
+        store.merchants,
+        store.transactions,
+        store.order_details,
+        store.ipn_inbox,
+        store.limits,
     )
 
 
