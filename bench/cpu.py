@@ -19,6 +19,10 @@ _TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 STACK = "stack process"
 # The bench's main thread, in the stack's process but the harness's: told apart by its own clock.
 HARNESS = "bench main thread"
+# The simulated payment gateway (local/gateway.py): threads of the stack's process that stand in
+# for an outside party, told apart by their thread group (bench/probes.py ``ThreadCpu.group``).
+GATEWAY = "simulated gateway"
+GATEWAY_THREADS = "gateway-ipn"
 
 
 def _stat(pid: int) -> tuple[int, float] | None:
@@ -127,3 +131,10 @@ def raise_open_files_limit() -> tuple[int, int]:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def set_apart(cpu_s: dict[str, float], part: str, seconds: float) -> None:
+    """Move ``seconds`` of the stack's process to ``part``: threads of that process that are not the
+    stack's (the bench's main thread, the simulated gateway), measured by their own clocks."""
+    cpu_s[STACK] = max(cpu_s.get(STACK, 0.0) - seconds, 0.0)
+    cpu_s[part] = cpu_s.get(part, 0.0) + seconds

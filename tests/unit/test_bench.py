@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bench import cost
+from bench.cpu import GATEWAY, GATEWAY_THREADS, HARNESS, STACK, set_apart
 from bench.probes import ThreadCpu, _request_units, api_component
 from bench.report import (
     CONCURRENCY_BURST_GOAL,
@@ -20,6 +21,7 @@ from bench.report import (
     cost_model,
     floor_summary,
     goals,
+    is_stack_part,
     per_payment,
     render_markdown,
     summarize_scenario,
@@ -243,8 +245,8 @@ def test_cost_model_extrapolates_reads_and_duration_to_30_s_and_the_report_shows
     report = render_markdown(results, floor, models, [])
     assert "| customer_aws | aws | 5 |" in report
     assert "| steady | 10 | 5 | http_502:x 1 |" in report
-    # The stack's CPU apart from its load's: 0.3 s, 0.1 s and 0.1 s over 5 payments.
-    assert "| 60.0 / 20.0 / 20.0 |" in report
+    # The stack's CPU apart from its load's: 0.3 s, 0.1 s and 0.1 s over 5 payments (no gateway here).
+    assert "| 60.0 / 20.0 / – / 20.0 |" in report
     assert "about 9872 in flight" in report
     assert "DynamoDB on-demand read request units | 0.125 |" in report
 
@@ -255,11 +257,13 @@ def test_the_200_step_is_judged_on_errors_overhead_and_the_stacks_cpu_without_it
         {"order_id": f"o{i}", "customer_ms": 3_000, "latency_ms": 3_020.0 + i, "added_ms": 5.0, "outcome": "ok"}
         for i in range(10)
     ]
-    # The stack's process and a child process of it (a broker) count; the terminals and the ECRs do not.
+    # The stack's process and a child process of it (a broker) count; the terminals, the simulated
+    # gateway and the ECRs do not.
     cpu_s = {
         "stack process": 0.08,
         "stack child: local.broker": 0.01,
         "simulated terminals": 0.02,
+        "simulated gateway": 0.005,
         "ECRs": 0.03,
     }
     results["concurrency"].append(
@@ -271,14 +275,15 @@ def test_the_200_step_is_judged_on_errors_overhead_and_the_stacks_cpu_without_it
     assert rows[CONCURRENCY_GOAL]["met"] is True and rows[CONCURRENCY_GOAL]["result"].startswith("0 errors")
     assert rows[CPU_GOAL]["result"] == 9.0 and rows[CPU_GOAL]["met"] is True
     report = render_markdown(results, floor_summary(results), {}, [])
-    assert "| 9.0 (8.0 + 1.0) / 2.0 / 3.0 |" in report, "the stack's process and its broker child, then the load"
+    assert "| 9.0 (8.0 + 1.0) / 2.0 / 0.5 / 3.0 |" in report, "the stack's process and its broker child, then the load"
     assert rows[CONCURRENCY_BURST_GOAL] == {"goal": CONCURRENCY_BURST_GOAL, "result": "step not run", "met": False}
     step = results["concurrency"][-1]
-    assert step["cpu_ms_per_payment"] == 14.0
+    assert step["cpu_ms_per_payment"] == 14.5
     assert list(step["cpu_ms_per_payment_by_part"]) == [
         "stack process",
         "stack child: local.broker",
         "ECRs",
+        "simulated gateway",
         "simulated terminals",
     ]
     slow = dict(ok[0], latency_ms=3_500.0)
@@ -305,6 +310,7 @@ def test_thread_cpu_groups_threads_by_role_and_counts_ended_threads() -> None:
     assert group("paho-mqtt-client-BENCH-C0001") == "simulated terminals (paho)"
     assert group("paho-mqtt-client-") == "broker channel (paho)"
     assert group("sqs:ipn") == "sqs:ipn" and group("ecr-C0001") == "ECR threads (the load)"
+    assert group("gateway-ipn-3") == GATEWAY_THREADS
     probe = ThreadCpu().install()
     try:
         before = probe.snapshot()
@@ -346,3 +352,13 @@ def test_a_step_breaks_on_too_many_errors_or_a_slow_overhead_p99_and_says_which(
     assert broken(errors, config) == "6 of 100 payments failed (http_504:terminal.result_timeout 6), over 5%"
     slow = dict(ok, overhead_ms={"p99": 2_000.5})
     assert broken(slow, config) == "overhead p99 2000.5 ms, over 2000 ms"
+
+
+def test_threads_that_are_not_the_stacks_are_moved_out_of_its_process_share() -> None:
+    cpu_s = {STACK: 2.0, "stack child: local.broker": 0.5, "ECRs": 0.1}
+    set_apart(cpu_s, HARNESS, 0.25)
+    set_apart(cpu_s, GATEWAY, 0.5)
+    assert cpu_s == {STACK: 1.25, "stack child: local.broker": 0.5, "ECRs": 0.1, HARNESS: 0.25, GATEWAY: 0.5}
+    assert not is_stack_part(GATEWAY) and not is_stack_part(HARNESS)
+    set_apart(cpu_s, GATEWAY, 5.0)  # clocks read at slightly different moments: never below zero
+    assert cpu_s[STACK] == 0.0 and cpu_s[GATEWAY] == 5.5
