@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from enum import Enum, IntEnum
+from enum import Enum, IntEnum, StrEnum
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from chalicelib import jsonutil
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     CAPTURED = "Captured"
 
 
