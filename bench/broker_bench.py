@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -36,6 +37,10 @@ def process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS_PER_S
 
 
+def _nodelay(_client: mqtt.Client, _userdata: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _Pair:
     """The cloud and one terminal, echoing through the broker; ``run`` keeps ``in_flight`` outstanding."""
 
@@ -48,6 +53,9 @@ class _Pair:
         self._answered_count = 0
         for client in (self.terminal, self.cloud):
             client.max_inflight_messages_set(1000)  # the in-flight window is the bench's, not paho's
+            # Nagle off, as the bench's MQTT floor does: paho writes a response's PUBLISH and then the
+            # request's PUBACK, and with Nagle on the PUBACK waits for the broker's delayed ACK.
+            client.on_socket_open = _nodelay
             client.connect(host, port)
             client.loop_start()
         self._subscribe(self.terminal, "bench/+/requests")

@@ -93,7 +93,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 # Named, not __name__: run as ``python -m local.broker`` the module is ``__main__``.
 log = logging.getLogger("local.broker")
@@ -168,6 +168,9 @@ SERVER_INITIATED_DISCONNECT = "SERVER_INITIATED_DISCONNECT"
 SERVER_ERROR = "SERVER_ERROR"
 
 _PINGRESP = b"\xd0\x00"
+# A connection's read buffer, and the least room a read is given before the buffer doubles.
+_READ_BUFFER_BYTES = 16 * 1024
+_MIN_READ_BYTES = 4 * 1024
 
 
 class ProtocolViolation(Exception):
@@ -318,13 +321,19 @@ class Subscriptions:
         return found
 
 
-class Connection(asyncio.Protocol):
-    """One client's TCP connection: its bytes are cut into packets and handled as they arrive."""
+class Connection(asyncio.BufferedProtocol):
+    """One client's TCP connection: its bytes are cut into packets and handled as they arrive.
+
+    A ``BufferedProtocol``: the socket is read straight into this connection's buffer. (A plain
+    ``Protocol`` gets a new ``bytes`` per read, which asyncio's selector loop allocates at 256 KiB
+    and shrinks: an mmap and munmap per read, about 20 µs, as much as handling the packet.)
+    """
 
     def __init__(self, broker: MqttBroker) -> None:
         self.broker = broker
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.buffer = bytearray(_READ_BUFFER_BYTES)
+        self.filled = 0
         self.session: Session | None = None
         self.session_id = ""
         self.will: tuple[str, bytes, bytes, int, bool] | None = None
@@ -334,24 +343,31 @@ class Connection(asyncio.Protocol):
         self.ended = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a stream transport (a TCP server's)
         # Every MQTT exchange here is a small packet followed by a wait for the peer (PUBLISH, then
         # PUBACK); with Nagle on, a second small write behind an unacknowledged one waits for the
         # peer's delayed ACK, ~40 ms on Linux. asyncio already disables Nagle on its transports;
         # doing it here makes the guarantee ours, and lets the benchmark turn it back on.
-        sock = transport.get_extra_info("socket")
+        sock = self.transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.broker.tcp_nodelay))
         self.broker.accepted(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # Grown here only: while the loop holds the view it reads into, the buffer cannot change size.
+        # A packet is at most ``max_packet_bytes`` (longer ones are refused before they are read), so
+        # neither can the buffer grow past about twice that.
+        if len(self.buffer) - self.filled < _MIN_READ_BYTES:
+            self.buffer.extend(bytes(len(self.buffer)))
+        return memoryview(self.buffer)[self.filled :]
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.ended:
             return
         self.last_heard = self.broker.loop.time()
         buffer = self.buffer
-        buffer += data
-        start, size = 0, len(buffer)
+        size = self.filled = self.filled + nbytes
+        start = 0
         try:
             while size - start >= 2:
                 # The remaining length: up to four bytes of 7 bits each, low digit first.
@@ -375,6 +391,7 @@ class Connection(asyncio.Protocol):
                 header = buffer[start]
                 body = bytes(buffer[pos:end])
                 start = end
+                self.broker.packets_received += 1
                 self.handle(header, body)
                 if self.ended:
                     return
@@ -383,7 +400,11 @@ class Connection(asyncio.Protocol):
         except Exception as exc:  # a bug of the broker, not the client's doing: the broker stops loudly
             self.broker.fatal(exc)
         finally:
-            del buffer[:start]
+            if start:
+                # The unread rest moves to the front, in place (a same-length slice assignment).
+                rest = size - start
+                buffer[:rest] = buffer[start:size]
+                self.filled = rest
 
     def eof_received(self) -> bool | None:
         return None  # the transport closes; connection_lost says the rest
@@ -456,6 +477,10 @@ class MqttBroker:
         self.retained: dict[str, tuple[bytes, bytes, int]] = {}
         self.connections: set[Connection] = set()
         self.stopping = False
+        # Counted for the log line of a stop: what the broker did, to read beside its CPU time.
+        self.packets_received = 0
+        self.messages_published = 0
+        self.messages_delivered = 0
 
     def connection(self) -> Connection:
         """The protocol factory for ``loop.create_server``."""
@@ -673,10 +698,12 @@ class MqttBroker:
                 self.retained[topic] = (topic_field, payload, qos)
             else:
                 self.retained.pop(topic, None)
+        self.messages_published += 1
         for session, granted in self.subscriptions.matching(topic):
             self.deliver(session, topic_field, payload, min(qos, granted), False)
 
     def deliver(self, session: Session, topic_field: bytes, payload: bytes, qos: int, retain: bool) -> None:
+        self.messages_delivered += 1
         connection = session.connection
         if not qos:
             if connection is not None:
@@ -936,7 +963,15 @@ class RunningBroker:
         server.close()
         broker.shutdown(SERVER_ERROR if fatal.done() else SERVER_INITIATED_DISCONNECT)
         await asyncio.sleep(0)  # the closed transports' connection_lost callbacks run
-        log.info("mqtt_broker_stopped", extra={"port": self.port})
+        log.info(
+            "mqtt_broker_stopped",
+            extra={
+                "port": self.port,
+                "packets_received": broker.packets_received,
+                "messages_published": broker.messages_published,
+                "messages_delivered": broker.messages_delivered,
+            },
+        )
         if fatal.done():
             fatal.result()
 
