@@ -151,7 +151,8 @@ def test_a_message_reaches_each_matching_subscription_once_exact_and_wildcard_al
     both = Recorder(broker, "both").start("shop/1/till", "shop/#")
     other = Recorder(broker, "other").start("shop/2/till", "shop/1/till/x", "shop/+")
     publisher = Recorder(broker, "publisher").start()
-    publisher.client.publish("shop/1/till", b"paid", qos=1)
+    # Acknowledged: routed to every subscriber, so each one's sync below comes after it.
+    publisher.client.publish("shop/1/till", b"paid", qos=1).wait_for_publish(TIMEOUT_S)
     for recorder in (exact, plus, everything, both, other):
         recorder.sync()
     assert exact.topics() == ["shop/1/till"]
