@@ -4,8 +4,10 @@ connection and nothing else. Raw sockets where the bytes matter, paho where a cl
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -286,6 +288,21 @@ def test_a_clean_session_ends_the_persistent_one_before_it(broker: RunningBroker
     publisher.stop()
 
 
+def test_a_persistent_session_not_resumed_within_its_expiry_is_gone() -> None:
+    short = replace(IOT_CORE_LIMITS, persistent_session_expiry_s=0.05)
+    with start_broker(limits=short) as broker:
+        away = Raw(broker).connected("PAX-GONE", clean=False)
+        away.send(subscribe(1, ("orders/#", 1)))
+        away.read()
+        away.send(DISCONNECT)
+        assert away.closed()
+        time.sleep(1.0)  # twenty expiries: the broker's timer has fired
+
+        back = Raw(broker).send(connect("PAX-GONE", clean=False))
+
+        assert back.read() == (0x20, b"\x00\x00")  # a new session: the old one and its subscription expired
+
+
 def test_an_unacknowledged_qos1_message_is_sent_again_with_dup_on_reconnect(broker: RunningBroker) -> None:
     first = Raw(broker).connected("PAX-DUP", clean=False)
     first.send(subscribe(1, ("req/PAX-DUP", 1)))
@@ -536,6 +553,43 @@ def test_a_client_silent_for_one_and_a_half_keep_alives_is_disconnected_with_its
         assert disconnect_reason(presence, "PAX-MUTE") == "MQTT_KEEP_ALIVE_TIMEOUT"
         assert mute.closed()
         watcher.stop()
+
+
+class _Transport:
+    """What a connection needs of its transport, to feed it bytes without a socket."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def get_extra_info(self, _name: str) -> None:
+        return None
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize(("requested", "kept"), [(0, 1200.0), (10, 30.0), (30, 30.0), (60, 60.0), (5000, 1200.0)])
+def test_the_keep_alive_is_bounded_as_iot_core_bounds_it(requested: int, kept: float) -> None:
+    from local.broker import Connection, MqttBroker
+
+    loop = asyncio.new_event_loop()
+    try:
+        connection = Connection(MqttBroker(loop, lambda exc: None))
+        transport = _Transport()
+        connection.connection_made(transport)  # type: ignore[arg-type]
+        data = connect("PAX-KA", keep_alive=requested)
+        connection.get_buffer(-1)[: len(data)] = data
+        connection.buffer_updated(len(data))
+
+        assert transport.written == b"\x20\x02\x00\x00"
+        assert connection.keep_alive_s == kept
+        connection.connection_lost(None)
+    finally:
+        loop.close()
 
 
 def test_presence_events_are_reported_for_neither_wildcard_client_ids_nor_refused_connects(
