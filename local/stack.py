@@ -205,7 +205,7 @@ def start_stack(config: StackConfig) -> RunningStack:
     seed = load_seed(config.seed_path)  # a bad seed stops before anything starts
     if config.store not in ("sqlite", "moto"):
         raise StackError(f"store must be sqlite or moto, got {config.store!r}")
-    # A port in use is named with its setting, before amqtt can log a traceback about it.
+    # A port in use is named with its setting, before the broker's process starts and fails on it.
     _check_port_free(config.mqtt_port, "MQTT_PORT")
     if config.store == "moto":
         _check_port_free(config.moto_port, "MOTO_PORT")

@@ -7,16 +7,16 @@ import sys
 
 from local import broker
 
-_upstream_matches = broker.IsolatingBroker._matches
+_upstream_matching = broker.Subscriptions.matching
 
 
-def _matches(self: broker.IsolatingBroker, topic: str, a_filter: str) -> bool:
+def _matching(self: broker.Subscriptions, topic: str) -> list[tuple[broker.Session, int]]:
     if topic.startswith("break/"):
         raise RuntimeError("routing table corrupted")
-    return bool(_upstream_matches(self, topic, a_filter))
+    return _upstream_matching(self, topic)
 
 
-broker.IsolatingBroker._matches = _matches  # type: ignore[method-assign]
+broker.Subscriptions.matching = _matching  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(broker.main())

@@ -197,3 +197,14 @@ def test_terminal_processes_report_when_each_result_was_published_and_what_they_
     assert drained["mqtt_publishes"] == {"events": 4}
     assert drained["mqtt_max_payload_bytes"] > 0
     assert fleet.count == 0
+
+
+def test_broker_bench_completes_every_round_trip_and_reads_the_broker_processs_cpu() -> None:
+    from bench.broker_bench import measure
+
+    result = measure(round_trips=300, in_flight=20)
+
+    # run() raises if a response goes missing: all 300 came back, through a broker in its own process
+    assert (result["round_trips"], result["in_flight"]) == (300, 20)
+    assert result["broker_cpu_s"] >= 0 and result["wall_s"] > 0
+    assert result["cpu_us_per_message"] == result["broker_cpu_s"] / 600 * 1e6

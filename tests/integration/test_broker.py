@@ -1,4 +1,5 @@
-"""The embedded broker: routing isolation, retained status and last will, Nagle, failures.
+"""The local stack's broker as the terminals and the cloud use it: routing isolation, retained status
+and last will, Nagle, presence, failures. The protocol's corners are in test_broker_protocol.py.
 
 Run as a script to measure what TCP_NODELAY is worth (QoS 1 round trips through the broker):
 
@@ -16,14 +17,14 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from amqtt.broker import Broker
 
 from chalicelib.protocol import decode, encode, make_envelope, topic_for, verify_signature
 from local.broker import (
     BrokerCrashedError,
     BrokerPortInUseError,
-    IsolatingBroker,
+    Connection,
     RunningBroker,
+    Subscriptions,
     start_broker,
 )
 
@@ -124,18 +125,23 @@ def test_each_terminal_receives_only_its_own_topics_while_the_cloud_holds_wildca
     assert received == {tid: [topic_for(tid, "requests")] for tid in received}
 
 
-def test_unpatched_amqtt_leaks_other_terminals_retained_status(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The canary for the workaround: when amqtt fixes the bug upstream this fails, and the override
-    # in local/broker.py can go.
-    monkeypatch.setattr(
-        IsolatingBroker,
-        "_publish_retained_messages_for_subscription",
-        Broker._publish_retained_messages_for_subscription,
-    )
-    with start_broker() as unpatched:
-        received = _terminals_after_cloud_wildcards(unpatched)
+def test_a_terminal_connecting_while_the_cloud_holds_wildcards_gets_no_other_terminals_retained_status(
+    broker: RunningBroker,
+) -> None:
+    # Connecting must not replay the retained messages of every filter the broker holds (the
+    # cloud's ``+/status`` among them) to the new client: only its own subscriptions count.
+    cloud = Recorder(broker, "cloud").start(topic_for("+", "status"))
+    first = Recorder(broker, "PAX-0001").start()
+    first.client.publish(topic_for("PAX-0001", "status"), _status("PAX-0001", "online"), 1, retain=True)
+    cloud.wait_for(lambda m: m.topic == topic_for("PAX-0001", "status"))
 
-    assert topic_for("PAX-0001", "status") in received["PAX-0004"]
+    late = Recorder(broker, "PAX-0002").start(topic_for("PAX-0002", "requests"))
+    watcher = Recorder(broker, "watcher").start(topic_for("+", "status"))
+
+    assert late.topics() == []
+    assert watcher.wait_for(lambda m: m.topic == topic_for("PAX-0001", "status")).retain
+    for recorder in (cloud, first, late, watcher):
+        recorder.stop()
 
 
 def test_a_message_reaches_each_matching_subscription_once_exact_and_wildcard_alike(broker: RunningBroker) -> None:
@@ -145,14 +151,14 @@ def test_a_message_reaches_each_matching_subscription_once_exact_and_wildcard_al
     both = Recorder(broker, "both").start("shop/1/till", "shop/#")
     other = Recorder(broker, "other").start("shop/2/till", "shop/1/till/x", "shop/+")
     publisher = Recorder(broker, "publisher").start()
-    publisher.client.publish("shop/1/till", b"paid", qos=1)
-    publisher.client.publish("$SYS/load", b"system", qos=1)
+    # Acknowledged: routed to every subscriber, so each one's sync below comes after it.
+    publisher.client.publish("shop/1/till", b"paid", qos=1).wait_for_publish(TIMEOUT_S)
     for recorder in (exact, plus, everything, both, other):
         recorder.sync()
     assert exact.topics() == ["shop/1/till"]
     assert plus.topics() == ["shop/1/till"]
-    assert everything.topics() == ["shop/1/till"]  # no $ topic through a leading wildcard
-    assert both.topics() == ["shop/1/till", "shop/1/till"]  # once per matching filter, as amqtt does
+    assert everything.topics() == ["shop/1/till"]
+    assert both.topics() == ["shop/1/till", "shop/1/till"]  # once per matching filter
     assert other.topics() == []
     for recorder in (exact, plus, everything, both, other, publisher):
         recorder.stop()
@@ -190,14 +196,13 @@ def test_dropped_terminal_connection_delivers_its_retained_offline_last_will(bro
 @pytest.mark.parametrize("nodelay", [True, False])
 def test_broker_sets_tcp_nodelay_on_each_accepted_connection(monkeypatch: pytest.MonkeyPatch, nodelay: bool) -> None:
     seen: list[int] = []
-    upstream = Broker.stream_connected
+    upstream = Connection.connection_made
 
-    async def spy(self: Broker, reader: Any, writer: Any, listener_name: str) -> None:
-        sock = writer.get_extra_info("socket")
-        seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-        await upstream(self, reader, writer, listener_name)
+    def spy(self: Connection, transport: Any) -> None:
+        upstream(self, transport)
+        seen.append(transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
 
-    monkeypatch.setattr(Broker, "stream_connected", spy)
+    monkeypatch.setattr(Connection, "connection_made", spy)
     with start_broker(tcp_nodelay=nodelay) as running:
         Recorder(running, "client").start().stop()
 
@@ -213,12 +218,12 @@ def test_port_zero_binds_a_free_port_and_a_busy_port_is_named_in_the_error(broke
 
 
 def test_crashed_broker_loop_surfaces_on_stop(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_matches(_self: Broker, topic: str, a_filter: str) -> bool:
+    def broken_matching(_self: Subscriptions, topic: str) -> list[Any]:
         raise RuntimeError("routing table corrupted")
 
     running = start_broker()
     subscriber = Recorder(running, "subscriber").start("orders/#")
-    monkeypatch.setattr(IsolatingBroker, "_matches", broken_matches)
+    monkeypatch.setattr(Subscriptions, "matching", broken_matching)
     subscriber.client.publish("orders/1", b"x", qos=1)
     deadline = time.monotonic() + TIMEOUT_S
     while not running.crashed and time.monotonic() < deadline:
