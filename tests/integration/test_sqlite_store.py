@@ -136,6 +136,142 @@ def test_transition_moves_forward_and_counts_versions(store: SqliteStore) -> Non
     assert done.result is not None and done.result["error_data"]["rate"] == Decimal("0.055")
 
 
+def writes_between_read_and_write(store: SqliteStore, monkeypatch: pytest.MonkeyPatch, *moves: Transition) -> None:
+    """Each of the next reads of a dispatch returns what it read, and then another writer applies
+    the next of ``moves``: the version judged is stale by the time the update lands."""
+    pending = list(moves)
+    read = type(store.payments).get_dispatch
+
+    def racing(self: Any, request_id: str) -> Dispatch | None:
+        found = read(self, request_id)
+        if pending:
+            monkeypatch.setattr(type(store.payments), "get_dispatch", read)
+            store.payments.apply(pending.pop(0))
+            monkeypatch.setattr(type(store.payments), "get_dispatch", racing)
+        return found
+
+    monkeypatch.setattr(type(store.payments), "get_dispatch", racing)
+
+
+def test_a_transition_that_lost_a_race_is_judged_again_on_the_row_as_it_now_is(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started(store)
+    ack = Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
+    writes_between_read_and_write(store, monkeypatch, ack)
+    # Judged on PENDING, written after the ACK landed: judged again on ACKNOWLEDGED, still allowed.
+    result = {"payment_status": "Success"}
+    done = store.payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 900, result=result))
+    assert (done.state, done.acked_at_ms, done.version) == (DispatchState.SUCCEEDED, NOW + 50, 2)
+
+
+def test_a_transition_the_new_row_no_longer_allows_is_refused_and_writes_nothing(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started(store)
+    result = {"payment_status": "Success"}
+    writes_between_read_and_write(
+        store, monkeypatch, Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 40, result=result)
+    )
+    # An ACK judged on PENDING lands after the result: the result stands, the ACK is refused.
+    with pytest.raises(ConditionFailed, match="ack refused"):
+        store.payments.apply(
+            Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
+        )
+    now = store.payments.get_dispatch("r-1")
+    assert now is not None and (now.state, now.acked_at_ms, now.version) == (DispatchState.SUCCEEDED, None, 1)
+
+
+def test_a_dispatch_that_keeps_changing_under_a_transition_is_reported_not_looped_on_forever(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started(store)
+    from chalicelib.adapters.sqlite import payments as sqlite_payments
+
+    # Every read is stale by the time its update lands: someone else keeps writing the row.
+    read = type(store.payments).get_dispatch
+
+    def always_stale(self: Any, request_id: str) -> Dispatch | None:
+        found = read(self, request_id)
+        with store.db.write() as conn:
+            conn.execute("UPDATE dispatches SET version = version + 1 WHERE request_id = ?", (request_id,))
+        return found
+
+    monkeypatch.setattr(type(store.payments), "get_dispatch", always_stale)
+    with pytest.raises(ConditionFailed, match="kept changing"):
+        store.payments.apply(
+            Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
+        )
+    monkeypatch.undo()
+    after = store.payments.get_dispatch("r-1")
+    assert after is not None and after.state == DispatchState.PENDING
+    assert after.version == sqlite_payments._MAX_APPLY_RACES
+
+
+def in_another_thread(action: Any) -> Any:
+    """What another handler or request thread does: its own copy of each dispatch, not ours."""
+    out: list[Any] = []
+    worker = threading.Thread(target=lambda: out.append(action()))
+    worker.start()
+    worker.join(10)
+    return out[0]
+
+
+def test_a_stale_copy_this_thread_read_is_judged_again_before_a_refusal(store: SqliteStore) -> None:
+    started(store)
+    assert store.payments.get_dispatch("r-1") is not None  # this thread's copy: pending
+    in_another_thread(
+        lambda: store.payments.apply(
+            Transition("r-1", domain.ACK_TIMEOUT, DispatchState.TIMED_OUT, NOW + 10_000, reason="ack_timeout")
+        )
+    )
+    # A late result is refused on a pending dispatch, allowed on a timed-out one: the copy is stale,
+    # so the refusal is not final until the row is read again.
+    late = store.payments.apply(
+        Transition(
+            "r-1", domain.LATE_RESULT, DispatchState.SUCCEEDED, NOW + 12_000, result={"payment_status": "Success"}
+        )
+    )
+    assert (late.state, late.late, late.version) == (DispatchState.SUCCEEDED, True, 2)
+
+
+def test_a_stale_copy_that_would_allow_a_transition_loses_to_the_row_as_it_now_is(store: SqliteStore) -> None:
+    started(store)
+    assert store.payments.get_dispatch("r-1") is not None  # this thread's copy: pending, version 0
+    result = {"payment_status": "Success"}
+    in_another_thread(
+        lambda: store.payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 40, result=result))
+    )
+    with pytest.raises(ConditionFailed, match="ack refused"):
+        store.payments.apply(
+            Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
+        )
+    now = store.payments.get_dispatch("r-1")
+    assert now is not None and (now.state, now.acked_at_ms, now.version) == (DispatchState.SUCCEEDED, None, 1)
+
+
+def test_a_transition_right_after_a_read_judges_that_copy_without_reading_again(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started(store)
+    assert store.payments.get_dispatch("r-1") is not None
+    reads: list[str] = []
+    read = type(store.payments).get_dispatch
+
+    def counted(self: Any, request_id: str) -> Dispatch | None:
+        reads.append(request_id)
+        return read(self, request_id)
+
+    monkeypatch.setattr(type(store.payments), "get_dispatch", counted)
+    acked = store.payments.apply(
+        Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
+    )
+    assert reads == [] and acked.version == 1
+    # The written row is the thread's copy now: the next transition reads nothing either.
+    store.payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 90, result={"x": 1}))
+    assert reads == []
+
+
 def test_heads_and_dispatches_past_their_retention_are_purged_and_no_others(store: SqliteStore) -> None:
     started(store, "r-old", order_id="O-old")
     head, dispatch = head_and_dispatch("r-new", order_id="O-new")
@@ -244,6 +380,53 @@ def test_notification_is_marked_enqueued_once_for_its_pending_status(store: Sqli
     assert stored is not None and (stored.notify_enqueued, stored.version) == (True, 2)
     with pytest.raises(ConditionFailed):
         transactions.mark_enqueued("T-1", 118)
+
+
+def test_a_notification_change_that_lost_a_race_keeps_the_other_writers_change_too(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions = store.transactions
+    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
+    read = type(transactions).get
+    raced: list[bool] = []
+
+    def racing(self: Any, reference: str) -> Transaction | None:
+        found = read(self, reference)
+        if not raced:  # between this read and its write, a delivery is recorded
+            raced.append(True)
+            monkeypatch.setattr(type(transactions), "get", read)
+            transactions.record_delivery(reference, 116)
+            monkeypatch.setattr(type(transactions), "get", racing)
+        return found
+
+    monkeypatch.setattr(type(transactions), "get", racing)
+    transactions.mark_enqueued("T-1", 118)
+    monkeypatch.undo()
+    stored = transactions.get("T-1")
+    assert stored is not None
+    assert (stored.notify_enqueued, stored.notified_statuses, stored.version) == (True, [116], 3)
+
+
+def test_a_transaction_that_keeps_changing_under_a_notification_change_is_reported(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions = store.transactions
+    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
+    read = type(transactions).get
+
+    def always_stale(self: Any, reference: str) -> Transaction | None:
+        found = read(self, reference)
+        store.db.write_one(
+            "UPDATE transactions SET version = version + 1 WHERE transaction_reference = ?", (reference,)
+        )
+        return found
+
+    monkeypatch.setattr(type(transactions), "get", always_stale)
+    with pytest.raises(ConditionFailed, match="kept changing"):
+        transactions.mark_enqueued("T-1", 118)
+    monkeypatch.undo()
+    stored = transactions.get("T-1")
+    assert stored is not None and stored.notify_enqueued is False
 
 
 def test_a_delivery_is_recorded_once_per_status(store: SqliteStore) -> None:

@@ -8,7 +8,7 @@ filters and sorts on.
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
 
@@ -22,6 +22,9 @@ from chalicelib.keys import order_key
 
 _TX_FIELDS = {f.name for f in fields(Transaction)}
 _DETAILS_FIELDS = {f.name for f in fields(OrderDetails)}
+# A transaction's notification state changes a few times in its life; past this many lost races in a
+# row, something is wrong.
+_MAX_CHANGE_RACES = 16
 
 
 def _transaction(body_json: str) -> Transaction:
@@ -68,47 +71,41 @@ class SqliteTransactionRepository:
 
     def mark_enqueued(self, reference: str, status_code: int) -> None:
         """The pending notification of ``status_code`` is in the queue; ConditionFailed if it moved on."""
-        with self.db.write() as conn:
-            tx = self._current(conn, reference)
-            if tx is None or tx.notify_pending_status != status_code or tx.notify_enqueued:
-                raise ConditionFailed(f"transaction {reference} changed meanwhile")
+
+        def enqueued(tx: Transaction) -> bool:
+            if tx.notify_pending_status != status_code or tx.notify_enqueued:
+                return False
             tx.notify_enqueued = True
-            tx.version += 1
-            self._write(conn, tx)
+            return True
+
+        self._change(reference, enqueued)
 
     def record_delivery(self, reference: str, status_code: int) -> None:
         """A merchant server acknowledged ``status_code``; ConditionFailed if it already had."""
-        with self.db.write() as conn:
-            tx = self._current(conn, reference)
-            if tx is None or status_code in tx.notified_statuses:
-                raise ConditionFailed(f"transaction {reference} changed meanwhile")
+
+        def delivered(tx: Transaction) -> bool:
+            if status_code in tx.notified_statuses:
+                return False
             tx.notified_statuses = [*tx.notified_statuses, status_code]
-            tx.version += 1
-            self._write(conn, tx)
+            return True
 
-    @staticmethod
-    def _current(conn: sqlite3.Connection, reference: str) -> Transaction | None:
-        row = conn.execute(
-            "SELECT body_json FROM transactions WHERE transaction_reference = ?", (reference,)
-        ).fetchone()
-        return _transaction(row["body_json"]) if row else None
+        self._change(reference, delivered)
 
-    @staticmethod
-    def _write(conn: sqlite3.Connection, tx: Transaction) -> None:
-        conn.execute(
-            "INSERT OR REPLACE INTO transactions (transaction_reference, merchant_id, merchant_order, created_at, "
-            "status_code, terminal_id, version, body_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                tx.transaction_reference,
-                tx.merchant_id,
-                tx.merchant_order,
-                tx.created_at,
-                tx.status_code,
-                tx.terminal_id,
-                tx.version,
-                jsonutil.dumps(transaction_item(tx)),
-            ),
-        )
+    def _change(self, reference: str, change: Callable[[Transaction], bool]) -> None:
+        """Read, change, and write back only over the version read (one conditional statement); a
+        transaction that moved meanwhile is read and judged again. ``change`` returns False to refuse."""
+        for _ in range(_MAX_CHANGE_RACES):
+            tx = self.get(reference)
+            if tx is None or not change(tx):
+                raise ConditionFailed(f"transaction {reference} changed meanwhile")
+            read_version, tx.version = tx.version, tx.version + 1
+            written = self.db.write_one(
+                "UPDATE transactions SET version = ?, body_json = ? WHERE transaction_reference = ? AND version = ?",
+                (tx.version, jsonutil.dumps(transaction_item(tx)), reference, read_version),
+            )
+            if written == 1:
+                return
+        raise ConditionFailed(f"transaction {reference} kept changing")
 
     def list_for_order(self, merchant_id: str, order_id: str) -> list[Transaction]:
         query = TransactionQuery(merchant_id=merchant_id, order_id=order_id)

@@ -9,6 +9,7 @@ and the stream record the Console side reads).
 from __future__ import annotations
 
 import sqlite3
+import threading
 from typing import Any
 
 from chalicelib import jsonutil
@@ -20,6 +21,9 @@ from chalicelib.payments.ports import Dispatch, DispatchState, OrderHead, OrderP
 
 # The stream the order-notification poller reads (the payments table's stream on AWS).
 PAYMENTS_STREAM = "payments"
+
+# A dispatch moves a handful of times in its life; past this many lost races in a row, something is wrong.
+_MAX_APPLY_RACES = 16
 
 _TERMINAL_COLUMNS = (
     "terminal_id",
@@ -180,6 +184,10 @@ class SqlitePaymentRepository:
     def __init__(self, db: Database, retention_s: int) -> None:
         self.db = db
         self.retention_s = retention_s
+        # The dispatch this thread read or wrote last: a handler reads a dispatch, then applies a
+        # transition to it, and ``apply`` judges that copy first instead of reading it again. Its
+        # version guards the write; a copy that turns out stale is read again (see ``apply``).
+        self._last = threading.local()
 
     def get_head(self, merchant_id: str, order_id: str) -> OrderHead | None:
         with self.db.connection() as conn:
@@ -191,7 +199,12 @@ class SqlitePaymentRepository:
     def get_dispatch(self, request_id: str) -> Dispatch | None:
         with self.db.connection() as conn:
             row = conn.execute("SELECT * FROM dispatches WHERE request_id = ?", (request_id,)).fetchone()
-        return _dispatch(row) if row else None
+        found = self._last.dispatch = _dispatch(row) if row else None
+        return found
+
+    def _last_seen(self, request_id: str) -> Dispatch | None:
+        last: Dispatch | None = getattr(self._last, "dispatch", None)
+        return last if last is not None and last.request_id == request_id else None
 
     def list_heads(
         self, merchant_id: str, limit: int, after: OrderPosition | None = None, terminal_id: str | None = None
@@ -236,18 +249,19 @@ class SqlitePaymentRepository:
                 current is not None and current["attempt"] != previous_attempt
             ):
                 raise lost
-            if conn.execute("SELECT 1 FROM dispatches WHERE request_id = ?", (dispatch.request_id,)).fetchone():
-                raise lost
             conn.execute(
                 f"INSERT OR REPLACE INTO order_heads ({', '.join(_HEAD_COLUMNS)}, expires_at) "  # noqa: S608
                 f"VALUES ({', '.join('?' for _ in head_values)})",
                 head_values,
             )
-            conn.execute(
-                f"INSERT INTO dispatches ({', '.join(_DISPATCH_COLUMNS)}, expires_at) "  # noqa: S608
-                f"VALUES ({', '.join('?' for _ in _DISPATCH_COLUMNS)}, ?)",
-                [dispatch_values[name] for name in _DISPATCH_COLUMNS] + [expires_at],
-            )
+            try:
+                conn.execute(
+                    f"INSERT INTO dispatches ({', '.join(_DISPATCH_COLUMNS)}, expires_at) "  # noqa: S608
+                    f"VALUES ({', '.join('?' for _ in _DISPATCH_COLUMNS)}, ?)",
+                    [dispatch_values[name] for name in _DISPATCH_COLUMNS] + [expires_at],
+                )
+            except sqlite3.IntegrityError:  # a reused request id: the head written above is rolled back
+                raise lost from None
             conn.execute(
                 "INSERT INTO outbox (stream, event_name, image_json, created_at_ms) VALUES (?, ?, ?, ?)",
                 (
@@ -267,32 +281,45 @@ class SqlitePaymentRepository:
         return int(heads) + int(dispatches)
 
     def apply(self, transition: Transition) -> Dispatch:
-        """Read and write in one ``BEGIN IMMEDIATE``: the rule decides on the row as it is, as
-        DynamoDB's condition does (``Rule.allows`` is the condition, in plain Python)."""
+        """The rule decides on the row as it is when the write lands, as DynamoDB's condition does
+        (``Rule.allows`` is the condition, in plain Python): the row is read, judged, and written
+        only if its version is still the one judged; if it moved meanwhile, it is judged again.
+        Only the one conditional ``UPDATE`` holds the write lock."""
         rule = transition.rule
-        with self.db.write() as conn:
-            row = conn.execute("SELECT * FROM dispatches WHERE request_id = ?", (transition.request_id,)).fetchone()
-            current = _dispatch(row) if row else None
+        refused = ConditionFailed(f"dispatch {transition.request_id}: {rule.name} refused")
+        sets = ["state = ?", "version = version + 1", f"{rule.stamp} = ?"]
+        values: list[Any] = [transition.to.value, transition.at_ms]
+        if transition.reason is not None:
+            sets.append("reason = ?")
+            values.append(transition.reason)
+        if transition.result is not None:
+            sets += ["result_json = ?", "result_at_ms = ?"]
+            values += [jsonutil.dumps(transition.result), transition.at_ms]
+        if rule.late:
+            sets.append("late = 1")
+        # Only fixed fragments are joined: the column names come from the domain's rules.
+        statement = f"UPDATE dispatches SET {', '.join(sets)} WHERE request_id = ? AND version = ? RETURNING *"  # noqa: S608
+        # This thread's last copy is judged first; a refusal is only final on a copy read just now
+        # (a stale one may be refused where the row as it is would be allowed). Each retry follows a
+        # write that moved the dispatch on; its states only move forward.
+        current = self._last_seen(transition.request_id)
+        for _ in range(_MAX_APPLY_RACES):
+            fresh = current is None
+            if fresh:
+                current = self.get_dispatch(transition.request_id)
             if (
                 current is None
                 or not rule.allows(current)
                 # An event may only move a dispatch sent to the terminal it came from.
                 or (transition.terminal_id is not None and current.terminal_id != transition.terminal_id)
             ):
-                raise ConditionFailed(f"dispatch {transition.request_id}: {rule.name} refused")
-            sets = ["state = ?", "version = version + 1", f"{rule.stamp} = ?"]
-            values: list[Any] = [transition.to.value, transition.at_ms]
-            if transition.reason is not None:
-                sets.append("reason = ?")
-                values.append(transition.reason)
-            if transition.result is not None:
-                sets += ["result_json = ?", "result_at_ms = ?"]
-                values += [jsonutil.dumps(transition.result), transition.at_ms]
-            if rule.late:
-                sets.append("late = 1")
-            # Only fixed fragments are joined: the column names come from the domain's rules.
-            rows = conn.execute(
-                f"UPDATE dispatches SET {', '.join(sets)} WHERE request_id = ? RETURNING *",  # noqa: S608
-                [*values, transition.request_id],
-            ).fetchall()
-        return _dispatch(rows[0])
+                if fresh:
+                    raise refused
+                current = None
+                continue
+            rows = self.db.write_returning(statement, [*values, transition.request_id, current.version])
+            if rows:
+                done = self._last.dispatch = _dispatch(rows[0])
+                return done
+            current = None
+        raise ConditionFailed(f"dispatch {transition.request_id} kept changing; {rule.name} not applied")
