@@ -416,7 +416,7 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
             "local_poll_max_ms": config.local_poll_max_ms or stack.settings.poll_max_ms,
         },
         "console_side": {
-            "pollers": [p.name for p in stack.pollers],
+            "pollers": stack.poller_names(),
             "gateway": config.console_side and importlib.util.find_spec("local.gateway") is not None,
         },
         "scenarios": {},

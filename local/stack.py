@@ -159,6 +159,8 @@ class RunningStack:
     bridge: Any = None
     broker: Any = None
     pollers: list[Any] = field(default_factory=list)
+    # The Console side's pollers in a process of their own (STORE=sqlite): local/console_process.py.
+    console: Any = None
     presence: PresenceRelay = field(default_factory=PresenceRelay)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
@@ -175,7 +177,15 @@ class RunningStack:
             crash = getattr(poller, "crash", None)
             if crash:
                 return f"poller {getattr(poller, 'name', poller)} crashed:\n{crash}"
+        if self.console is not None and self.console.crash:
+            return f"Console side crashed:\n{self.console.crash}"
         return None
+
+    def poller_names(self) -> list[str]:
+        """The event sources feeding the Console side's handlers, wherever they run."""
+        if self.console is not None:
+            return list(self.console.pollers)
+        return [str(poller.name) for poller in self.pollers]
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -399,18 +409,25 @@ def _start_handlers(stack: RunningStack) -> None:
     stack.bridge = bridge
     stack.presence.attach(bridge.presence)
     try:
-        from local.pollers import start_pollers, start_sqlite_pollers
+        from local.pollers import start_pollers
     except ImportError:  # left out on purpose (the bench's --no-console): the payment path alone
         return
     if stack.store is not None:
-        stack.pollers = list(start_sqlite_pollers(stack.settings, stack.store, stack.stop_event))
-    else:
-        stack.pollers = list(start_pollers(stack.settings, stack.stop_event))
+        # The Console side's handlers are Lambda functions of their own on AWS; here, a process of
+        # their own on the same data directory, woken by this process's writes.
+        from chalicelib.observability import logger
+        from local.console_process import start_console_process
+
+        assert stack.data_dir is not None
+        console = start_console_process(stack.data_dir, logger.log_level)
+        stack._parts.append(console.stop)
+        stack.console = console
+        stack.store.db.on_notify = console.notify
+        return
+    stack.pollers = list(start_pollers(stack.settings, stack.stop_event))
 
     def stop_pollers() -> None:
         stack.stop_event.set()
-        if stack.store is not None:
-            stack.store.db.notify()  # wake the idle ones now
         for poller in stack.pollers:
             poller.join(timeout=5)
 

@@ -17,6 +17,7 @@ from chalicelib.adapters.channels import MqttChannel
 from chalicelib.adapters.sqlite.store import SqliteStore
 from chalicelib.bootstrap import Components, authenticator
 from chalicelib.config import Settings
+from chalicelib.payments.ports import TerminalChannel
 from chalicelib.ports import SystemClock
 from local.waker import ThreadWaker
 
@@ -44,7 +45,7 @@ def open_store(data_dir: Path, settings: Settings) -> SqliteStore:
     return SqliteStore.open(data_dir, retention_s=settings.payment_retention_days * 86_400)
 
 
-def build_sqlite(settings: Settings, store: SqliteStore) -> Components:
+def build_sqlite(settings: Settings, store: SqliteStore, channel: TerminalChannel | None = None) -> Components:
     """The same components as ``bootstrap.build()``, with every table and queue in the SQLite store.
 
     The channel to the broker connects now, while the stack starts, not on the first payment: a
@@ -53,8 +54,10 @@ def build_sqlite(settings: Settings, store: SqliteStore) -> Components:
     """
     from chalicelib.adapters.http_notifier import UrllibFormPoster
 
-    channel = MqttChannel(settings.mqtt_host, settings.mqtt_port, client_id="")
-    channel.wait_connected(CHANNEL_CONNECT_TIMEOUT_S)
+    if channel is None:
+        connected = MqttChannel(settings.mqtt_host, settings.mqtt_port, client_id="")
+        connected.wait_connected(CHANNEL_CONNECT_TIMEOUT_S)
+        channel = connected
     secret = settings.ipn_secret
     return Components(
         settings=settings,

@@ -168,3 +168,13 @@ def test_a_failed_checkpoint_is_logged_and_the_write_before_it_stands(
     assert "sqlite_checkpoint_failed" in caplog.text
     with db.connection() as conn:
         assert conn.execute("SELECT n FROM limits WHERE key = 'b'").fetchone()[0] == 9
+
+
+def test_each_notify_is_relayed_to_the_hook_after_this_processs_own_pollers_are_woken(db: Database) -> None:
+    relayed: list[tuple[str, int]] = []
+    db.on_notify = lambda channel: relayed.append((channel, db.generation("ipn")))
+    before = db.generation("ipn")
+    db.notify("ipn")
+    db.notify()
+    # Each relay comes after the generation moved: a poller here never waits on what was relayed.
+    assert relayed == [("ipn", before + 1), ("", before + 2)]

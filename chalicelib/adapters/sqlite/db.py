@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -180,6 +180,9 @@ class Database:
         # Per queue or stream: a poller is woken only by what it reads.
         self._activity = threading.Condition()
         self._generations: dict[str, int] = {}
+        # Called with each ``notify`` channel: the local stack relays them to the process whose
+        # pollers read those queues and streams (local/console_process.py).
+        self.on_notify: Callable[[str], None] | None = None
         with self.connection() as conn:
             # WAL is a property of the file: set once, kept by every later connection.
             conn.execute("PRAGMA journal_mode=WAL")
@@ -283,6 +286,9 @@ class Database:
                 for name in list(self._generations):
                     self._generations[name] += 1
             self._activity.notify_all()
+        relay = self.on_notify
+        if relay is not None:
+            relay(channel)
 
     def wait_for_activity(self, channel: str, seen: int, timeout_s: float) -> int:
         """Wait until ``notify(channel)`` was called after generation ``seen`` (or the timeout); the

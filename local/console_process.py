@@ -1,0 +1,240 @@
+"""The Console side of the local stack in a process of its own: the pollers that feed ``app.py``'s
+event handlers (the order-notification stream, the IPN queue, the merchant-notification queue).
+
+On AWS these handlers are Lambda functions of their own, not the API's. Locally they ran on the API's
+interpreter and took its turns: about a fifth of the stack's CPU per payment, taken from the
+payments waiting for theirs. Here they run in ``python -m local.console_process``, on the same data
+directory (SQLite's own locking orders the two processes' writes), with the same handlers and the
+same event shapes.
+
+The parent (``ConsoleProcess``) talks to the child in JSON lines, as the broker's process does:
+
+- parent → child, on stdin: ``{"notify": channel}`` when the parent queued something on a queue or
+  stream (``Database.notify``): the child's pollers wake at once instead of at their next idle
+  read; ``{"stop": true}`` to stop.
+- child → parent, on stdout: ``{"ready": [poller names]}``, then ``{"crashed": traceback}`` if a
+  poller crashed, and ``{"stopped": true}`` once every poller has stopped.
+
+The child exits by itself when its stdin ends without a stop (the parent died, ``kill -9``): nobody
+is left to stop it, and the data directory must be free for the next start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from chalicelib.exceptions import ChannelError
+
+# Named, not __name__: run as ``python -m local.console_process`` the module is ``__main__``.
+log = logging.getLogger("local.console_process")
+
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_START_TIMEOUT_S = 60.0
+_STOP_TIMEOUT_S = 15.0
+_CRASH_CHECK_S = 0.2
+
+
+class ConsoleProcessError(RuntimeError):
+    """The Console side's process did not start, or stopped answering."""
+
+
+class NoTerminalChannel:
+    """The Console side never talks to terminals: its handlers have no use for the broker."""
+
+    def publish(self, terminal_id: str, envelope: dict[str, Any]) -> None:
+        raise ChannelError("the Console side's process has no channel to terminals")
+
+
+class ConsoleProcess:
+    """The parent's handle on the child: ``notify(channel)``, ``crash``, ``pollers``, ``stop()``."""
+
+    def __init__(self, data_dir: Path, log_level: int, module: str = "local.console_process") -> None:
+        self.data_dir = data_dir
+        self.log_level = log_level
+        # The child's entry point (a test runs one whose handler breaks on purpose).
+        self.module = module
+        self.pollers: list[str] = []
+        self.crash: str | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._writing = threading.Lock()
+        self._stopping = False
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def start(self) -> ConsoleProcess:
+        command = [sys.executable, "-m", self.module, "--data-dir", str(self.data_dir)]
+        command += ["--log-level", str(self.log_level)]
+        self._process = subprocess.Popen(  # noqa: S603 -- our own interpreter and module, no shell
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=_PROJECT_ROOT,
+        )
+        threading.Thread(target=self._read, name="console-process-reader", daemon=True).start()
+        answer = self._next(_START_TIMEOUT_S)
+        if answer is None or "ready" not in answer:
+            self._abandon()
+            raise ConsoleProcessError(f"the Console side's process did not start: {answer or self._exit_status()}")
+        self.pollers = [str(name) for name in answer["ready"]]
+        return self
+
+    def notify(self, channel: str) -> None:
+        """Something was queued on ``channel``: the child's poller of it reads it now."""
+        self._send({"notify": channel})
+
+    def stop(self) -> None:
+        process = self._process
+        if process is None or self._stopping:
+            return
+        self._stopping = True
+        self._send({"stop": True})
+        try:
+            process.wait(_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            log.error("console_process_stop_timeout", extra={"pid": process.pid})
+            self._abandon()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        process = self._process
+        if process is None or process.stdin is None:
+            return
+        line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        with self._writing:
+            try:
+                process.stdin.write(line)
+                process.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                # The child is gone; the reader thread reports how it ended.
+                pass
+
+    def _read(self) -> None:
+        process = self._process
+        assert process is not None and process.stdout is not None
+        for raw in process.stdout:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            if "crashed" in message and self.crash is None:
+                self.crash = str(message["crashed"])
+                log.error("console_process_crashed", extra={"report": self.crash})
+            self._answers.put(message)
+        code = process.wait()
+        if not self._stopping and self.crash is None:
+            self.crash = f"the Console side's process ended unexpectedly ({self._exit_status(code)})"
+            log.error("console_process_ended", extra={"code": code})
+        self._answers.put(None)
+
+    def _next(self, timeout_s: float) -> dict[str, Any] | None:
+        try:
+            return self._answers.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+
+    def _abandon(self) -> None:
+        process = self._process
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(5)
+
+    def _exit_status(self, code: int | None = None) -> str:
+        if code is None and self._process is not None:
+            code = self._process.poll()
+        if code is None:
+            return "still running, not answering"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def start_console_process(data_dir: Path, log_level: int, module: str = "local.console_process") -> ConsoleProcess:
+    return ConsoleProcess(data_dir, log_level, module).start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m local.console_process``: the Console side's pollers, driven by their parent."""
+    parser = argparse.ArgumentParser(prog="python -m local.console_process", description=main.__doc__)
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--log-level", type=int, default=logging.INFO, help="a number: 20 INFO, 40 ERROR")
+    args = parser.parse_args(argv)
+    # Ctrl-C reaches the whole process group; the parent stops this process itself, in order.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # stdout is the channel to the parent; the handlers' log lines go to stderr instead.
+    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sending = threading.Lock()
+
+    def send(message: dict[str, Any]) -> None:
+        with sending:
+            channel.write(json.dumps(message, separators=(",", ":")) + "\n")
+            channel.flush()
+
+    from chalicelib import bootstrap
+    from chalicelib.config import get_settings
+    from chalicelib.observability import logger
+    from local.pollers import start_sqlite_pollers
+    from local.store import build_sqlite, open_store
+
+    logger.setLevel(args.log_level)
+    settings = get_settings()
+    store = open_store(args.data_dir, settings)
+    bootstrap.install(build_sqlite(settings, store, channel=NoTerminalChannel()))
+    stop_event = threading.Event()
+    pollers = start_sqlite_pollers(settings, store, stop_event)
+    send({"ready": [poller.name for poller in pollers]})
+
+    def watch() -> None:
+        while not stop_event.wait(_CRASH_CHECK_S):
+            for poller in pollers:
+                if poller.crash:
+                    send({"crashed": f"poller {poller.name} crashed:\n{poller.crash}"})
+                    return
+
+    threading.Thread(target=watch, name="crash-watch", daemon=True).start()
+    stopped = False
+    for line in sys.stdin:
+        try:
+            message = json.loads(line)
+        except ValueError:
+            continue
+        if "notify" in message:
+            store.db.notify(str(message["notify"]))
+        elif message.get("stop"):
+            stopped = True
+            break
+    if not stopped:
+        # Our stdin ended without a stop: the parent is gone. Committed work is in the database file;
+        # what a poller was handling comes back after its visibility timeout, as on AWS.
+        os._exit(0)
+    stop_event.set()
+    store.db.notify()  # wake the idle ones now
+    for poller in pollers:
+        poller.join(timeout=5)
+    crashed = [f"poller {poller.name} crashed:\n{poller.crash}" for poller in pollers if poller.crash]
+    store.close()
+    if crashed:
+        send({"crashed": crashed[0]})
+    send({"stopped": True})
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception:
+        traceback.print_exc()
+        sys.exit(1)

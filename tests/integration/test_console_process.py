@@ -1,0 +1,120 @@
+"""The Console side's pollers in a process of their own (``local/console_process.py``), as the local
+stack runs them on the embedded store: they handle what this process writes, a crash is seen from
+the parent's side, a start that fails says so, and no process is left behind when its parent dies."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chalicelib.adapters.sqlite.store import SqliteStore
+from chalicelib.payments.domain import Terminal
+from local.console_process import ConsoleProcess, ConsoleProcessError, start_console_process
+from tests.conftest import PASSPHRASE, TERMINAL_ID
+from tests.contract.builders import head_and_dispatch
+from tests.integration.test_broker_process import process_gone
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 20.0
+
+
+def eventually(check: Callable[[], Any], what: str) -> Any:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"{what}: not within {TIMEOUT_S}s"
+        time.sleep(0.02)
+    return found
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteStore]:
+    opened = SqliteStore.open(tmp_path / "data")
+    opened.terminals.put(Terminal(TERMINAL_ID, "M1", PASSPHRASE, online=True))
+    yield opened
+    opened.close()
+
+
+def attach(store: SqliteStore, module: str = "local.console_process") -> ConsoleProcess:
+    console = start_console_process(store.db.path.parent, logging.ERROR, module)
+    store.db.on_notify = console.notify
+    return console
+
+
+def test_the_console_side_records_what_this_process_writes_from_a_process_of_its_own(store: SqliteStore) -> None:
+    console = attach(store)
+    try:
+        assert console.pollers == ["stream:nepting-payments", "sqs:ipn", "sqs:merchant-notifications"]
+        assert console.pid != 0 and not process_gone(console.pid)
+        head, dispatch = head_and_dispatch("r-1", order_id="O-7")
+        store.payments.start_attempt(head, dispatch, None)  # the order head's stream record, notified
+        details = eventually(lambda: store.order_details.get("M1", "O-7"), "order details recorded by the child")
+        assert (details.order_id, details.attempt, details.terminal_id) == ("O-7", 1, TERMINAL_ID)
+        assert console.crash is None
+    finally:
+        console.stop()
+    assert process_gone(console.pid)
+
+
+def test_a_crashed_poller_in_the_child_is_reported_to_the_parent(store: SqliteStore) -> None:
+    console = attach(store, "tests.integration.console_that_breaks")
+    try:
+        head, dispatch = head_and_dispatch("r-2", order_id="O-8")
+        store.payments.start_attempt(head, dispatch, None)
+        crash = eventually(lambda: console.crash, "the child's crash report")
+        assert "poller stream:nepting-payments crashed" in crash
+        assert "order notification handler broken on purpose" in crash
+    finally:
+        console.stop()
+
+
+def test_a_child_that_cannot_start_is_reported_with_how_it_ended(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    with pytest.raises(ConsoleProcessError, match=r"did not start.*exit code 1"):
+        start_console_process(not_a_directory, logging.ERROR)
+
+
+def test_a_child_that_dies_is_reported_as_a_crash(store: SqliteStore) -> None:
+    console = attach(store)
+    try:
+        subprocess.run(["kill", "-9", str(console.pid)], check=True)
+        crash = eventually(lambda: console.crash, "the parent noticing")
+        assert "ended unexpectedly (killed by signal 9)" in crash
+        store.payments.start_attempt(*head_and_dispatch("r-3", order_id="O-9"), None)  # notifying a dead child
+    finally:
+        console.stop()
+
+
+ORPHAN_PARENT = """
+import logging, sys, time
+from pathlib import Path
+from local.console_process import start_console_process
+console = start_console_process(Path(sys.argv[1]), logging.ERROR)
+print(console.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_PARENT, str(tmp_path / "data")],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        pid = int(parent.stdout.readline())
+        assert not process_gone(pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    eventually(lambda: process_gone(pid), f"Console side's process {pid} gone")
