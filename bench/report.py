@@ -351,7 +351,8 @@ def render_markdown(results: dict[str, Any], floor: dict[str, Any], models: dict
         f"{machine['loadavg_start']}, at end {machine.get('loadavg_end')}.",
         f"Poll schedule: {results['settings']}. Console side running alongside: {results.get('console_side')}.",
         f"Store: {results.get('store', 'moto')}. The local stack runs in the bench's process (the store, API "
-        "threads, bridge, pollers; the broker too, or in a child process of its own); its load does not: the "
+        "threads, bridge), with the broker in a child process of its own and, on the embedded store, the Console "
+        "side's pollers and handlers in another; its load does not: the "
         "simulated terminals run in processes of their own, and so do the ECRs. CPU per payment is given for "
         "the stack (its process and its child processes) apart from the simulated terminals and the ECRs, and "
         "apart from the simulated payment gateway's threads (which read each result and post its IPN, as the "
