@@ -11,7 +11,9 @@ The parent (``ConsoleProcess``) talks to the child in JSON lines, as the broker'
 
 - parent → child, on stdin: ``{"notify": channel}`` when the parent queued something on a queue or
   stream (``Database.notify``): the child's pollers wake at once instead of at their next idle
-  read; ``{"stop": true}`` to stop.
+  read (every 0.2 s); ``{"stop": true}`` to stop. A notification never blocks the parent: one that
+  finds the pipe full (a child that stopped reading) is dropped and counted, and the idle read
+  finds the work.
 - child → parent, on stdout: ``{"ready": [poller names]}``, then ``{"crashed": traceback}`` if a
   poller crashed, and ``{"stopped": true}`` once every poller has stopped.
 
@@ -30,6 +32,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -70,6 +73,7 @@ class ConsoleProcess:
         self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._writing = threading.Lock()
         self._stopping = False
+        self.dropped_notifies = 0
 
     @property
     def pid(self) -> int:
@@ -85,6 +89,10 @@ class ConsoleProcess:
             stdout=subprocess.PIPE,
             cwd=_PROJECT_ROOT,
         )
+        assert self._process.stdin is not None
+        # Written with os.write on the descriptor alone (never the buffered file): a full pipe says
+        # so at once instead of holding the API thread that wrote to the store.
+        os.set_blocking(self._process.stdin.fileno(), False)
         threading.Thread(target=self._read, name="console-process-reader", daemon=True).start()
         answer = self._next(_START_TIMEOUT_S)
         if answer is None or "ready" not in answer:
@@ -95,32 +103,37 @@ class ConsoleProcess:
 
     def notify(self, channel: str) -> None:
         """Something was queued on ``channel``: the child's poller of it reads it now."""
-        self._send({"notify": channel})
+        if not self._send({"notify": channel}):
+            self.dropped_notifies += 1
 
     def stop(self) -> None:
         process = self._process
         if process is None or self._stopping:
             return
         self._stopping = True
-        self._send({"stop": True})
+        deadline = time.monotonic() + _STOP_TIMEOUT_S
+        while not self._send({"stop": True}) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the pipe is full: the child reads it, or the deadline ends the wait
         try:
-            process.wait(_STOP_TIMEOUT_S)
+            process.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             log.error("console_process_stop_timeout", extra={"pid": process.pid})
             self._abandon()
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: dict[str, Any]) -> bool:
+        """Whether the line went into the pipe whole (a line is shorter than PIPE_BUF: all or nothing)."""
         process = self._process
         if process is None or process.stdin is None:
-            return
+            return False
         line = (json.dumps(message, separators=(",", ":")) + "\n").encode()
         with self._writing:
             try:
-                process.stdin.write(line)
-                process.stdin.flush()
-            except (BrokenPipeError, ValueError):
+                return os.write(process.stdin.fileno(), line) == len(line)
+            except BlockingIOError:
+                return False
+            except (BrokenPipeError, ValueError, OSError):
                 # The child is gone; the reader thread reports how it ended.
-                pass
+                return False
 
     def _read(self) -> None:
         process = self._process

@@ -4,9 +4,13 @@ the parent's side, a start that fails says so, and no process is left behind whe
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -118,3 +122,30 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
         parent.kill()
         parent.wait()
     eventually(lambda: process_gone(pid), f"Console side's process {pid} gone")
+
+
+def test_notifying_a_child_that_stopped_reading_never_blocks_the_writer(store: SqliteStore) -> None:
+    console = attach(store)
+    try:
+        os.kill(console.pid, signal.SIGSTOP)
+        done = threading.Event()
+
+        def flood() -> None:
+            for _ in range(20_000):  # far more than a pipe holds
+                console.notify("ipn")
+            done.set()
+
+        writer = threading.Thread(target=flood, daemon=True)
+        writer.start()
+        # A liveness bound, not a speed one: a blocking write would never return at all.
+        assert done.wait(60), "notify blocked on a full pipe"
+        assert console.dropped_notifies > 0
+        os.kill(console.pid, signal.SIGCONT)
+        head, dispatch = head_and_dispatch("r-4", order_id="O-10")
+        store.payments.start_attempt(head, dispatch, None)
+        eventually(lambda: store.order_details.get("M1", "O-10"), "the child catching up once it runs again")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(console.pid, signal.SIGCONT)
+        console.stop()
+    assert process_gone(console.pid) and console.crash is None
