@@ -569,11 +569,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     started = time.monotonic()
     from local.broker import BrokerStartError
+    from local.console_process import ConsoleProcessError
 
     try:
         config = StackConfig.from_env()
         stack = start_stack(config)
-    except (SeedError, StackError, BrokerStartError, ConfigurationError, OSError) as exc:
+    except (SeedError, StackError, BrokerStartError, ConsoleProcessError, ConfigurationError, OSError) as exc:
         # Start-up problems a user can fix (bad seed or setting, port in use) read as one line that
         # names the setting, not a traceback.
         print(f"error: {exc}", file=sys.stderr)
