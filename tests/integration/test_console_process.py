@@ -11,10 +11,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,18 +21,9 @@ from chalicelib.payments.domain import Terminal
 from local.console_process import ConsoleProcess, ConsoleProcessError, start_console_process
 from tests.conftest import PASSPHRASE, TERMINAL_ID
 from tests.contract.builders import head_and_dispatch
-from tests.integration.test_broker_process import process_gone
+from tests.integration.test_broker_process import eventually, process_gone
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 20.0
-
-
-def eventually(check: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not (found := check()):
-        assert time.monotonic() < deadline, f"{what}: not within {TIMEOUT_S}s"
-        time.sleep(0.02)
-    return found
 
 
 @pytest.fixture
