@@ -153,6 +153,16 @@ def writes_between_read_and_write(store: SqliteStore, monkeypatch: pytest.Monkey
     monkeypatch.setattr(type(store.payments), "get_dispatch", racing)
 
 
+def an_ack_is_refused_and_the_result_stands(store: SqliteStore) -> None:
+    """An ACK judged on a pending copy lands after the result: refused, and nothing is written."""
+    with pytest.raises(ConditionFailed, match="ack refused"):
+        store.payments.apply(
+            Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
+        )
+    now = store.payments.get_dispatch("r-1")
+    assert now is not None and (now.state, now.acked_at_ms, now.version) == (DispatchState.SUCCEEDED, None, 1)
+
+
 def test_a_transition_that_lost_a_race_is_judged_again_on_the_row_as_it_now_is(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -173,13 +183,7 @@ def test_a_transition_the_new_row_no_longer_allows_is_refused_and_writes_nothing
     writes_between_read_and_write(
         store, monkeypatch, Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 40, result=result)
     )
-    # An ACK judged on PENDING lands after the result: the result stands, the ACK is refused.
-    with pytest.raises(ConditionFailed, match="ack refused"):
-        store.payments.apply(
-            Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
-        )
-    now = store.payments.get_dispatch("r-1")
-    assert now is not None and (now.state, now.acked_at_ms, now.version) == (DispatchState.SUCCEEDED, None, 1)
+    an_ack_is_refused_and_the_result_stands(store)
 
 
 def test_a_dispatch_that_keeps_changing_under_a_transition_is_reported_not_looped_on_forever(
@@ -242,12 +246,7 @@ def test_a_stale_copy_that_would_allow_a_transition_loses_to_the_row_as_it_now_i
     in_another_thread(
         lambda: store.payments.apply(Transition("r-1", domain.RESULT, DispatchState.SUCCEEDED, NOW + 40, result=result))
     )
-    with pytest.raises(ConditionFailed, match="ack refused"):
-        store.payments.apply(
-            Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
-        )
-    now = store.payments.get_dispatch("r-1")
-    assert now is not None and (now.state, now.acked_at_ms, now.version) == (DispatchState.SUCCEEDED, None, 1)
+    an_ack_is_refused_and_the_result_stands(store)
 
 
 def test_a_transition_right_after_a_read_judges_that_copy_without_reading_again(
