@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -136,21 +136,34 @@ def test_transition_moves_forward_and_counts_versions(store: SqliteStore) -> Non
     assert done.result is not None and done.result["error_data"]["rate"] == Decimal("0.055")
 
 
+def after_each_read(
+    monkeypatch: pytest.MonkeyPatch, repository: Any, method: str, action: Callable[[str], object]
+) -> None:
+    """``repository.<method>`` (a read by key) returns what it read, and then ``action`` runs with
+    that key: another writer, between the read and the write that follows it. The action's own
+    reads are plain reads."""
+    owner = type(repository)
+    read = getattr(owner, method)
+
+    def intercepted(self: Any, key: str) -> Any:
+        found = read(self, key)
+        monkeypatch.setattr(owner, method, read)
+        try:
+            action(key)
+        finally:
+            monkeypatch.setattr(owner, method, intercepted)
+        return found
+
+    monkeypatch.setattr(owner, method, intercepted)
+
+
 def writes_between_read_and_write(store: SqliteStore, monkeypatch: pytest.MonkeyPatch, *moves: Transition) -> None:
     """Each of the next reads of a dispatch returns what it read, and then another writer applies
     the next of ``moves``: the version judged is stale by the time the update lands."""
     pending = list(moves)
-    read = type(store.payments).get_dispatch
-
-    def racing(self: Any, request_id: str) -> Dispatch | None:
-        found = read(self, request_id)
-        if pending:
-            monkeypatch.setattr(type(store.payments), "get_dispatch", read)
-            store.payments.apply(pending.pop(0))
-            monkeypatch.setattr(type(store.payments), "get_dispatch", racing)
-        return found
-
-    monkeypatch.setattr(type(store.payments), "get_dispatch", racing)
+    after_each_read(
+        monkeypatch, store.payments, "get_dispatch", lambda _: pending and store.payments.apply(pending.pop(0))
+    )
 
 
 def an_ack_is_refused_and_the_result_stands(store: SqliteStore) -> None:
@@ -193,15 +206,14 @@ def test_a_dispatch_that_keeps_changing_under_a_transition_is_reported_not_loope
     from chalicelib.adapters.sqlite import payments as sqlite_payments
 
     # Every read is stale by the time its update lands: someone else keeps writing the row.
-    read = type(store.payments).get_dispatch
-
-    def always_stale(self: Any, request_id: str) -> Dispatch | None:
-        found = read(self, request_id)
-        with store.db.write() as conn:
-            conn.execute("UPDATE dispatches SET version = version + 1 WHERE request_id = ?", (request_id,))
-        return found
-
-    monkeypatch.setattr(type(store.payments), "get_dispatch", always_stale)
+    after_each_read(
+        monkeypatch,
+        store.payments,
+        "get_dispatch",
+        lambda request_id: store.db.write_one(
+            "UPDATE dispatches SET version = version + 1 WHERE request_id = ?", (request_id,)
+        ),
+    )
     with pytest.raises(ConditionFailed, match="kept changing"):
         store.payments.apply(
             Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
@@ -255,13 +267,7 @@ def test_a_transition_right_after_a_read_judges_that_copy_without_reading_again(
     started(store)
     assert store.payments.get_dispatch("r-1") is not None
     reads: list[str] = []
-    read = type(store.payments).get_dispatch
-
-    def counted(self: Any, request_id: str) -> Dispatch | None:
-        reads.append(request_id)
-        return read(self, request_id)
-
-    monkeypatch.setattr(type(store.payments), "get_dispatch", counted)
+    after_each_read(monkeypatch, store.payments, "get_dispatch", reads.append)
     acked = store.payments.apply(
         Transition("r-1", domain.ACK, DispatchState.ACKNOWLEDGED, NOW + 50, terminal_id=TERMINAL_ID)
     )
@@ -386,19 +392,14 @@ def test_a_notification_change_that_lost_a_race_keeps_the_other_writers_change_t
 ) -> None:
     transactions = store.transactions
     transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
-    read = type(transactions).get
-    raced: list[bool] = []
+    raced: list[str] = []
 
-    def racing(self: Any, reference: str) -> Transaction | None:
-        found = read(self, reference)
-        if not raced:  # between this read and its write, a delivery is recorded
-            raced.append(True)
-            monkeypatch.setattr(type(transactions), "get", read)
+    def delivered_meanwhile(reference: str) -> None:
+        if not raced:  # between the first read and its write, a delivery is recorded
+            raced.append(reference)
             transactions.record_delivery(reference, 116)
-            monkeypatch.setattr(type(transactions), "get", racing)
-        return found
 
-    monkeypatch.setattr(type(transactions), "get", racing)
+    after_each_read(monkeypatch, transactions, "get", delivered_meanwhile)
     transactions.mark_enqueued("T-1", 118)
     monkeypatch.undo()
     stored = transactions.get("T-1")
@@ -411,16 +412,15 @@ def test_a_transaction_that_keeps_changing_under_a_notification_change_is_report
 ) -> None:
     transactions = store.transactions
     transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
-    read = type(transactions).get
-
-    def always_stale(self: Any, reference: str) -> Transaction | None:
-        found = read(self, reference)
-        store.db.write_one(
+    # Every read is stale by the time its write lands: someone else keeps writing the row.
+    after_each_read(
+        monkeypatch,
+        transactions,
+        "get",
+        lambda reference: store.db.write_one(
             "UPDATE transactions SET version = version + 1 WHERE transaction_reference = ?", (reference,)
-        )
-        return found
-
-    monkeypatch.setattr(type(transactions), "get", always_stale)
+        ),
+    )
     with pytest.raises(ConditionFailed, match="kept changing"):
         transactions.mark_enqueued("T-1", 118)
     monkeypatch.undo()
