@@ -81,7 +81,6 @@ import errno
 import json
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -95,6 +94,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
+
+from local.children import channel_to_parent, exit_status
 
 # Named, not __name__: run as ``python -m local.broker`` the module is ``__main__``.
 log = logging.getLogger("local.broker")
@@ -1152,7 +1153,7 @@ class BrokerProcess:
             raise BrokerStartError(f"{reply['message']}{self._tail_text()}")
         raise BrokerStartError(
             f"the MQTT broker's process ended before listening on port {self.port} "
-            f"({_exit_status(process.returncode)}){self._tail_text()}"
+            f"({exit_status(process.returncode)}){self._tail_text()}"
         )
 
     def _abandon(self, process: subprocess.Popen[bytes]) -> None:
@@ -1207,22 +1208,13 @@ class BrokerProcess:
         self._join_readers(2.0)  # its last words: the crash message and the end of its stderr
         code = process.returncode
         outcome = self._outcome or {}
-        why = outcome.get("crashed") or _exit_status(code)
+        why = outcome.get("crashed") or exit_status(code)
         return f"MQTT broker process {process.pid} on port {self.port} crashed: {why}{self._tail_text()}"
 
     def _tail_text(self) -> str:
         if not self._tail:
             return ""
         return "\nlast output of the broker's process:\n" + "\n".join(self._tail)
-
-
-def _exit_status(code: int | None) -> str:
-    if code is None:
-        return "still running"
-    if code < 0:
-        with contextlib.suppress(ValueError):
-            return f"killed by {signal.Signals(-code).name}"
-    return f"exit code {code}"
 
 
 def start_broker_process(
@@ -1263,23 +1255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", type=int, default=logging.WARNING, help="a number: 20 INFO, 30 WARNING")
     parser.add_argument("--no-tcp-nodelay", action="store_true", help="leave Nagle on (to measure it)")
     args = parser.parse_args(argv)
-    # Ctrl-C reaches the whole process group; the parent stops the broker itself, after which the
-    # shutdown's presence events still have somewhere to go.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # stdout is the channel to the parent; anything else printing there goes to stderr instead.
-    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    # The parent stops the broker itself, after which the shutdown's presence events still have
+    # somewhere to go.
+    send = channel_to_parent()
     from local.jsonlog import log_json_lines
 
     log_json_lines(args.log_level)
-    sending = threading.Lock()
-
-    def send(message: dict[str, Any]) -> None:
-        line = json.dumps(message, separators=(",", ":")) + "\n"
-        with sending:
-            channel.write(line)
-            channel.flush()
 
     try:
         running = start_broker(

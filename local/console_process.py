@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import queue
-import signal
 import subprocess
 import sys
 import threading
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.exceptions import ChannelError
+from local.children import channel_to_parent, exit_status
 
 # Named, not __name__: run as ``python -m local.console_process`` the module is ``__main__``.
 log = logging.getLogger("local.console_process")
@@ -97,7 +97,9 @@ class ConsoleProcess:
         answer = self._next(_START_TIMEOUT_S)
         if answer is None or "ready" not in answer:
             self._abandon()
-            raise ConsoleProcessError(f"the Console side's process did not start: {answer or self._exit_status()}")
+            raise ConsoleProcessError(
+                f"the Console side's process did not start: {answer or exit_status(self._process.poll())}"
+            )
         self.pollers = [str(name) for name in answer["ready"]]
         return self
 
@@ -149,7 +151,7 @@ class ConsoleProcess:
             self._answers.put(message)
         code = process.wait()
         if not self._stopping and self.crash is None:
-            self.crash = f"the Console side's process ended unexpectedly ({self._exit_status(code)})"
+            self.crash = f"the Console side's process ended unexpectedly ({exit_status(code)})"
             log.error("console_process_ended", extra={"code": code})
         self._answers.put(None)
 
@@ -165,13 +167,6 @@ class ConsoleProcess:
             process.kill()
             process.wait(5)
 
-    def _exit_status(self, code: int | None = None) -> str:
-        if code is None and self._process is not None:
-            code = self._process.poll()
-        if code is None:
-            return "still running, not answering"
-        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-
 
 def start_console_process(data_dir: Path, log_level: int, module: str = "local.console_process") -> ConsoleProcess:
     return ConsoleProcess(data_dir, log_level, module).start()
@@ -183,18 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", required=True, type=Path)
     parser.add_argument("--log-level", type=int, default=logging.INFO, help="a number: 20 INFO, 40 ERROR")
     args = parser.parse_args(argv)
-    # Ctrl-C reaches the whole process group; the parent stops this process itself, in order.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # stdout is the channel to the parent; the handlers' log lines go to stderr instead.
-    channel = os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8")
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    sending = threading.Lock()
-
-    def send(message: dict[str, Any]) -> None:
-        with sending:
-            channel.write(json.dumps(message, separators=(",", ":")) + "\n")
-            channel.flush()
+    # The handlers' log lines go to stderr.
+    send = channel_to_parent()
 
     from chalicelib import bootstrap
     from chalicelib.config import get_settings

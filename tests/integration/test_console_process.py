@@ -79,7 +79,7 @@ def test_a_child_that_dies_is_reported_as_a_crash(store: SqliteStore) -> None:
     try:
         subprocess.run(["kill", "-9", str(console.pid)], check=True)
         crash = eventually(lambda: console.crash, "the parent noticing")
-        assert "ended unexpectedly (killed by signal 9)" in crash
+        assert "ended unexpectedly (killed by SIGKILL)" in crash
         store.payments.start_attempt(*head_and_dispatch("r-3", order_id="O-9"), None)  # notifying a dead child
     finally:
         console.stop()
