@@ -144,6 +144,7 @@ class ConsoleProcess:
             try:
                 message = json.loads(raw)
             except ValueError:
+                log.error("console_process_unreadable_message", extra={"line": raw[:200]})
                 continue
             if "crashed" in message and self.crash is None:
                 self.crash = str(message["crashed"])
