@@ -6,7 +6,8 @@ bridge, pollers), so wrapping a few functions sees it all:
 
 - ``botocore.client.BaseClient._make_api_call``: AWS calls by component, service, operation and
   table, with DynamoDB read/write request units computed from item sizes (bench/cost.py);
-- ``paho.mqtt.client.Client.publish``: MQTT messages by topic kind (requests, events, status);
+- ``paho.mqtt.client.Client.publish`` and the broker's own Publish (``local/broker.py``, the API's
+  channel): MQTT messages by topic kind (requests, events, status);
 - the terminal-event handlers and the payment route: invocations and durations;
 - the waker: how long the API spends sleeping between polls.
 
@@ -171,6 +172,7 @@ class Probes:
     def install(self) -> Probes:
         self._wrap_botocore()
         self._wrap_paho()
+        self._wrap_broker_publish()
         self._wrap_handlers()
         return self
 
@@ -232,6 +234,21 @@ class Probes:
             return original(client, topic, payload, *args, **kwargs)
 
         self._patch(mqtt.Client, "publish", publish)
+
+    def _wrap_broker_publish(self) -> None:
+        from local.broker import BrokerProcess, RunningBroker
+
+        probes = self
+        for owner in (BrokerProcess, RunningBroker):
+            original = owner.publish
+
+            def publish(
+                broker: Any, topic: str, payload: bytes, *args: Any, _original: Any = original, **kwargs: Any
+            ) -> None:
+                probes.record_publish(topic, len(payload))
+                _original(broker, topic, payload, *args, **kwargs)
+
+            self._patch(owner, "publish", publish)
 
     def _wrap_handlers(self) -> None:
         from chalicelib.payments import service as payments

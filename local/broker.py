@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import errno
 import json
@@ -89,7 +90,7 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -110,6 +111,8 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 PresenceHook = Callable[[dict[str, Any]], None]
+# A topic rule's name and its event (``topic``, ``payload`` in base64, ``received_at``).
+RuleHook = Callable[[str, dict[str, Any]], None]
 
 
 class BrokerStartError(RuntimeError):
@@ -122,6 +125,11 @@ class BrokerPortInUseError(BrokerStartError):
 
 class BrokerCrashedError(RuntimeError):
     """The broker's loop failed while running; ``__cause__`` is the original exception."""
+
+
+class BrokerPublishError(RuntimeError):
+    """A message the service's ``publish`` refused (a bad topic, a payload too large) or could not
+    hand to the broker (stopped, crashed)."""
 
 
 @dataclass(frozen=True)
@@ -256,6 +264,27 @@ def filter_matches(levels: list[str], topic_levels: list[str]) -> bool:
         if index >= len(topic_levels) or (level != "+" and level != topic_levels[index]):
             return False
     return len(levels) == len(topic_levels)
+
+
+def _rule_filters(rules: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """Topic rules as (name, filter split on ``/``); a rule with an invalid filter is a bug of ours."""
+    checked = []
+    for name, topic_filter in rules:
+        if not valid_filter(topic_filter):
+            raise ValueError(f"topic rule {name!r}: invalid topic filter {topic_filter!r}")
+        checked.append((name, topic_filter.split("/")))
+    return checked
+
+
+def check_service_publish(topic: str, payload: bytes, limits: BrokerLimits = IOT_CORE_LIMITS) -> None:
+    """What the data plane's Publish refuses, as ``BrokerPublishError``: the topics and sizes a
+    client could not publish either."""
+    try:
+        _check_topic_name(topic, limits)
+    except ProtocolViolation as exc:
+        raise BrokerPublishError(str(exc)) from None
+    if len(payload) > limits.max_payload_bytes:
+        raise BrokerPublishError(f"payload over {limits.max_payload_bytes} bytes")
 
 
 class Session:
@@ -467,12 +496,16 @@ class MqttBroker:
         tcp_nodelay: bool = True,
         on_presence: PresenceHook | None = None,
         limits: BrokerLimits = IOT_CORE_LIMITS,
+        rules: Sequence[tuple[str, str]] = (),
+        on_rule: RuleHook | None = None,
     ) -> None:
         self.loop = loop
         self.limits = limits
         self.tcp_nodelay = tcp_nodelay
         self._on_fatal = on_fatal
         self._on_presence = on_presence
+        self._rules = _rule_filters(rules) if on_rule is not None else []
+        self._on_rule = on_rule
         self.sessions: dict[str, Session] = {}
         self.subscriptions = Subscriptions()
         # topic -> (topic field, payload, QoS)
@@ -703,6 +736,33 @@ class MqttBroker:
         self.messages_published += 1
         for session, granted in self.subscriptions.matching(topic):
             self.deliver(session, topic_field, payload, min(qos, granted), False)
+        if self._rules:
+            self._fire_rules(topic, payload)
+
+    def publish_from_service(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """The data plane's Publish (the cloud's side, no MQTT connection), once its caller checked
+        it with ``check_service_publish``."""
+        raw = topic.encode("utf-8")
+        self.publish(topic, len(raw).to_bytes(2, "big") + raw, payload, 1 if qos else 0, retain)
+
+    def _fire_rules(self, topic: str, payload: bytes) -> None:
+        """Every topic rule whose filter matches gets the message as IoT Core's rules engine hands it
+        to a Lambda action with ``SELECT encode(*, 'base64') AS payload, topic() AS topic,
+        timestamp() AS received_at``."""
+        assert self._on_rule is not None
+        levels = topic.split("/")
+        for name, filter_levels in self._rules:
+            if not filter_matches(filter_levels, levels):
+                continue
+            event = {
+                "topic": topic,
+                "payload": base64.b64encode(payload).decode("ascii"),
+                "received_at": time.time_ns() // 1_000_000,
+            }
+            try:
+                self._on_rule(name, event)
+            except Exception:  # as a presence hook's: logged loudly, the broker carries on
+                log.exception("rule_hook_failed", extra={"rule": name, "topic": topic})
 
     def deliver(self, session: Session, topic_field: bytes, payload: bytes, qos: int, retain: bool) -> None:
         self.messages_delivered += 1
@@ -850,17 +910,23 @@ class RunningBroker:
         tcp_nodelay: bool,
         on_presence: PresenceHook | None = None,
         limits: BrokerLimits = IOT_CORE_LIMITS,
+        rules: Sequence[tuple[str, str]] = (),
+        on_rule: RuleHook | None = None,
     ) -> None:
         self.host = host
         self.port = requested_port
         self._tcp_nodelay = tcp_nodelay
         self._on_presence = on_presence
         self._limits = limits
+        self._rules = tuple(rules)
+        self._on_rule = on_rule
+        _rule_filters(self._rules)  # an invalid rule fails here, in the caller's thread
         self._reset()
 
     def _reset(self) -> None:
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._broker: MqttBroker | None = None
         self._stop_requested: asyncio.Event | None = None
         self._failure: BaseException | None = None
         self._start_error: BaseException | None = None
@@ -891,6 +957,19 @@ class RunningBroker:
         if self._thread.is_alive():
             raise BrokerCrashedError(f"MQTT broker on port {self.port} still running after {_SHUTDOWN_TIMEOUT_S}s")
         self.raise_if_crashed()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """The data plane's Publish, from any thread: the message is routed (and the topic rules
+        run) on the broker's loop. ``BrokerPublishError`` if it is refused or the broker is not
+        running."""
+        check_service_publish(topic, payload, self._limits)
+        loop, broker = self._loop, self._broker
+        if loop is None or broker is None or not self._thread.is_alive() or self._failure is not None:
+            raise BrokerPublishError(f"MQTT broker on port {self.port} is not running")
+        try:
+            loop.call_soon_threadsafe(broker.publish_from_service, topic, payload, qos, retain)
+        except RuntimeError:  # the loop closed meanwhile
+            raise BrokerPublishError(f"MQTT broker on port {self.port} is not running") from None
 
     def _request_stop(self) -> None:
         loop, stop_requested = self._loop, self._stop_requested
@@ -948,8 +1027,15 @@ class RunningBroker:
 
         loop.set_exception_handler(on_loop_error)
         broker = MqttBroker(
-            loop, on_fatal, tcp_nodelay=self._tcp_nodelay, on_presence=self._on_presence, limits=self._limits
+            loop,
+            on_fatal,
+            tcp_nodelay=self._tcp_nodelay,
+            on_presence=self._on_presence,
+            limits=self._limits,
+            rules=self._rules,
+            on_rule=self._on_rule,
         )
+        self._broker = broker
         try:
             server = await loop.create_server(broker.connection, self.host, self.port, reuse_address=True, backlog=1024)
         except OSError as exc:
@@ -995,15 +1081,19 @@ def start_broker(
     tcp_nodelay: bool = True,
     on_presence: PresenceHook | None = None,
     limits: BrokerLimits = IOT_CORE_LIMITS,
+    rules: Sequence[tuple[str, str]] = (),
+    on_rule: RuleHook | None = None,
 ) -> RunningBroker:
     """Start a broker in a background thread and return once it accepts connections.
 
     ``port=0`` binds a free port (read it from ``.port``). A port already in use raises
     ``BrokerPortInUseError``. ``on_presence`` gets each lifecycle event (called on the broker's loop:
-    it must not block). ``tcp_nodelay=False`` exists only to measure what Nagle costs. ``limits``
-    are IoT Core's unless a test needs others (a keep-alive of a second).
+    it must not block). ``rules`` are topic rules, (name, topic filter): each message published on a
+    topic a rule's filter matches goes to ``on_rule(name, event)`` (on the broker's loop too).
+    ``tcp_nodelay=False`` exists only to measure what Nagle costs. ``limits`` are IoT Core's unless a
+    test needs others (a keep-alive of a second).
     """
-    running = RunningBroker(host, port, tcp_nodelay, on_presence, limits)
+    running = RunningBroker(host, port, tcp_nodelay, on_presence, limits, rules, on_rule)
     running._start()
     return running
 
@@ -1015,11 +1105,14 @@ class BrokerProcess:
     context manager; and ``pid``, the child's process id (it changes on ``restart()``).
 
     The child speaks JSON lines on its stdout: ``{"ready": port}`` or ``{"error": kind, "message": …}``
-    once, then ``{"presence": event}`` for each lifecycle event, and last ``{"stopped": true}`` or
-    ``{"crashed": traceback}``. One reader thread here hands the presence events to ``on_presence`` in
-    the order the broker emitted them. The child's stderr (its JSON-lines logs) is copied to this
-    process's stderr, and its last lines are kept for the crash report. The child stops when it reads
-    ``stop`` on its stdin, and exits at once when its stdin ends without one: its parent is gone.
+    once, then ``{"presence": event}`` for each lifecycle event and ``{"rule": name, "event": event}``
+    for each message a topic rule took, and last ``{"stopped": true}`` or ``{"crashed": traceback}``.
+    One reader thread here hands them to ``on_presence`` and ``on_rule`` in the order the broker
+    emitted them. The child's stderr (its JSON-lines logs) is copied to this process's stderr, and its
+    last lines are kept for the crash report. On its stdin the child reads
+    ``{"publish": {"topic", "payload" (base64), "qos", "retain"}}`` lines (``publish()``, the data
+    plane's Publish); it stops when it reads ``stop``, and exits at once when its stdin ends without
+    one: its parent is gone.
     """
 
     def __init__(
@@ -1029,13 +1122,19 @@ class BrokerProcess:
         tcp_nodelay: bool,
         on_presence: PresenceHook | None = None,
         module: str = "local.broker",
+        rules: Sequence[tuple[str, str]] = (),
+        on_rule: RuleHook | None = None,
     ) -> None:
         self.host = host
         self.port = requested_port
         self._tcp_nodelay = tcp_nodelay
         self._on_presence = on_presence
         self._module = module
+        self._rules = tuple(rules) if on_rule is not None else ()
+        _rule_filters(self._rules)
+        self._on_rule = on_rule
         self._process: subprocess.Popen[bytes] | None = None
+        self._writing = threading.Lock()
         self._readers: list[threading.Thread] = []
         self._stopping = False
         self._failure: str | None = None
@@ -1070,19 +1169,46 @@ class BrokerProcess:
         self.stop()
         self._start()
 
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """The data plane's Publish, from any thread: handed to the broker's process, which routes it
+        (and runs the topic rules) in the order the calls were made. ``BrokerPublishError`` if it is
+        refused or the process is not there to take it."""
+        check_service_publish(topic, payload)
+        line = json.dumps(
+            {
+                "publish": {
+                    "topic": topic,
+                    "payload": base64.b64encode(payload).decode("ascii"),
+                    "qos": 1 if qos else 0,
+                    "retain": retain,
+                }
+            },
+            separators=(",", ":"),
+        ).encode("utf-8")
+        with self._writing:
+            process = self._process
+            if process is None or self._stopping or process.stdin is None:
+                raise BrokerPublishError(f"MQTT broker on port {self.port} is not running")
+            try:
+                process.stdin.write(line + b"\n")
+                process.stdin.flush()
+            except (OSError, ValueError) as exc:  # its process is gone, or its stdin already closed
+                raise BrokerPublishError(f"MQTT broker on port {self.port} is not running: {exc}") from None
+
     def stop(self) -> None:
         """Stop the broker and its process; every presence event it emitted, down to the disconnects
         of the shutdown, has been handed to ``on_presence`` when this returns. Raises
         ``BrokerCrashedError`` if the process failed. Calling it again does nothing more."""
         process = self._process
         if process is not None and not self._stopping:
-            self._stopping = True
             assert process.stdin is not None
-            with contextlib.suppress(OSError):  # already gone: its exit is reported below
-                process.stdin.write(b"stop\n")
-                process.stdin.flush()
-            with contextlib.suppress(OSError):
-                process.stdin.close()
+            with self._writing:  # after any publish under way: it was accepted, it is routed
+                self._stopping = True
+                with contextlib.suppress(OSError):  # already gone: its exit is reported below
+                    process.stdin.write(b"stop\n")
+                    process.stdin.flush()
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
             try:
                 process.wait(_SHUTDOWN_TIMEOUT_S)
             except subprocess.TimeoutExpired:
@@ -1118,6 +1244,8 @@ class BrokerProcess:
         self._tail = deque(maxlen=_STDERR_TAIL_LINES)
         command = [sys.executable, "-m", self._module, "--host", self.host, "--port", str(self.port)]
         command += ["--log-level", str(log.getEffectiveLevel())]
+        for name, topic_filter in self._rules:
+            command += ["--rule", f"{name}={topic_filter}"]
         if not self._tcp_nodelay:
             command.append("--no-tcp-nodelay")
         process = subprocess.Popen(  # noqa: S603 -- our own interpreter and module, no shell
@@ -1171,7 +1299,9 @@ class BrokerProcess:
             except ValueError:
                 log.error("mqtt_broker_unreadable_message", extra={"line": raw[:200]})
                 continue
-            if "presence" in message:
+            if "rule" in message:
+                self._take_rule(message["rule"], message["event"])
+            elif "presence" in message:
                 self._deliver(message["presence"])
             elif "ready" in message or "error" in message:
                 self._reply = message
@@ -1187,6 +1317,14 @@ class BrokerProcess:
             self._on_presence(event)
         except Exception:  # as in the broker itself: logged loudly, the next events still flow
             log.exception("presence_hook_failed", extra={"client_id": event.get("clientId")})
+
+    def _take_rule(self, name: str, event: dict[str, Any]) -> None:
+        if self._on_rule is None:
+            return
+        try:
+            self._on_rule(name, event)
+        except Exception:  # as in the broker itself: logged loudly, the next messages still flow
+            log.exception("rule_hook_failed", extra={"rule": name, "topic": event.get("topic")})
 
     def _relay_stderr(self, stream: Any) -> None:
         for raw in stream:
@@ -1224,15 +1362,17 @@ def start_broker_process(
     tcp_nodelay: bool = True,
     on_presence: PresenceHook | None = None,
     module: str = "local.broker",
+    rules: Sequence[tuple[str, str]] = (),
+    on_rule: RuleHook | None = None,
 ) -> BrokerProcess:
     """Start a broker in its own process and return once it accepts connections.
 
     As ``start_broker``: ``port=0`` binds a free port, a busy port raises ``BrokerPortInUseError``.
-    ``on_presence`` is called on one reader thread of this process, in the broker's order. The
-    broker gets its own interpreter, so its own GIL and a core of its own. ``module`` is the child's
-    entry point (tests run one that breaks the broker on purpose).
+    ``on_presence`` and ``on_rule`` are called on one reader thread of this process, in the broker's
+    order. The broker gets its own interpreter, so its own GIL and a core of its own. ``module`` is
+    the child's entry point (tests run one that breaks the broker on purpose).
     """
-    running = BrokerProcess(host, port, tcp_nodelay, on_presence, module)
+    running = BrokerProcess(host, port, tcp_nodelay, on_presence, module, rules, on_rule)
     running._start()
     return running
 
@@ -1242,9 +1382,29 @@ def _watch_parent(running: RunningBroker) -> None:
         if line.strip() == b"stop":
             running._request_stop()
             return
+        _publish_for_parent(running, line)
     # Our stdin ended without a stop: the parent is gone (kill -9). Nobody is left to take the
     # presence events, and the port must be free for the next start.
     os._exit(0)
+
+
+def _publish_for_parent(running: RunningBroker, line: bytes) -> None:
+    try:
+        message = json.loads(line)["publish"]
+        topic, payload = message["topic"], base64.b64decode(message["payload"], validate=True)
+        running.publish(topic, payload, int(message["qos"]), bool(message["retain"]))
+    except (ValueError, KeyError, TypeError, BrokerPublishError) as exc:
+        # The parent checks what it sends: a line refused here is a bug of ours, said loudly.
+        log.error(
+            "mqtt_broker_unreadable_command", extra={"line": line[:200].decode("utf-8", "replace"), "error": repr(exc)}
+        )
+
+
+def _rule_argument(raw: str) -> tuple[str, str]:
+    name, sep, topic_filter = raw.partition("=")
+    if not sep or not name or not valid_filter(topic_filter):
+        raise argparse.ArgumentTypeError(f"a topic rule is name=filter, got {raw!r}")
+    return name, topic_filter
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1254,6 +1414,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--log-level", type=int, default=logging.WARNING, help="a number: 20 INFO, 30 WARNING")
     parser.add_argument("--no-tcp-nodelay", action="store_true", help="leave Nagle on (to measure it)")
+    parser.add_argument(
+        "--rule", action="append", type=_rule_argument, default=[], help="a topic rule: name=topic filter"
+    )
     args = parser.parse_args(argv)
     # The parent stops the broker itself, after which the shutdown's presence events still have
     # somewhere to go.
@@ -1268,6 +1431,8 @@ def main(argv: list[str] | None = None) -> int:
             args.port,
             tcp_nodelay=not args.no_tcp_nodelay,
             on_presence=lambda event: send({"presence": event}),
+            rules=args.rule,
+            on_rule=lambda name, event: send({"rule": name, "event": event}),
         )
     except BrokerPortInUseError as exc:
         send({"error": "port_in_use", "message": str(exc)})

@@ -82,27 +82,28 @@ class StackError(RuntimeError):
     pass
 
 
-class PresenceRelay:
-    """The broker's lifecycle events, held until the topic-rule bridge is there to take them."""
+class HeldUntilAttached:
+    """The broker's hooks (lifecycle events, topic rules' messages): what it hands over before the
+    topic-rule bridge is there to take it is held, then given to the bridge in order."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[tuple[Any, ...]] = []
         self._target: Any = None
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, *args: Any) -> None:
         with self._lock:
             if self._target is None:
-                self._pending.append(event)
+                self._pending.append(args)
                 return
             target = self._target
-        target(event)
+        target(*args)
 
     def attach(self, target: Any) -> None:
         with self._lock:
             self._target, pending, self._pending = target, self._pending, []
-        for event in pending:
-            target(event)
+        for args in pending:
+            target(*args)
 
 
 @dataclass
@@ -161,7 +162,8 @@ class RunningStack:
     pollers: list[Any] = field(default_factory=list)
     # The Console side's pollers in a process of their own (STORE=sqlite): local/console_process.py.
     console: Any = None
-    presence: PresenceRelay = field(default_factory=PresenceRelay)
+    presence: HeldUntilAttached = field(default_factory=HeldUntilAttached)
+    rules: HeldUntilAttached = field(default_factory=HeldUntilAttached)
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     def crash_report(self) -> str | None:
@@ -221,13 +223,14 @@ def start_stack(config: StackConfig) -> RunningStack:
     _check_port_free(config.mqtt_port, "MQTT_PORT")
     if config.store == "moto":
         _check_port_free(config.moto_port, "MOTO_PORT")
+    from local.bridge import RULES
     from local.broker import start_broker_process
 
     saved: dict[str, str | None] = {}
     parts: list[Any] = []
     moto_url = ""
     data_dir = config.data_dir
-    presence = PresenceRelay()
+    presence, rules = HeldUntilAttached(), HeldUntilAttached()
     try:
         if config.store == "moto":
             from local.moto_server import LocalAws
@@ -241,7 +244,7 @@ def start_stack(config: StackConfig) -> RunningStack:
             data_dir = temporary
         # Its own process, as IoT Core is its own service: the broker's loop gets its own GIL and a
         # core, instead of taking turns with the API threads, the handlers and the pollers.
-        broker = start_broker_process(HOST, config.mqtt_port, on_presence=presence)
+        broker = start_broker_process(HOST, config.mqtt_port, on_presence=presence, rules=RULES, on_rule=rules)
         parts.append(broker.stop)
         env: dict[str, str | None] = {
             # In-process clients reach moto directly; outside tools use the printed moto URL.
@@ -269,7 +272,17 @@ def start_stack(config: StackConfig) -> RunningStack:
         aws.reset_clients()
         settings = get_settings()
         stack = RunningStack(
-            config, seed, settings, "", broker.port, moto_url, parts, saved, broker=broker, presence=presence
+            config,
+            seed,
+            settings,
+            "",
+            broker.port,
+            moto_url,
+            parts,
+            saved,
+            broker=broker,
+            presence=presence,
+            rules=rules,
         )
         if config.store == "moto":
             _create_resources(settings)
@@ -379,15 +392,18 @@ def _apply_seed(seed: Seed, merchants: MerchantRepository, terminals: TerminalRe
 def _start_handlers(stack: RunningStack) -> None:
     import app as chalice_app
     from chalicelib import bootstrap
-    from local.bridge import TopicRuleBridge
+    from local.bridge import BrokerChannel, TopicRuleBridge
     from local.waker import ThreadWaker
 
+    # The API publishes through the broker's own Publish, as it calls iot-data's on AWS.
+    channel = BrokerChannel(stack.broker)
     if stack.store is not None:
         from local.store import build_sqlite
 
-        components = build_sqlite(stack.settings, stack.store)
+        components = build_sqlite(stack.settings, stack.store, channel)
     else:
         components = bootstrap.build(stack.settings)
+        components.channel = channel
     components.waker = ThreadWaker()
     bootstrap.install(components)
     stack._parts.append(lambda: bootstrap.install(None))
@@ -399,15 +415,15 @@ def _start_handlers(stack: RunningStack) -> None:
     else:
         # The simulated payment gateway follows the terminal results the event handler records.
         events = observing_results(stack, events, components.payments)
-    bridge = TopicRuleBridge(HOST, stack.mqtt_port, events, chalice_app.terminal_status_handler)
+    bridge = TopicRuleBridge(events, chalice_app.terminal_status_handler)
     stack._parts.append(bridge.stop)
     # Stopping the broker ends every session, and it reports each end as a presence event: the bridge
     # must still be there to record them (terminals are offline after a shutdown, not left online).
     assert stack.broker is not None
     stack._parts.append(stack.broker.stop)
-    bridge.wait_ready()
     stack.bridge = bridge
     stack.presence.attach(bridge.presence)
+    stack.rules.attach(bridge.rule)
     try:
         from local.pollers import start_pollers
     except ImportError:  # left out on purpose (the bench's --no-console): the payment path alone

@@ -5,7 +5,7 @@
 where it was. ``moto`` runs today's AWS adapters against in-memory moto: what the AWS column of the
 architecture runs, end to end, and nothing survives a restart.
 
-    components = build_sqlite(settings, SqliteStore.open(".data"))
+    components = build_sqlite(settings, SqliteStore.open(".data"), channel)
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from chalicelib.adapters.channels import MqttChannel
 from chalicelib.adapters.sqlite.store import SqliteStore
 from chalicelib.bootstrap import Components, authenticator
 from chalicelib.config import Settings
@@ -23,7 +22,6 @@ from local.waker import ThreadWaker
 
 STORES = ("sqlite", "moto")
 DEFAULT_DATA_DIR = Path(".data")
-CHANNEL_CONNECT_TIMEOUT_S = 10.0
 
 
 class StoreChoiceError(ValueError):
@@ -45,19 +43,11 @@ def open_store(data_dir: Path, settings: Settings) -> SqliteStore:
     return SqliteStore.open(data_dir, retention_s=settings.payment_retention_days * 86_400)
 
 
-def build_sqlite(settings: Settings, store: SqliteStore, channel: TerminalChannel | None = None) -> Components:
-    """The same components as ``bootstrap.build()``, with every table and queue in the SQLite store.
-
-    The channel to the broker connects now, while the stack starts, not on the first payment: a
-    burst of first payments (a load test right after start) would otherwise all wait for one connect
-    while their own threads keep the broker connection's thread from the CPU.
-    """
+def build_sqlite(settings: Settings, store: SqliteStore, channel: TerminalChannel) -> Components:
+    """The same components as ``bootstrap.build()``, with every table and queue in the SQLite store,
+    and ``channel`` to the terminals (the local stack's broker)."""
     from chalicelib.adapters.http_notifier import UrllibFormPoster
 
-    if channel is None:
-        connected = MqttChannel(settings.mqtt_host, settings.mqtt_port, client_id="")
-        connected.wait_connected(CHANNEL_CONNECT_TIMEOUT_S)
-        channel = connected
     secret = settings.ipn_secret
     return Components(
         settings=settings,
