@@ -450,9 +450,9 @@ class ThreadCpu:
         base = re.sub(r"\s*\(.*\)$", "", name)
         if base.startswith("paho-mqtt-client-"):
             client = base.removeprefix("paho-mqtt-client-")
-            if client == "nepting-cloud-topic-rules":
-                return "bridge (paho)"
-            return "broker channel (paho)" if not client else "simulated terminals (paho)"
+            return "MQTT channel (paho)" if not client else "simulated terminals (paho)"
+        if base == "mqtt-broker-events":
+            return "broker relay (rules, presence)"
         if base.startswith("ecr-"):
             return "ECR threads (the load)"
         if base.startswith("Thread-"):

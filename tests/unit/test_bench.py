@@ -308,7 +308,8 @@ def test_thread_cpu_groups_threads_by_role_and_counts_ended_threads() -> None:
     assert group("topic-rule-3_0") == "topic-rule"
     assert group("mqtt-broker-41235") == "mqtt-broker"
     assert group("paho-mqtt-client-BENCH-C0001") == "simulated terminals (paho)"
-    assert group("paho-mqtt-client-") == "broker channel (paho)"
+    assert group("paho-mqtt-client-") == "MQTT channel (paho)"
+    assert group("mqtt-broker-events") == "broker relay (rules, presence)"
     assert group("sqs:ipn") == "sqs:ipn" and group("ecr-C0001") == "ECR threads (the load)"
     assert group("gateway-ipn-3") == GATEWAY_THREADS
     probe = ThreadCpu().install()
