@@ -90,7 +90,8 @@ def _admitted(text: str | bytes) -> str:
     """The text, once what only a scan can judge is judged (see ``_SUSPECT``)."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8")
-    if _SURROGATE.search(text):
+    # ASCII text holds no surrogate (``isascii`` reads a flag the string carries: no scan).
+    if not (isinstance(text, str) and text.isascii()) and _SURROGATE.search(text):
         raise JsonLimitError("lone_surrogate", "the text holds a lone surrogate", "")
     if _SUSPECT.search(text) or text.count("[") + text.count("{") > MAX_DEPTH:
         check_limits(text)
@@ -111,7 +112,9 @@ def _decode(decoder: json.JSONDecoder, text: str) -> Any:
 
 
 def _parse_int(literal: str) -> int:
-    _judge_number(literal)
+    # An integer has no exponent, and no more significant digits than characters.
+    if len(literal) > MAX_DIGITS:
+        _judge_number(literal)
     return int(literal)
 
 
@@ -234,7 +237,11 @@ def _write(value: Any, out: list[str]) -> None:
                 out.append(",")
             out.append(_encode_str(str(key)))
             out.append(":")
-            _write(item, out)
+            # The most common member, written here rather than by a call of its own.
+            if type(item) is str:
+                out.append(_encode_str(item))
+            else:
+                _write(item, out)
         out.append("}")
     elif isinstance(value, list | tuple):
         out.append("[")

@@ -54,6 +54,10 @@ def timestamp_from_ms(epoch_ms: int) -> str:
     return format_timestamp(datetime.fromtimestamp(epoch_ms / 1000, tz=UTC))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
 def parse_timestamp_ms(value: str) -> int:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -62,7 +66,7 @@ def parse_timestamp_ms(value: str) -> int:
     if moment.tzinfo is None:
         raise EnvelopeError("bad_timestamp", "timestamp has no time zone")
     # Exact integer arithmetic: float seconds × 1000 reads .179 as .178999….
-    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    return (moment - _EPOCH) // _MILLISECOND
 
 
 def _reject_floats(value: Any) -> None:

@@ -127,6 +127,27 @@ def test_values_at_the_limits_are_read_exactly() -> None:
     assert depth_of(value) == 32
 
 
+@pytest.mark.parametrize(
+    ("literal", "refused"),
+    [("9" * 30, False), ("-" + "9" * 30, False), ("9" * 31, True), ("-" + "9" * 31, True), ("-1", False)],
+    ids=["30-digits", "negative-30-digits", "31-digits", "negative-31-digits", "short"],
+)
+def test_an_integer_is_refused_past_its_significant_digits_not_its_characters(literal: str, refused: bool) -> None:
+    text = '{"a":[' + literal + "]}"
+    if refused:
+        with pytest.raises(JsonLimitError) as caught:
+            jsonutil.loads(text)
+        assert (caught.value.reason, caught.value.path) == ("number_too_long", "a.0")
+    else:
+        assert jsonutil.loads(text) == {"a": [int(literal)]}
+
+
+@pytest.mark.parametrize("text", [None, 12, memoryview(b"{}")], ids=["none", "int", "memoryview"])
+def test_what_is_neither_text_nor_bytes_is_a_type_error(text: Any) -> None:
+    with pytest.raises(TypeError):
+        jsonutil.loads(text)
+
+
 @GARBAGE
 @given(json_values)
 def test_the_parser_hooks_refuse_exactly_what_the_full_scan_refuses(value: Any) -> None:
