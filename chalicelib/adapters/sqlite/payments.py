@@ -8,6 +8,7 @@ and the stream record the Console side reads).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from typing import Any
@@ -41,6 +42,7 @@ _TERMINAL_COLUMNS = (
 
 # Rows are read column by column in this order (``_terminal`` pairs them by position, not by name).
 _SELECT_TERMINALS = f"SELECT {', '.join(_TERMINAL_COLUMNS)} FROM terminals"  # noqa: S608
+_GET_TERMINAL = f"{_SELECT_TERMINALS} WHERE terminal_id = ?"
 
 
 def _terminal(row: sqlite3.Row) -> Terminal:
@@ -54,7 +56,7 @@ class SqliteTerminalRepository:
         self.db = db
 
     def get(self, terminal_id: str) -> Terminal | None:
-        row = self.db.read_one(f"{_SELECT_TERMINALS} WHERE terminal_id = ?", (terminal_id,))
+        row = self.db.read_one(_GET_TERMINAL, (terminal_id,))
         return _terminal(row) if row else None
 
     def list_for_merchant(self, merchant_id: str) -> list[Terminal]:
@@ -172,6 +174,7 @@ def head_image(head: OrderHead, expires_at: int) -> dict[str, Any]:
 
 # Rows are read column by column in this order (``_dispatch`` pairs them by position, not by name).
 _DISPATCH_LIST = ", ".join(_DISPATCH_COLUMNS)
+_GET_DISPATCH = f"SELECT {_DISPATCH_LIST} FROM dispatches WHERE request_id = ?"  # noqa: S608
 # What a dispatch holds in ``extra`` nearly always: no attribute, nothing to parse.
 _NO_EXTRA = "{}"
 
@@ -227,6 +230,24 @@ def _dispatch(row: sqlite3.Row) -> Dispatch:
     )
 
 
+@functools.cache
+def _transition_statement(stamp: str, reason: bool, result: bool, late: bool) -> str:
+    """The conditional ``UPDATE`` of a transition; its values in the order of its ``?``: the state,
+    the stamp, the reason if any, the result and its time if any, then the request id and the version."""
+    sets = ["state = ?", "version = version + 1", f"{stamp} = ?"]
+    if reason:
+        sets.append("reason = ?")
+    if result:
+        sets += ["result_json = ?", "result_at_ms = ?"]
+    if late:
+        sets.append("late = 1")
+    # Only fixed fragments are joined: the column names come from the domain's rules.
+    return (
+        f"UPDATE dispatches SET {', '.join(sets)} WHERE request_id = ? AND version = ? "  # noqa: S608
+        f"RETURNING {_DISPATCH_LIST}"
+    )
+
+
 class SqlitePaymentRepository:
     def __init__(self, db: Database, retention_s: int) -> None:
         self.db = db
@@ -244,7 +265,7 @@ class SqlitePaymentRepository:
         return OrderHead(**{name: row[name] for name in _HEAD_COLUMNS}) if row else None
 
     def get_dispatch(self, request_id: str) -> Dispatch | None:
-        row = self.db.read_one(f"SELECT {_DISPATCH_LIST} FROM dispatches WHERE request_id = ?", (request_id,))  # noqa: S608
+        row = self.db.read_one(_GET_DISPATCH, (request_id,))
         found = self._last.dispatch = _dispatch(row) if row else None
         return found
 
@@ -332,21 +353,14 @@ class SqlitePaymentRepository:
         only if its version is still the one judged; if it moved meanwhile, it is judged again.
         Only the one conditional ``UPDATE`` holds the write lock."""
         rule = transition.rule
-        sets = ["state = ?", "version = version + 1", f"{rule.stamp} = ?"]
+        statement = _transition_statement(
+            rule.stamp, transition.reason is not None, transition.result is not None, rule.late
+        )
         values: list[Any] = [transition.to.value, transition.at_ms]
         if transition.reason is not None:
-            sets.append("reason = ?")
             values.append(transition.reason)
         if transition.result is not None:
-            sets += ["result_json = ?", "result_at_ms = ?"]
             values += [jsonutil.dumps(transition.result), transition.at_ms]
-        if rule.late:
-            sets.append("late = 1")
-        # Only fixed fragments are joined: the column names come from the domain's rules.
-        statement = (
-            f"UPDATE dispatches SET {', '.join(sets)} WHERE request_id = ? AND version = ? "  # noqa: S608
-            f"RETURNING {_DISPATCH_LIST}"
-        )
         # This thread's last copy is judged first; a refusal is only final on a copy read just now
         # (a stale one may be refused where the row as it is would be allowed). Each retry follows a
         # write that moved the dispatch on; its states only move forward.
