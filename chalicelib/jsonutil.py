@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import re
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 
 from chalicelib.exceptions import JsonLimitError
 
@@ -61,19 +61,49 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _FractionMet(Exception):
+    """Raised by the integers-only parser's hook at the first number with a fraction or an exponent."""
+
+
 def loads(text: str | bytes) -> Any:
     """Parse JSON under the limits; fractions as ``Decimal``, NaN/Infinity refused.
 
     Raises :class:`JsonLimitError` past a limit, ``ValueError`` for text that is not JSON (or not
     UTF-8). The work is linear in the text's length whatever it holds."""
+    return _decode(_DECODER, _admitted(text))
+
+
+def loads_noting_fractions(text: str | bytes) -> tuple[Any, bool]:
+    """:func:`loads`, and whether the text holds a number with a fraction or an exponent: without
+    one, no ``Decimal`` is anywhere in the value, and a caller that refuses them need not look.
+
+    Text without such a number is parsed once; with one, the parse stops there and the text is
+    parsed again by :func:`loads` (same value, same refusals)."""
+    admitted = _admitted(text)
+    try:
+        return _decode(_INTEGERS_DECODER, admitted), False
+    except _FractionMet:
+        return _decode(_DECODER, admitted), True
+
+
+def _admitted(text: str | bytes) -> str:
+    """The text, once what only a scan can judge is judged (see ``_SUSPECT``)."""
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8")
-    if _SURROGATE.search(text):
+    # ASCII text holds no surrogate (``isascii`` reads a flag the string carries: no scan).
+    if not (isinstance(text, str) and text.isascii()) and _SURROGATE.search(text):
         raise JsonLimitError("lone_surrogate", "the text holds a lone surrogate", "")
     if _SUSPECT.search(text) or text.count("[") + text.count("{") > MAX_DEPTH:
         check_limits(text)
+    # What ``json.loads`` checks before its decoder runs; the decoders here are called directly.
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    return text
+
+
+def _decode(decoder: json.JSONDecoder, text: str) -> Any:
     try:
-        return json.loads(text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
+        return decoder.decode(text)
     except _NumberPastLimit as past:
         check_limits(text)  # raises with the number's path
         raise JsonLimitError(past.args[0], past.args[1], "") from None  # a scan that finds no path
@@ -82,13 +112,25 @@ def loads(text: str | bytes) -> Any:
 
 
 def _parse_int(literal: str) -> int:
-    _judge_number(literal)
+    # An integer has no exponent, and no more significant digits than characters.
+    if len(literal) > MAX_DIGITS:
+        _judge_number(literal)
     return int(literal)
 
 
 def _parse_float(literal: str) -> Decimal:
     _judge_number(literal)
     return Decimal(literal)
+
+
+def _fraction_met(literal: str) -> NoReturn:
+    raise _FractionMet
+
+
+# Built once: ``json.loads`` with hooks builds a decoder (and its scanner) on every call. A decoder
+# keeps no state between calls (the module's own ``json.loads`` shares one across threads).
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_reject_constant)
+_INTEGERS_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_fraction_met, parse_constant=_reject_constant)
 
 
 def _judge_number(literal: str) -> None:
@@ -195,7 +237,11 @@ def _write(value: Any, out: list[str]) -> None:
                 out.append(",")
             out.append(_encode_str(str(key)))
             out.append(":")
-            _write(item, out)
+            # The most common member, written here rather than by a call of its own.
+            if type(item) is str:
+                out.append(_encode_str(item))
+            else:
+                _write(item, out)
         out.append("}")
     elif isinstance(value, list | tuple):
         out.append("[")

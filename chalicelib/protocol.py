@@ -54,6 +54,10 @@ def timestamp_from_ms(epoch_ms: int) -> str:
     return format_timestamp(datetime.fromtimestamp(epoch_ms / 1000, tz=UTC))
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MILLISECOND = timedelta(milliseconds=1)
+
+
 def parse_timestamp_ms(value: str) -> int:
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
@@ -62,7 +66,7 @@ def parse_timestamp_ms(value: str) -> int:
     if moment.tzinfo is None:
         raise EnvelopeError("bad_timestamp", "timestamp has no time zone")
     # Exact integer arithmetic: float seconds × 1000 reads .179 as .178999….
-    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    return (moment - _EPOCH) // _MILLISECOND
 
 
 def _reject_floats(value: Any) -> None:
@@ -76,15 +80,26 @@ def _reject_floats(value: Any) -> None:
             _reject_floats(item)
 
 
+# Built once (``json.dumps`` with options builds an encoder on every call); it keeps no state between calls.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> bytes:
     """Keys sorted, no insignificant whitespace, UTF-8 unescaped, integers only."""
     _reject_floats(value)
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _CANONICAL.encode(value).encode("utf-8")
 
 
 def signature(envelope: dict[str, Any], passphrase: str) -> str:
-    unsigned = {key: val for key, val in envelope.items() if key != "sig"}
-    return hmac.new(passphrase.encode("utf-8"), canonical_json(unsigned), hashlib.sha256).hexdigest()
+    return _signature(canonical_json(_unsigned(envelope)), passphrase)
+
+
+def _unsigned(envelope: dict[str, Any]) -> dict[str, Any]:
+    return {key: val for key, val in envelope.items() if key != "sig"}
+
+
+def _signature(canonical: bytes, passphrase: str) -> str:
+    return hmac.new(passphrase.encode("utf-8"), canonical, hashlib.sha256).hexdigest()
 
 
 def verify_signature(envelope: dict[str, Any], passphrase: str) -> bool:
@@ -92,6 +107,15 @@ def verify_signature(envelope: dict[str, Any], passphrase: str) -> bool:
     if not isinstance(given, str):
         return False
     return hmac.compare_digest(given, signature(envelope, passphrase))
+
+
+def verify_decoded_signature(envelope: dict[str, Any], passphrase: str) -> bool:
+    """:func:`verify_signature` of an envelope :func:`decode` returned: decode refused any number
+    that is not an integer, so the canonical form is written without looking for one again."""
+    given = envelope.get("sig")
+    if not isinstance(given, str):
+        return False
+    return hmac.compare_digest(given, _signature(_CANONICAL.encode(_unsigned(envelope)).encode("utf-8"), passphrase))
 
 
 def new_request_id() -> str:
@@ -125,7 +149,7 @@ def encode(envelope: dict[str, Any]) -> bytes:
 def decode(payload: bytes | str) -> dict[str, Any]:
     """Parse one envelope; structural checks only (the signature needs the terminal's passphrase)."""
     try:
-        value = jsonutil.loads(payload)
+        value, fractions = jsonutil.loads_noting_fractions(payload)
     except JsonLimitError as exc:
         raise EnvelopeError(exc.reason, f"payload past a parsing limit at {exc.path!r}: {exc}") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -140,5 +164,9 @@ def decode(payload: bytes | str) -> dict[str, Any]:
             raise EnvelopeError("malformed", f"envelope field {key!r} missing or not a string")
     if not isinstance(value.get("body"), dict):
         raise EnvelopeError("malformed", "envelope body is not an object")
-    _reject_floats(value)
+    # Every Decimal in the value is a number the parser read with a fraction or an exponent: without
+    # one there is nothing to look for (with one, the value is searched: a repeated key may have
+    # replaced it, and the envelope stands as it did).
+    if fractions:
+        _reject_floats(value)
     return value

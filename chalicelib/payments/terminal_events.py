@@ -54,7 +54,7 @@ def _verified(deps: EventDeps, topic: str, payload: bytes, expected_kind: str) -
     terminal = deps.terminals.get(topic_terminal)
     if terminal is None or not terminal.passphrase:
         raise EventRefused("unknown_terminal", "no enrolled terminal with a passphrase")
-    if not protocol.verify_signature(envelope, terminal.passphrase):
+    if not protocol.verify_decoded_signature(envelope, terminal.passphrase):
         raise EventRefused("bad_signature", "signature does not match the terminal's passphrase")
     return envelope, terminal
 

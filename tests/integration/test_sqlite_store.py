@@ -288,6 +288,31 @@ def test_heads_and_dispatches_past_their_retention_are_purged_and_no_others(stor
     assert store.payments.get_head("M1", "O-new") is not None and store.payments.get_dispatch("r-new") is not None
 
 
+def test_every_attribute_of_a_dispatch_comes_back_in_its_own_place(store: SqliteStore) -> None:
+    """Rows are taken apart by position: every attribute distinct, so a swapped pair would show,
+    in what a read returns and in what a transition returns."""
+    head, dispatch = head_and_dispatch()
+    dispatch = replace(
+        dispatch,
+        state=DispatchState.CANCELLING,
+        acked_at_ms=NOW + 1,
+        finished_at_ms=NOW + 2,
+        reason="a reason",
+        late=True,
+        cancel_requested_at_ms=NOW + 4,
+        version=5,
+        extra={"source": "ecr"},
+    )
+    store.payments.start_attempt(head, dispatch, None)
+    assert store.payments.get_dispatch("r-1") == dispatch
+    result = {"payment_status": "Failed", "error_data": {"rate": Decimal("0.5")}}
+    done = store.payments.apply(Transition("r-1", domain.RESULT, DispatchState.CANCELLED, NOW + 9, result=result))
+    assert done == replace(
+        dispatch, state=DispatchState.CANCELLED, finished_at_ms=NOW + 9, result=result, result_at_ms=NOW + 9, version=6
+    )
+    assert store.payments.get_dispatch("r-1") == done
+
+
 def test_dispatch_extra_attributes_round_trip(store: SqliteStore) -> None:
     head, dispatch = head_and_dispatch()
     dispatch = replace(dispatch, extra={"notified_at_ms": NOW, "source": "ecr"})

@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from chalicelib import jsonutil, protocol
+from chalicelib.exceptions import JsonLimitError
 from chalicelib.payments.domain import RESULT_FIELDS, clean_result, is_masked_pan
 
 PASSPHRASE = "correct horse battery staple"
@@ -174,6 +175,34 @@ def test_the_right_signature_verifies_only_with_its_passphrase() -> None:
     assert not protocol.verify_signature(signed(ACK), PASSPHRASE + " ")
 
 
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        signed(ACK),
+        signed(REQUEST),
+        signed(ACK, "another passphrase"),
+        {**signed(ACK), "sig": signed(ACK)["sig"].upper()},
+        {**signed(ACK), "request_id": "r-2"},
+        {**signed(REQUEST), "body": {**REQUEST["body"], "amount": 900}},
+        {**signed(ACK), "extra": 1},
+        {**ACK, "sig": ""},
+    ],
+    ids=["ack", "request", "other-passphrase", "upper-case", "tampered", "tampered-body", "added-field", "empty-sig"],
+)
+def test_a_decoded_envelope_verifies_exactly_when_its_signature_does(envelope: dict[str, Any]) -> None:
+    decoded = protocol.decode(protocol.canonical_json(envelope))
+    assert protocol.verify_decoded_signature(decoded, PASSPHRASE) is protocol.verify_signature(envelope, PASSPHRASE)
+    assert protocol.verify_decoded_signature(decoded, PASSPHRASE) is (envelope["sig"] == signed(envelope)["sig"])
+
+
+@pytest.mark.parametrize("sig", [None, 1, ["x"]], ids=["missing", "number", "array"])
+def test_a_decoded_envelope_without_a_string_signature_does_not_verify(sig: Any) -> None:
+    envelope = {**signed(ACK), "sig": sig}
+    if sig is None:
+        del envelope["sig"]
+    assert protocol.verify_decoded_signature(envelope, PASSPHRASE) is False
+
+
 # -- decode -------------------------------------------------------------------------------------------
 
 
@@ -217,6 +246,91 @@ def test_decode_refuses_a_body_that_is_not_an_object(body: Any) -> None:
 def test_decode_refuses_floats_in_the_body() -> None:
     text = protocol.encode(signed(ACK)).replace(b'"body":{}', b'"body":{"amount":8.99}')
     assert decode_reason(text) == "float_in_envelope"
+
+
+# Where a number that is not an integer may hide: decode judges them from the parser's own note, so
+# every position is checked, exponents included.
+FRACTION_POSITIONS = {
+    "body": b'"body":{"amount":8.99}',
+    "nested-object": b'"body":{"a":{"b":{"c":-0.5}}}',
+    "array": b'"body":{"a":[1,2,3.0]}',
+    "object-in-array": b'"body":{"a":[{"b":1},{"c":[0,1e2]}]}',
+    "array-in-array": b'"body":{"a":[[1],[[2E-1]]]}',
+    "exponent-only": b'"body":{"a":1E+2}',
+    "negative-zero-fraction": b'"body":{"a":-0.0}',
+    "beside-the-body": b'"body":{},"extra":[1.5]',
+}
+
+
+@pytest.mark.parametrize("body", FRACTION_POSITIONS.values(), ids=FRACTION_POSITIONS.keys())
+def test_decode_refuses_a_fraction_or_an_exponent_in_any_position(body: bytes) -> None:
+    text = protocol.encode(signed(ACK)).replace(b'"body":{}', body)
+    with pytest.raises(protocol.EnvelopeError) as caught:
+        protocol.decode(text)
+    assert (caught.value.reason, str(caught.value)) == ("float_in_envelope", "envelopes carry integers only")
+
+
+@pytest.mark.parametrize(
+    ("field", "reason"),
+    [(b'"v":1', "bad_version"), (b'"type":"ack"', "malformed"), (b'"body":{}', "malformed")],
+    ids=["version", "type", "body"],
+)
+def test_a_fraction_in_place_of_an_envelope_field_is_refused_for_the_field(field: bytes, reason: str) -> None:
+    """The envelope's shape is judged before its numbers, as it always was."""
+    name = field.split(b":")[0]
+    text = protocol.encode(signed(ACK)).replace(field, name + b":1.0")
+    assert decode_reason(text) == reason
+
+
+def test_a_fraction_that_a_repeated_key_replaced_is_not_in_the_envelope() -> None:
+    """JSON's last repeated key wins: the envelope is judged as it stands once read."""
+    text = protocol.encode(signed(ACK)).replace(b'"body":{}', b'"body":{"a":1.5,"a":1}')
+    assert protocol.decode(text)["body"] == {"a": 1}
+
+
+def contains_decimal(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(contains_decimal(item) for item in value.values())
+    if isinstance(value, list):
+        return any(contains_decimal(item) for item in value)
+    return isinstance(value, Decimal)
+
+
+envelope_bodies = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.decimals(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from("abc"), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from("abcd"), envelope_bodies, max_size=4))
+def test_decode_refuses_exactly_the_envelopes_whose_value_holds_a_fraction(body: dict[str, Any]) -> None:
+    text = jsonutil.dumps({**signed(ACK), "body": body})
+    try:
+        parsed = jsonutil.loads(text)
+    except JsonLimitError:
+        return  # past a parsing limit: refused for that, whatever it holds
+    if contains_decimal(parsed):
+        assert decode_reason(text) == "float_in_envelope"
+    else:
+        assert protocol.decode(text) == parsed
+
+
+def test_an_envelope_of_integers_is_not_searched_for_fractions_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parser noted that no number had a fraction: searching the value would find nothing."""
+    integers = protocol.encode(signed({**ACK, "body": {"amount": 899, "items": [{"n": 1}], "note": "1.5e3"}}))
+    fraction = protocol.encode(signed(ACK)).replace(b'"body":{}', b'"body":{"a":1.5}')
+    searched: list[Any] = []
+    monkeypatch.setattr(protocol, "_reject_floats", searched.append)
+    protocol.decode(integers)
+    assert searched == []
+    protocol.decode(fraction)
+    assert len(searched) == 1
 
 
 # The detail goes into the "terminal message refused" log line beside the reason: it is what an

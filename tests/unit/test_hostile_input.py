@@ -127,6 +127,27 @@ def test_values_at_the_limits_are_read_exactly() -> None:
     assert depth_of(value) == 32
 
 
+@pytest.mark.parametrize(
+    ("literal", "refused"),
+    [("9" * 30, False), ("-" + "9" * 30, False), ("9" * 31, True), ("-" + "9" * 31, True), ("-1", False)],
+    ids=["30-digits", "negative-30-digits", "31-digits", "negative-31-digits", "short"],
+)
+def test_an_integer_is_refused_past_its_significant_digits_not_its_characters(literal: str, refused: bool) -> None:
+    text = '{"a":[' + literal + "]}"
+    if refused:
+        with pytest.raises(JsonLimitError) as caught:
+            jsonutil.loads(text)
+        assert (caught.value.reason, caught.value.path) == ("number_too_long", "a.0")
+    else:
+        assert jsonutil.loads(text) == {"a": [int(literal)]}
+
+
+@pytest.mark.parametrize("text", [None, 12, memoryview(b"{}")], ids=["none", "int", "memoryview"])
+def test_what_is_neither_text_nor_bytes_is_a_type_error(text: Any) -> None:
+    with pytest.raises(TypeError):
+        jsonutil.loads(text)
+
+
 @GARBAGE
 @given(json_values)
 def test_the_parser_hooks_refuse_exactly_what_the_full_scan_refuses(value: Any) -> None:
@@ -176,6 +197,77 @@ def test_the_reader_answers_any_text_with_a_value_within_limits_or_a_value_error
     assert within_limits(value)
     assert depth_of(value) <= jsonutil.MAX_DEPTH
     jsonutil.dumps(value)  # whatever was read can be written back
+
+
+def outcome_of(read: Any, text: str) -> Any:
+    """What a reader answers: the value, or the refusal's type, reason and path."""
+    try:
+        return ("value", read(text))
+    except JsonLimitError as exc:
+        return ("limit", exc.reason, exc.path, str(exc))
+    except ValueError as exc:
+        return ("not_json", type(exc), str(exc))
+
+
+def holds_a_decimal(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(holds_a_decimal(item) for item in value.values())
+    if isinstance(value, list):
+        return any(holds_a_decimal(item) for item in value)
+    return isinstance(value, Decimal)
+
+
+@given(hostile_texts | json_values.map(jsonutil.dumps))
+def test_the_reader_noting_fractions_answers_as_the_reader_does(text: str) -> None:
+    noted = outcome_of(jsonutil.loads_noting_fractions, text)
+    plain = outcome_of(jsonutil.loads, text)
+    if noted[0] == "value":
+        value, fractions = noted[1]
+        assert plain == ("value", value)
+        # A Decimal comes only from a number read with a fraction or an exponent.
+        assert fractions or not holds_a_decimal(value)
+    else:
+        assert noted == plain
+
+
+@pytest.mark.parametrize(
+    ("text", "fractions"),
+    [
+        ('{"a":1,"b":[-2,{"c":3}],"d":"1.5e3","e":true,"f":null}', False),
+        ('{"a":1,"b":[2,{"c":3.25}]}', True),
+        ("[1E+2]", True),
+        ("-0.0", True),
+        ('{"a":1.5,"a":1}', True),
+    ],
+    ids=["integers", "fraction", "exponent", "negative-zero", "replaced-by-a-repeated-key"],
+)
+def test_the_reader_notes_whether_a_number_had_a_fraction_or_an_exponent(text: str, fractions: bool) -> None:
+    assert jsonutil.loads_noting_fractions(text) == (jsonutil.loads(text), fractions)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "path"),
+    [
+        ('{"a":1.5,"b":[1E+99]}', "exponent_too_large", "b.0"),
+        ('{"a":1,"b":[' + "9" * 31 + '],"c":2.5}', "number_too_long", "b.0"),
+        ('{"a":0.5,"b":' + "1." + "1" * 30 + "}", "number_too_long", "b"),
+    ],
+    ids=["after-a-fraction", "before-a-fraction", "the-fraction-itself"],
+)
+def test_the_reader_noting_fractions_refuses_a_number_past_a_limit_wherever_it_is(
+    text: str, reason: str, path: str
+) -> None:
+    with pytest.raises(JsonLimitError) as caught:
+        jsonutil.loads_noting_fractions(text)
+    assert (caught.value.reason, caught.value.path) == (reason, path)
+
+
+@pytest.mark.parametrize("read", [jsonutil.loads, jsonutil.loads_noting_fractions], ids=["loads", "noting"])
+def test_a_byte_order_mark_is_not_json(read: Any) -> None:
+    with pytest.raises(ValueError, match="BOM"):
+        read("\ufeff{}")
+    with pytest.raises(ValueError, match="BOM"):
+        read("\ufeff{}".encode())
 
 
 bounded_values = st.recursive(

@@ -68,6 +68,7 @@ REFUSAL_DETAILS = {
     "bad_signature": "signature does not match the terminal's passphrase",
     "stale": "sent_at is outside the freshness window",
     "unknown_request": "request_id is not a dispatch to this terminal",
+    "float_in_envelope": "envelopes carry integers only",
 }
 
 
@@ -115,10 +116,21 @@ def test_other_envelope_version_is_refused(world: World, request_id: str) -> Non
     )
 
 
-def test_float_anywhere_in_the_envelope_is_refused(world: World, request_id: str) -> None:
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"body":{"x":1.5}',
+        b'"body":{"accepted":true,"x":{"y":[0,{"z":-2.50}]}}',
+        b'"body":{"x":[[1E+2]]}',
+        b'"body":{"x":1e-1}',
+        b'"body":{},"x":0.0',
+    ],
+    ids=["body", "nested", "exponent-in-arrays", "negative-exponent", "beside-the-body"],
+)
+def test_float_anywhere_in_the_envelope_is_refused(world: World, request_id: str, body: bytes) -> None:
     sent_at = protocol.timestamp_from_ms(world.clock.now_ms())
     envelope = protocol.make_envelope("ack", request_id, TERMINAL_ID, {}, PASSPHRASE, sent_at=sent_at)
-    payload = protocol.encode(envelope).replace(b'"body":{}', b'"body":{"x":1.5}')
+    payload = protocol.encode(envelope).replace(b'"body":{}', body)
     assert_refused_and_nothing_moved(
         world, "float_in_envelope", lambda: handle_event(world.event_deps, events_topic(), payload)
     )

@@ -202,24 +202,32 @@ class Database:
         conn.row_factory = sqlite3.Row
         return conn
 
-    @contextmanager
-    def connection(self) -> Iterator[sqlite3.Connection]:
-        """A connection for reads (each statement sees the latest commit)."""
+    def connection(self) -> _Borrowed:
+        """A connection for reads (each statement sees the latest commit), as a ``with`` block."""
+        return _Borrowed(self)
+
+    def _take(self) -> sqlite3.Connection:
         with self._pool_lock:
             conn = self._idle.pop() if self._idle else None
-        if conn is None:
-            conn = self._connect()
+        return self._connect() if conn is None else conn
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        if conn.in_transaction:  # an exception escaped mid-transaction
+            conn.rollback()
+        with self._pool_lock:
+            if len(self._idle) < _IDLE_CONNECTIONS:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def read_one(self, statement: str, parameters: Sequence[Any] = ()) -> sqlite3.Row | None:
+        """The first row of one read statement, or None."""
+        conn = self._take()
         try:
-            yield conn
+            row: sqlite3.Row | None = conn.execute(statement, parameters).fetchone()
         finally:
-            if conn.in_transaction:  # an exception escaped mid-transaction
-                conn.rollback()
-            with self._pool_lock:
-                if len(self._idle) < _IDLE_CONNECTIONS:
-                    self._idle.append(conn)
-                    conn = None
-            if conn is not None:
-                conn.close()
+            self._give_back(conn)
+        return row
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
@@ -239,23 +247,29 @@ class Database:
 
     def write_one(self, statement: str, parameters: Sequence[Any] = ()) -> int:
         """One write statement, atomic on its own (no ``BEGIN``/``COMMIT``); the rows it changed."""
-        with self.connection() as conn:
+        conn = self._take()
+        try:
             with self._write_lock:
                 changed = conn.execute(statement, parameters).rowcount
                 due = self._count_commit()
             if due:
                 self._checkpoint(conn)
+        finally:
+            self._give_back(conn)
         return int(changed)
 
     def write_returning(self, statement: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """One write statement with ``RETURNING``: every row is read before the lock is let go, since
         SQLite commits a statement's own transaction only once it has run to its end."""
-        with self.connection() as conn:
+        conn = self._take()
+        try:
             with self._write_lock:
                 rows = conn.execute(statement, parameters).fetchall()
                 due = self._count_commit()
             if due:
                 self._checkpoint(conn)
+        finally:
+            self._give_back(conn)
         return rows
 
     def _count_commit(self) -> bool:
@@ -306,3 +320,22 @@ class Database:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class _Borrowed:
+    """``Database.connection()``: a pooled connection for one ``with`` block, given back when it ends
+    (rolled back first if an exception left it mid-transaction). A class, not a generator-based
+    context manager: the store borrows a connection for nearly every statement."""
+
+    __slots__ = ("_conn", "_db")
+    _conn: sqlite3.Connection
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._conn = self._db._take()
+        return self._conn
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._db._give_back(self._conn)

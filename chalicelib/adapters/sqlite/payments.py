@@ -8,6 +8,7 @@ and the stream record the Console side reads).
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 from typing import Any
@@ -39,8 +40,13 @@ _TERMINAL_COLUMNS = (
 )
 
 
+# Rows are read column by column in this order (``_terminal`` pairs them by position, not by name).
+_SELECT_TERMINALS = f"SELECT {', '.join(_TERMINAL_COLUMNS)} FROM terminals"  # noqa: S608
+_GET_TERMINAL = f"{_SELECT_TERMINALS} WHERE terminal_id = ?"
+
+
 def _terminal(row: sqlite3.Row) -> Terminal:
-    values = {name: row[name] for name in _TERMINAL_COLUMNS}
+    values = dict(zip(_TERMINAL_COLUMNS, row, strict=True))
     values["online"] = bool(values["online"])
     return Terminal(**values)
 
@@ -50,14 +56,13 @@ class SqliteTerminalRepository:
         self.db = db
 
     def get(self, terminal_id: str) -> Terminal | None:
-        with self.db.connection() as conn:
-            row = conn.execute("SELECT * FROM terminals WHERE terminal_id = ?", (terminal_id,)).fetchone()
+        row = self.db.read_one(_GET_TERMINAL, (terminal_id,))
         return _terminal(row) if row else None
 
     def list_for_merchant(self, merchant_id: str) -> list[Terminal]:
         with self.db.connection() as conn:
             rows = conn.execute(
-                "SELECT * FROM terminals WHERE merchant_id = ? ORDER BY terminal_id", (merchant_id,)
+                f"{_SELECT_TERMINALS} WHERE merchant_id = ? ORDER BY terminal_id", (merchant_id,)
             ).fetchall()
         return [_terminal(row) for row in rows]
 
@@ -167,16 +172,79 @@ def head_image(head: OrderHead, expires_at: int) -> dict[str, Any]:
     return {"pk": f"ORDER#{order_key(head.merchant_id, head.order_id)}", **as_record(head), "expires_at": expires_at}
 
 
+# Rows are read column by column in this order (``_dispatch`` pairs them by position, not by name).
+_DISPATCH_LIST = ", ".join(_DISPATCH_COLUMNS)
+_GET_DISPATCH = f"SELECT {_DISPATCH_LIST} FROM dispatches WHERE request_id = ?"  # noqa: S608
+# What a dispatch holds in ``extra`` nearly always: no attribute, nothing to parse.
+_NO_EXTRA = "{}"
+
+
 def _dispatch(row: sqlite3.Row) -> Dispatch:
-    values = {name: row[name] for name in _DISPATCH_COLUMNS}
-    result_json = values.pop("result_json")
-    extra_json = values.pop("extra_json")
-    values["state"] = DispatchState(values["state"])
-    values["late"] = bool(values["late"])
+    # Unpacked in the order of _DISPATCH_COLUMNS (the order every read selects them in): each
+    # dispatch an event moves is read twice, and this is the cheapest way to take a row apart.
+    (
+        request_id,
+        merchant_id,
+        order_id,
+        attempt,
+        terminal_id,
+        transaction_type,
+        amount,
+        currency,
+        state,
+        created_at_ms,
+        ack_deadline_ms,
+        deadline_ms,
+        acked_at_ms,
+        finished_at_ms,
+        reason,
+        result_json,
+        late,
+        result_at_ms,
+        cancel_requested_at_ms,
+        version,
+        extra_json,
+    ) = row
     return Dispatch(
-        **values,
+        request_id=request_id,
+        merchant_id=merchant_id,
+        order_id=order_id,
+        attempt=attempt,
+        terminal_id=terminal_id,
+        transaction_type=transaction_type,
+        amount=amount,
+        currency=currency,
+        state=DispatchState(state),
+        created_at_ms=created_at_ms,
+        ack_deadline_ms=ack_deadline_ms,
+        deadline_ms=deadline_ms,
+        acked_at_ms=acked_at_ms,
+        finished_at_ms=finished_at_ms,
+        reason=reason,
         result=jsonutil.loads(result_json) if result_json is not None else None,
-        extra=jsonutil.loads(extra_json),
+        late=bool(late),
+        result_at_ms=result_at_ms,
+        cancel_requested_at_ms=cancel_requested_at_ms,
+        version=version,
+        extra={} if extra_json == _NO_EXTRA else jsonutil.loads(extra_json),
+    )
+
+
+@functools.cache
+def _transition_statement(stamp: str, reason: bool, result: bool, late: bool) -> str:
+    """The conditional ``UPDATE`` of a transition; its values in the order of its ``?``: the state,
+    the stamp, the reason if any, the result and its time if any, then the request id and the version."""
+    sets = ["state = ?", "version = version + 1", f"{stamp} = ?"]
+    if reason:
+        sets.append("reason = ?")
+    if result:
+        sets += ["result_json = ?", "result_at_ms = ?"]
+    if late:
+        sets.append("late = 1")
+    # Only fixed fragments are joined: the column names come from the domain's rules.
+    return (
+        f"UPDATE dispatches SET {', '.join(sets)} WHERE request_id = ? AND version = ? "  # noqa: S608
+        f"RETURNING {_DISPATCH_LIST}"
     )
 
 
@@ -197,8 +265,7 @@ class SqlitePaymentRepository:
         return OrderHead(**{name: row[name] for name in _HEAD_COLUMNS}) if row else None
 
     def get_dispatch(self, request_id: str) -> Dispatch | None:
-        with self.db.connection() as conn:
-            row = conn.execute("SELECT * FROM dispatches WHERE request_id = ?", (request_id,)).fetchone()
+        row = self.db.read_one(_GET_DISPATCH, (request_id,))
         found = self._last.dispatch = _dispatch(row) if row else None
         return found
 
@@ -286,19 +353,14 @@ class SqlitePaymentRepository:
         only if its version is still the one judged; if it moved meanwhile, it is judged again.
         Only the one conditional ``UPDATE`` holds the write lock."""
         rule = transition.rule
-        refused = ConditionFailed(f"dispatch {transition.request_id}: {rule.name} refused")
-        sets = ["state = ?", "version = version + 1", f"{rule.stamp} = ?"]
+        statement = _transition_statement(
+            rule.stamp, transition.reason is not None, transition.result is not None, rule.late
+        )
         values: list[Any] = [transition.to.value, transition.at_ms]
         if transition.reason is not None:
-            sets.append("reason = ?")
             values.append(transition.reason)
         if transition.result is not None:
-            sets += ["result_json = ?", "result_at_ms = ?"]
             values += [jsonutil.dumps(transition.result), transition.at_ms]
-        if rule.late:
-            sets.append("late = 1")
-        # Only fixed fragments are joined: the column names come from the domain's rules.
-        statement = f"UPDATE dispatches SET {', '.join(sets)} WHERE request_id = ? AND version = ? RETURNING *"  # noqa: S608
         # This thread's last copy is judged first; a refusal is only final on a copy read just now
         # (a stale one may be refused where the row as it is would be allowed). Each retry follows a
         # write that moved the dispatch on; its states only move forward.
@@ -314,7 +376,7 @@ class SqlitePaymentRepository:
                 or (transition.terminal_id is not None and current.terminal_id != transition.terminal_id)
             ):
                 if fresh:
-                    raise refused
+                    raise ConditionFailed(f"dispatch {transition.request_id}: {rule.name} refused")
                 current = None
                 continue
             rows = self.db.write_returning(statement, [*values, transition.request_id, current.version])
