@@ -11,6 +11,7 @@ MQTT client of its own (``local/bridge.py``): in this process and in the broker'
 from __future__ import annotations
 
 import base64
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -207,3 +208,30 @@ def test_the_api_channel_turns_a_broker_that_is_gone_into_a_channel_error() -> N
     running.stop()
     with pytest.raises(ChannelError, match="publish to PAX-7 failed"):
         BrokerChannel(running).publish("PAX-7", {"type": "payment"})
+
+
+def test_an_unreadable_command_on_the_brokers_stdin_is_logged_and_the_next_publish_still_routed(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with start_broker_process() as running:
+        listener = Recorder(running, "listener").start("after/garbage")
+        process = running._process
+        assert process is not None and process.stdin is not None
+        for garbage in (
+            b"not json",
+            b'{"publish": {"topic": "a/b"}}',
+            b'{"publish": {"topic": "$x", "payload": "", "qos": 1, "retain": false}}',
+            b'{"publish": {"topic": "a", "payload": "@@", "qos": 1, "retain": false}}',
+        ):
+            process.stdin.write(garbage + b"\n")
+        process.stdin.flush()
+        running.publish("after/garbage", b"still routed")
+        listener.wait_for(lambda m: m.payload == b"still routed")
+        listener.stop()
+        assert not running.crashed
+    refused = [
+        json.loads(line)
+        for line in capfd.readouterr().err.splitlines()
+        if line.startswith("{") and "mqtt_broker_unreadable_command" in line
+    ]
+    assert len(refused) == 4
