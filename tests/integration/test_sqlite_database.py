@@ -1,8 +1,11 @@
-"""The SQLite database file under the embedded store: single-statement writes and the checkpoints."""
+"""The SQLite database file under the embedded store: single-statement writes, the checkpoints, and
+writers of several processes taking turns."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +14,8 @@ import pytest
 
 from chalicelib.adapters.sqlite import db as db_module
 from chalicelib.adapters.sqlite.db import Database
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -178,3 +183,69 @@ def test_each_notify_is_relayed_to_the_hook_after_this_processs_own_pollers_are_
     db.notify()
     # Each relay comes after the generation moved: a poller here never waits on what was relayed.
     assert relayed == [("ipn", before + 1), ("", before + 2)]
+
+
+HOLDER = """
+import sys
+from chalicelib.adapters.sqlite.db import Database
+db = Database(sys.argv[1])
+with db.write() as conn:
+    conn.execute("UPDATE limits SET n = n + 1000 WHERE key = 'a'")
+    print("holding", flush=True)
+    sys.stdin.readline()
+print("released", flush=True)
+"""
+
+
+def hold_the_write_lock_in_another_process(path: Path) -> subprocess.Popen[str]:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_a_writer_waits_for_another_process_writing_the_same_file_then_writes(db: Database) -> None:
+    holder = hold_the_write_lock_in_another_process(db.path)
+    done: list[int] = []
+    writer = threading.Thread(target=lambda: done.append(db.write_one("UPDATE limits SET n = n * 2 WHERE key = 'a'")))
+    writer.start()
+    writer.join(0.3)
+    assert writer.is_alive() and not done  # waiting on the other process, not failing, not writing past it
+    assert holder.stdin is not None and holder.stdout is not None
+    holder.stdin.write("go\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "released"
+    writer.join(10)
+    assert done == [1]
+    assert holder.wait(10) == 0
+    with db.connection() as conn:
+        # The other process's write first, then ours on top of it.
+        assert conn.execute("SELECT n FROM limits WHERE key = 'a'").fetchone()[0] == (1 + 1000) * 2
+
+
+def test_a_process_holding_the_write_lock_past_the_busy_timeout_fails_the_write_and_changes_nothing(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(db_module, "BUSY_TIMEOUT_MS", 200)
+    holder = hold_the_write_lock_in_another_process(db.path)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            db.write_one("UPDATE limits SET n = 0")
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"), db.write() as conn:
+            conn.execute("UPDATE limits SET n = 0")
+        # The lock of this process's threads was let go with the failure.
+        assert not db._write_lock.locked()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        assert holder.wait(10) == 0
+    db.write_one("UPDATE limits SET n = n + 1 WHERE key = 'b'")
+    with db.connection() as conn:
+        rows = conn.execute("SELECT key, n FROM limits ORDER BY key").fetchall()
+    assert [tuple(row) for row in rows] == [("a", 1001), ("b", 3), ("c", 3)]

@@ -7,6 +7,11 @@
   serializes this process's writers on a lock (no busy-waiting between our own threads) and takes
   SQLite's write lock with ``BEGIN IMMEDIATE``, so the read that checks a condition and the write
   that depends on it are one atomic step, across processes too (the admin commands).
+- Between processes on the same file (the stack, its Console side, an admin command), writers also
+  take turns on an ``flock`` of a file beside the database (``…sqlite3-writer``): a writer that
+  finds another process writing tries again after 50 µs, doubling up to 1 ms, for at most the busy
+  timeout. SQLite's own lock would do for correctness, but a writer that finds it taken retries
+  after 1, 2, 5, 10, 15… ms, and every writer of its process waits behind it meanwhile.
 - A write that is one statement (its condition in its ``WHERE``) is atomic on its own: ``write_one``
   and ``write_returning`` run it under the same lock without ``BEGIN``/``COMMIT``, a third of the
   statements. Each statement lets go of the interpreter while SQLite works; under load, getting it
@@ -26,11 +31,19 @@
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not on POSIX
+    fcntl = None  # type: ignore[assignment]
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -38,6 +51,9 @@ log = logging.getLogger(__name__)
 FILE_NAME = "nepting.sqlite3"
 # Another process (an admin command) may hold the write lock for a moment.
 BUSY_TIMEOUT_MS = 10_000
+# A writer that finds another process writing tries again after this, doubling up to the last.
+_FIRST_RETRY_S = 0.00005
+_LAST_RETRY_S = 0.001
 _IDLE_CONNECTIONS = 64
 # About 1,000 pages of log at a few pages a commit: SQLite's own automatic checkpoint mark.
 CHECKPOINT_EVERY_COMMITS = 250
@@ -173,7 +189,7 @@ class Database:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._idle: list[sqlite3.Connection] = []
         self._pool_lock = threading.Lock()
-        self._write_lock = threading.Lock()
+        self._write_lock = _WriteLock(self.path.with_name(self.path.name + "-writer"))
         self._commits = 0
         self._checkpointing = threading.Lock()
         self.checkpoints = 0
@@ -320,6 +336,63 @@ class Database:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+
+class _WriteLock:
+    """Writers one at a time: this process's threads on a lock, then the processes writing the same
+    file on an ``flock`` (where there is none, SQLite's own lock and busy timeout still order them).
+
+    A thread lock first: ``flock`` belongs to the open file, not the thread, so two threads of one
+    process would both get it. A process that holds the ``flock`` longer than the busy timeout (one
+    stopped mid-write) fails the write with SQLite's own ``database is locked``, as before."""
+
+    __slots__ = ("__weakref__", "_fd", "_threads")
+
+    def __init__(self, path: Path) -> None:
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        if fcntl is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = fd
+            weakref.finalize(self, os.close, fd)
+
+    def locked(self) -> bool:
+        return self._threads.locked()
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        if self._fd is not None:
+            try:
+                self._lock_file(self._fd)
+            except BaseException:
+                self._threads.release()
+                raise
+
+    @staticmethod
+    def _lock_file(fd: int) -> None:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            pass
+        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        pause = _FIRST_RETRY_S
+        while True:
+            time.sleep(pause)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError("database is locked") from None
+            pause = min(pause * 2, _LAST_RETRY_S)
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            if self._fd is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
 
 
 class _Borrowed:
