@@ -21,6 +21,7 @@ from typing import Any
 
 from chalicelib import jsonutil
 from chalicelib.adapters.sqlite.db import Database
+from chalicelib.adapters.sqlite.rows import flat_json
 from chalicelib.ports import Clock, SystemClock
 
 # The same cap as SQS's DelaySeconds: a longer wait is several hops.
@@ -54,7 +55,7 @@ class SqliteQueue:
         self.clock = clock or SystemClock()
 
     def send(self, body: dict[str, Any], delay_s: int = 0) -> None:
-        self.send_raw(jsonutil.dumps(body), delay_s)
+        self.send_raw(flat_json(body) or jsonutil.dumps(body), delay_s)
 
     def send_raw(self, text: str, delay_s: int = 0) -> None:
         now = self.clock.now_ms()
