@@ -97,9 +97,10 @@ def merge(
         if current is not None and updated.business_view() == current.business_view():
             flush_notification(deps, current)
             return current
-        updated = replace(updated, updated_at=now, version=(current.version if current else 0) + 1)
+        bookkeeping: dict[str, Any] = {"updated_at": now, "version": (current.version if current else 0) + 1}
         if current is None or updated.status_code != current.status_code:
-            updated = replace(updated, notify_pending_status=updated.status_code, notify_enqueued=False)
+            bookkeeping.update(notify_pending_status=updated.status_code, notify_enqueued=False)
+        updated = replace(updated, **bookkeeping)
         try:
             deps.transactions.put(updated, current.version if current else 0)
         except ConditionFailed:
