@@ -636,6 +636,48 @@ def test_a_message_received_too_often_moves_to_its_dead_letter_queue(store: Sqli
     assert jsonutil.loads(parked.body) == {"transaction_reference": "T-poison"}
 
 
+def test_a_batch_is_the_oldest_visible_first_whatever_order_the_messages_were_sent_in(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    queue = store.notifications
+    queue.send({"n": "late"}, delay_s=2)  # sent first, visible last
+    for index in range(11):
+        clock.advance(100)
+        queue.send({"n": index})
+    clock.advance(2000)
+    batch = queue.receive(12)
+    assert [jsonutil.loads(m.body)["n"] for m in batch] == [*range(11), "late"]
+    assert len({m.receipt for m in batch}) == 12
+
+
+def test_a_batch_that_parks_a_message_is_filled_up_with_the_next_ones(store: SqliteStore, clock: FakeClock) -> None:
+    queue = store.ipn_queue
+    queue.send({"n": "poison"})
+    for _ in range(5):
+        assert len(queue.receive(10, visibility_s=1)) == 1
+        clock.advance(1000)
+    for index in range(3):
+        queue.send({"n": index})
+    batch = queue.receive(3)
+    assert [(jsonutil.loads(m.body)["n"], m.receive_count) for m in batch] == [(0, 1), (1, 1), (2, 1)]
+    assert [jsonutil.loads(m.body)["n"] for m in store.ipn_dlq.receive()] == ["poison"]
+
+
+def test_a_batch_larger_than_one_statement_takes_is_settled_whole(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chalicelib.adapters.sqlite.queues._RECEIPTS_PER_STATEMENT", 2)
+    queue = store.notifications
+    for index in range(4):
+        queue.send({"n": index})
+    batch = queue.receive(10)
+    assert queue.settle([m.receipt for m in batch[:3]], [], retry_after_s=1) == 3
+    assert queue.settle([batch[0].receipt], [], retry_after_s=1) == 0  # stale: deletes nothing
+    assert queue.depth() == 1
+    assert queue.settle([batch[3].receipt], [], retry_after_s=1) == 1
+    assert queue.depth() == 0
+
+
 def test_queues_are_separate_and_oldest_first(store: SqliteStore) -> None:
     for index in range(3):
         store.notifications.send({"n": index})
