@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chalicelib.adapters import sqs
-from chalicelib.adapters.aws import client, to_item
+from chalicelib.adapters.aws import client, to_value
 from chalicelib.adapters.sqlite.db import Database
 from chalicelib.adapters.sqlite.queues import Message as SqliteMessage
 from chalicelib.adapters.sqlite.queues import Outbox, SqliteQueue, StreamRecord
@@ -49,6 +49,8 @@ IDLE_S = 0.2
 BATCHING_WINDOW_S = 0.1
 # Shards change rarely (never, in moto): list them again only this often.
 SHARD_DISCOVERY_S = 10.0
+# DynamoDB numbers hold 38 digits: an integer below this is written as its digits alone.
+_N_LIMIT = 10**38
 
 
 class Poller(threading.Thread, ABC):
@@ -277,7 +279,7 @@ class OutboxPoller(_SqlitePoller):
         self.position = sequence
 
     def _lambda_record(self, record: StreamRecord) -> dict[str, Any]:
-        image = to_item(record.image)
+        image = stream_item(record.image)
         return {
             "eventID": f"{self.outbox.stream}-{record.sequence}",
             "eventName": record.event_name,
@@ -293,6 +295,21 @@ class OutboxPoller(_SqlitePoller):
             },
             "eventSourceARN": self.stream_arn,
         }
+
+
+def stream_item(values: dict[str, Any]) -> dict[str, Any]:
+    """``to_item(values)``: an order head's strings and integers written here, the rest by boto3's
+    serializer (which takes a few microseconds for each value of each record)."""
+    item: dict[str, Any] = {}
+    for key, value in values.items():
+        kind = type(value)
+        if kind is str:
+            item[key] = {"S": value}
+        elif kind is int and -_N_LIMIT < value < _N_LIMIT:
+            item[key] = {"N": str(value)}
+        elif value is not None:
+            item[key] = to_value(value)
+    return item
 
 
 class SqliteQueuePoller(_SqlitePoller):
