@@ -13,7 +13,10 @@ The parent (``ConsoleProcess``) talks to the child in JSON lines, as the broker'
   stream (``Database.notify``): the child's pollers wake at once instead of at their next idle
   read (every 0.2 s); ``{"stop": true}`` to stop. A notification never blocks the parent: one that
   finds the pipe full (a child that stopped reading) is dropped and counted, and the idle read
-  finds the work.
+  finds the work. A channel is notified at most once a spell (``NOTIFY_SPELL_S``): the poller the
+  first one woke waits out its batching window before it reads, so the others would only cost a
+  line each to write, read and parse on both sides; what comes during the spell is notified once
+  when it ends, so the last write is always followed by a notification.
 - child → parent, on stdout: ``{"ready": [poller names]}``, then ``{"crashed": traceback}`` if a
   poller crashed, and ``{"stopped": true}`` once every poller has stopped.
 
@@ -33,6 +36,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,9 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 15.0
 _CRASH_CHECK_S = 0.2
+# Half the pollers' batching window (local/pollers.py, BATCHING_WINDOW_S): a poller woken by the
+# spell's first notification reads after the spell's end, and sees what its writes queued.
+NOTIFY_SPELL_S = 0.05
 
 
 class ConsoleProcessError(RuntimeError):
@@ -57,6 +64,63 @@ class NoTerminalChannel:
 
     def publish(self, terminal_id: str, envelope: dict[str, Any]) -> None:
         raise ChannelError("the Console side's process has no channel to terminals")
+
+
+class SpellNotifier:
+    """Relays a channel's notifications at most once a spell: the first at once, those that come
+    during the spell as one more when it ends."""
+
+    def __init__(self, relay: Callable[[str], None], spell_s: float) -> None:
+        self.relay = relay
+        self.spell_s = spell_s
+        self._spells = threading.Condition()
+        self._spell_ends: dict[str, float] = {}
+        self._owed: set[str] = set()
+        self._closed = False
+        self._relayer: threading.Thread | None = None
+
+    def notify(self, channel: str) -> None:
+        now = time.monotonic()
+        with self._spells:
+            if now < self._spell_ends.get(channel, 0.0):
+                if channel not in self._owed:
+                    self._owed.add(channel)
+                    if self._relayer is None:
+                        self._relayer = threading.Thread(target=self._relay_owed, name="console-notifier", daemon=True)
+                        self._relayer.start()
+                    self._spells.notify()
+                return
+            self._spell_ends[channel] = now + self.spell_s
+        self.relay(channel)
+
+    def close(self) -> None:
+        with self._spells:
+            self._closed = True
+            self._spells.notify()
+
+    def _relay_owed(self) -> None:
+        while True:
+            with self._spells:
+                due = self._next_due()
+            if due is None:
+                return
+            for channel in due:
+                self.relay(channel)
+
+    def _next_due(self) -> list[str] | None:
+        """Under the lock: the owed channels whose spell has ended (a new one starts), once there
+        are any; None once closed."""
+        while not self._closed:
+            now = time.monotonic()
+            due = [channel for channel in self._owed if self._spell_ends[channel] <= now]
+            if due:
+                self._owed.difference_update(due)
+                for channel in due:
+                    self._spell_ends[channel] = now + self.spell_s
+                return due
+            ends = [self._spell_ends[channel] for channel in self._owed]
+            self._spells.wait(min(ends) - now if ends else None)
+        return None
 
 
 class ConsoleProcess:
@@ -74,6 +138,7 @@ class ConsoleProcess:
         self._writing = threading.Lock()
         self._stopping = False
         self.dropped_notifies = 0
+        self._notifier = SpellNotifier(self._relay, NOTIFY_SPELL_S)
 
     @property
     def pid(self) -> int:
@@ -105,6 +170,9 @@ class ConsoleProcess:
 
     def notify(self, channel: str) -> None:
         """Something was queued on ``channel``: the child's poller of it reads it now."""
+        self._notifier.notify(channel)
+
+    def _relay(self, channel: str) -> None:
         if not self._send({"notify": channel}):
             self.dropped_notifies += 1
 
@@ -113,6 +181,7 @@ class ConsoleProcess:
         if process is None or self._stopping:
             return
         self._stopping = True
+        self._notifier.close()
         deadline = time.monotonic() + _STOP_TIMEOUT_S
         while not self._send({"stop": True}) and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)  # the pipe is full: the child reads it, or the deadline ends the wait
