@@ -30,7 +30,11 @@ _MAX_CHANGE_RACES = 16
 
 
 def _transaction(values: dict[str, Any]) -> Transaction:
-    return Transaction(**{key: value for key, value in values.items() if key in _TX_FIELDS})
+    """The transaction of a row's values (the caller's own dict: it is used up)."""
+    values.pop("merchant_order", None)
+    if values.keys() != _TX_FIELDS:  # a row written by another version: its fields only
+        values = {key: value for key, value in values.items() if key in _TX_FIELDS}
+    return Transaction(**values)
 
 
 def transaction_item(tx: Transaction) -> dict[str, Any]:

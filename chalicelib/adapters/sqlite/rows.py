@@ -67,17 +67,13 @@ def flat_json(values: dict[str, Any]) -> str | None:
     return _ENCODER.encode(values) if is_flat(values) else None
 
 
-def _copy(values: dict[str, Any]) -> dict[str, Any]:
-    # Flat: the lists are the only mutable values, and they hold only immutable ones.
-    return {key: value.copy() if type(value) is list else value for key, value in values.items()}
-
-
 class DecodedRows:
     """Per row key, the flat values of the text last written or read, while that text stays the same."""
 
     def __init__(self, kept: int = ROWS_KEPT) -> None:
         self.kept = kept
-        self._rows: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Per key: the text, its values, and which of them are lists (the only values to copy).
+        self._rows: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {}
         self._lock = threading.Lock()
         self.hits = 0
 
@@ -96,7 +92,10 @@ class DecodedRows:
             kept = self._rows.get(key)
         if kept is not None and kept[0] == text:
             self.hits += 1
-            return _copy(kept[1])
+            values = dict(kept[1])
+            for name in kept[2]:
+                values[name] = values[name].copy()
+            return values
         values = jsonutil.loads(text)
         if isinstance(values, dict):
             flat = _flat_copy(values)
@@ -108,8 +107,9 @@ class DecodedRows:
         """Keep ``values`` (the caller's own copy) as what ``text`` reads as."""
         if _SURROGATE_ESCAPE.search(text):
             return  # jsonutil.loads judges these itself: never answered for it
+        lists = tuple(name for name, value in values.items() if type(value) is list)
         with self._lock:
             self._rows.pop(key, None)
             if len(self._rows) >= self.kept:
                 del self._rows[next(iter(self._rows))]
-            self._rows[key] = (text, values)
+            self._rows[key] = (text, values, lists)
