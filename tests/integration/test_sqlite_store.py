@@ -391,7 +391,9 @@ def test_a_notification_change_that_lost_a_race_keeps_the_other_writers_change_t
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transactions = store.transactions
-    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
+    # Written by another thread (the copy this thread would judge first is its own last write):
+    # this thread reads the row, and the delivery lands between that read and its write.
+    in_another_thread(lambda: transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0))
     raced: list[str] = []
 
     def delivered_meanwhile(reference: str) -> None:
@@ -411,7 +413,7 @@ def test_a_transaction_that_keeps_changing_under_a_notification_change_is_report
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transactions = store.transactions
-    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
+    in_another_thread(lambda: transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0))
     # Every read is stale by the time its write lands: someone else keeps writing the row.
     after_each_read(
         monkeypatch,
@@ -426,6 +428,52 @@ def test_a_transaction_that_keeps_changing_under_a_notification_change_is_report
     monkeypatch.undo()
     stored = transactions.get("T-1")
     assert stored is not None and stored.notify_enqueued is False
+
+
+def test_a_notification_change_right_after_this_threads_write_judges_that_copy_without_reading_again(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions = store.transactions
+    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
+    reads: list[str] = []
+    after_each_read(monkeypatch, transactions, "get", reads.append)
+    transactions.mark_enqueued("T-1", 118)
+    assert reads == []
+    # The written row is the thread's copy now: the next change reads nothing either.
+    transactions.record_delivery("T-1", 118)
+    assert reads == []
+    monkeypatch.undo()
+    stored = transactions.get("T-1")
+    assert stored is not None
+    assert (stored.notify_enqueued, stored.notified_statuses, stored.version) == (True, [118], 3)
+
+
+def test_a_stale_copy_of_this_threads_write_loses_to_the_row_as_it_now_is(store: SqliteStore) -> None:
+    transactions = store.transactions
+    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)  # this thread's copy: version 1
+    in_another_thread(lambda: transactions.record_delivery("T-1", 116))
+    transactions.mark_enqueued("T-1", 118)
+    stored = transactions.get("T-1")
+    assert stored is not None
+    assert (stored.notify_enqueued, stored.notified_statuses, stored.version) == (True, [116], 3)
+
+
+def test_a_refusal_on_a_stale_copy_is_judged_again_on_the_row_before_it_is_final(store: SqliteStore) -> None:
+    transactions = store.transactions
+    transactions.put(tx(notify_pending_status=118, notify_enqueued=True), 0)  # this copy: 118 queued already
+    # Another writer moves the status on: 113 is now pending and not queued.
+    in_another_thread(
+        lambda: transactions.put(tx(status_code=113, version=2, notify_pending_status=113, notify_enqueued=False), 1)
+    )
+    transactions.mark_enqueued("T-1", 113)  # refused on the copy, allowed on the row
+    stored = transactions.get("T-1")
+    assert stored is not None and (stored.notify_pending_status, stored.notify_enqueued, stored.version) == (
+        113,
+        True,
+        3,
+    )
+    with pytest.raises(ConditionFailed):
+        transactions.mark_enqueued("T-1", 113)  # refused on the copy, and on the row read again
 
 
 def test_a_delivery_is_recorded_once_per_status(store: SqliteStore) -> None:

@@ -8,6 +8,8 @@ filters and sorts on.
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
@@ -48,6 +50,10 @@ class SqliteTransactionRepository:
         # A transaction is written, then read back to mark its notification queued, then read to
         # deliver it: the text just written or read is not parsed again.
         self.bodies = DecodedRows()
+        # The transaction this thread wrote last: the IPN merge writes one and at once marks its
+        # notification queued, which judges that copy first instead of reading it again. Its
+        # version guards the write; a copy that turns out stale is read again (see ``_change``).
+        self._last = threading.local()
 
     def get(self, reference: str) -> Transaction | None:
         with self.db.connection() as conn:
@@ -84,6 +90,10 @@ class SqliteTransactionRepository:
             )
         if changed != 1:
             raise ConditionFailed(f"transaction {tx.transaction_reference} changed meanwhile")
+        # The caller keeps its own: this copy shares nothing it could change.
+        mine = copy.copy(tx)
+        mine.flags, mine.notified_statuses = list(tx.flags), list(tx.notified_statuses)
+        self._last.tx = mine
 
     def mark_enqueued(self, reference: str, status_code: int) -> None:
         """The pending notification of ``status_code`` is in the queue; ConditionFailed if it moved on."""
@@ -109,19 +119,35 @@ class SqliteTransactionRepository:
 
     def _change(self, reference: str, change: Callable[[Transaction], bool]) -> None:
         """Read, change, and write back only over the version read (one conditional statement); a
-        transaction that moved meanwhile is read and judged again. ``change`` returns False to refuse."""
+        transaction that moved meanwhile is read and judged again. ``change`` returns False to refuse.
+
+        This thread's last written copy is judged first; a refusal is only final on a copy read just
+        now (a stale one may be refused where the row as it is would be allowed)."""
+        current = self._last_written(reference)
         for _ in range(_MAX_CHANGE_RACES):
-            tx = self.get(reference)
+            fresh = current is None
+            tx = self.get(reference) if fresh else current
+            current = None
             if tx is None or not change(tx):
-                raise ConditionFailed(f"transaction {reference} changed meanwhile")
+                if fresh:
+                    raise ConditionFailed(f"transaction {reference} changed meanwhile")
+                continue
             read_version, tx.version = tx.version, tx.version + 1
             written = self.db.write_one(
                 "UPDATE transactions SET version = ?, body_json = ? WHERE transaction_reference = ? AND version = ?",
                 (tx.version, self._body_json(tx), reference, read_version),
             )
             if written == 1:
+                self._last.tx = tx  # read (or copied) for this change alone: nobody else holds it
                 return
         raise ConditionFailed(f"transaction {reference} kept changing")
+
+    def _last_written(self, reference: str) -> Transaction | None:
+        last: Transaction | None = getattr(self._last, "tx", None)
+        if last is None or last.transaction_reference != reference:
+            return None
+        self._last.tx = None  # judged once: a change mutates it
+        return last
 
     def list_for_order(self, merchant_id: str, order_id: str) -> list[Transaction]:
         query = TransactionQuery(merchant_id=merchant_id, order_id=order_id)
