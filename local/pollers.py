@@ -256,6 +256,8 @@ class OutboxPoller(_SqlitePoller):
         self.position: int | None = None
         region = os.environ.get("AWS_DEFAULT_REGION", "local")
         self.stream_arn = f"arn:aws:dynamodb:{region}:000000000000:table/{table}/stream/local"
+        # What each record says (read once: the environment does not change under a running stack).
+        self.aws_region = os.environ.get("AWS_DEFAULT_REGION", "")
 
     def poll_once(self) -> bool:
         if self.position is None:
@@ -285,7 +287,7 @@ class OutboxPoller(_SqlitePoller):
             "eventName": record.event_name,
             "eventVersion": "1.1",
             "eventSource": "aws:dynamodb",
-            "awsRegion": os.environ.get("AWS_DEFAULT_REGION", ""),
+            "awsRegion": self.aws_region,
             "dynamodb": {
                 "ApproximateCreationDateTime": record.created_at_ms // 1000,
                 "Keys": {"pk": image["pk"]} if "pk" in image else {},
@@ -323,6 +325,7 @@ class SqliteQueuePoller(_SqlitePoller):
         self.batch_size = batch_size
         region = os.environ.get("AWS_DEFAULT_REGION", "local")
         self.arn = f"arn:aws:sqs:{region}:000000000000:{queue.name}"
+        self.aws_region = os.environ.get("AWS_DEFAULT_REGION", "")
 
     def poll_once(self) -> bool:
         messages = self.queue.receive(self.batch_size, visibility_s=30)
@@ -352,7 +355,7 @@ class SqliteQueuePoller(_SqlitePoller):
             "md5OfBody": hashlib.md5(message.body.encode("utf-8")).hexdigest(),  # noqa: S324 (SQS's own checksum)
             "eventSource": "aws:sqs",
             "eventSourceARN": self.arn,
-            "awsRegion": os.environ.get("AWS_DEFAULT_REGION", ""),
+            "awsRegion": self.aws_region,
         }
 
 

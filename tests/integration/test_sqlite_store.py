@@ -711,6 +711,28 @@ def test_a_batch_that_parks_a_message_is_filled_up_with_the_next_ones(store: Sql
     assert [jsonutil.loads(m.body)["n"] for m in store.ipn_dlq.receive()] == ["poison"]
 
 
+def test_a_message_another_receiver_took_between_the_read_and_the_write_is_not_received_twice(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = store.ipn_queue
+    for index in range(3):
+        queue.send({"n": index})
+    write = store.db.write_returning
+    taken: list[Any] = []
+
+    def another_receiver_first(statement: str, parameters: Any = ()) -> Any:
+        if not taken:  # between this receive's read and its write, another receiver takes one
+            monkeypatch.setattr(store.db, "write_returning", write)
+            taken.extend(queue.receive(1))
+        return write(statement, parameters)
+
+    monkeypatch.setattr(store.db, "write_returning", another_receiver_first)
+    batch = queue.receive(10)
+    assert [jsonutil.loads(m.body)["n"] for m in taken] == [0]
+    assert [jsonutil.loads(m.body)["n"] for m in batch] == [1, 2]
+    assert {m.receive_count for m in [*taken, *batch]} == {1}
+
+
 def test_a_batch_larger_than_one_statement_takes_is_settled_whole(
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -723,6 +745,17 @@ def test_a_batch_larger_than_one_statement_takes_is_settled_whole(
     assert queue.settle([batch[0].receipt], [], retry_after_s=1) == 0  # stale: deletes nothing
     assert queue.depth() == 1
     assert queue.settle([batch[3].receipt], [], retry_after_s=1) == 1
+    assert queue.depth() == 0
+
+
+def test_a_receipt_not_of_this_stores_making_is_still_settled(store: SqliteStore) -> None:
+    queue = store.notifications
+    queue.send({"n": 0})
+    [message] = queue.receive(1)
+    # A receipt handed out before receipts named their message (a store kept from an older version).
+    store.db.write_one("UPDATE messages SET receipt = ? WHERE receipt = ?", ("0" * 32, message.receipt))
+    assert queue.settle([message.receipt], [], retry_after_s=1) == 0
+    assert queue.settle(["0" * 32], [], retry_after_s=1) == 1
     assert queue.depth() == 0
 
 
