@@ -8,7 +8,6 @@ filters and sorts on.
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Callable
 from dataclasses import fields
@@ -90,9 +89,10 @@ class SqliteTransactionRepository:
             )
         if changed != 1:
             raise ConditionFailed(f"transaction {tx.transaction_reference} changed meanwhile")
-        # The caller keeps its own: this copy shares nothing it could change.
-        mine = copy.copy(tx)
-        mine.flags, mine.notified_statuses = list(tx.flags), list(tx.notified_statuses)
+        # The caller keeps its own: this copy shares nothing it could change (copy.copy takes
+        # several times as long for the same shallow copy).
+        mine = Transaction.__new__(Transaction)
+        vars(mine).update(vars(tx), flags=list(tx.flags), notified_statuses=list(tx.notified_statuses))
         self._last.tx = mine
 
     def mark_enqueued(self, reference: str, status_code: int) -> None:
