@@ -13,7 +13,10 @@ The parent (``ConsoleProcess``) talks to the child in JSON lines, as the broker'
   stream (``Database.notify``): the child's pollers wake at once instead of at their next idle
   read (every 0.2 s); ``{"stop": true}`` to stop. A notification never blocks the parent: one that
   finds the pipe full (a child that stopped reading) is dropped and counted, and the idle read
-  finds the work.
+  finds the work. A channel is written at most one line a spell (``NOTIFY_SPELL_S``): the poller
+  the first one woke waits out its batching window before it reads, so the others would only cost
+  a line each to write, read and parse on both sides. The child notifies the channel's poller once
+  more when the spell ends, so every write is still followed by a notification.
 - child → parent, on stdout: ``{"ready": [poller names]}``, then ``{"crashed": traceback}`` if a
   poller crashed, and ``{"stopped": true}`` once every poller has stopped.
 
@@ -28,11 +31,13 @@ import json
 import logging
 import os
 import queue
+import select
 import subprocess
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +51,9 @@ _PROJECT_ROOT = Path(__file__).resolve().parents[1]
 _START_TIMEOUT_S = 60.0
 _STOP_TIMEOUT_S = 15.0
 _CRASH_CHECK_S = 0.2
+# Half the pollers' batching window (local/pollers.py, BATCHING_WINDOW_S): a poller the spell's line
+# woke has not read yet when the child notifies it again at the spell's end.
+NOTIFY_SPELL_S = 0.05
 
 
 class ConsoleProcessError(RuntimeError):
@@ -74,6 +82,8 @@ class ConsoleProcess:
         self._writing = threading.Lock()
         self._stopping = False
         self.dropped_notifies = 0
+        # Per channel: until when a notification writes nothing (the spell of the last line written).
+        self._spell_ends: dict[str, float] = {}
 
     @property
     def pid(self) -> int:
@@ -104,8 +114,14 @@ class ConsoleProcess:
         return self
 
     def notify(self, channel: str) -> None:
-        """Something was queued on ``channel``: the child's poller of it reads it now."""
-        if not self._send({"notify": channel}):
+        """Something was queued on ``channel``: the child's poller of it reads it now (or, within the
+        spell of the last line written for it, when the child notifies it again as the spell ends)."""
+        now = time.monotonic()
+        if now < self._spell_ends.get(channel, 0.0):
+            return
+        if self._send({"notify": channel}):
+            self._spell_ends[channel] = now + NOTIFY_SPELL_S
+        else:
             self.dropped_notifies += 1
 
     def stop(self) -> None:
@@ -173,6 +189,40 @@ def start_console_process(data_dir: Path, log_level: int, module: str = "local.c
     return ConsoleProcess(data_dir, log_level, module).start()
 
 
+def read_parent(fd: int, notify: Callable[[str], None], spell_s: float) -> bool:
+    """The child's side of the pipe: ``notify`` each channel the parent names, and again ``spell_s``
+    after its last line (the parent wrote nothing for what it queued meanwhile). True on a stop,
+    False when the pipe ends without one."""
+    again: dict[str, float] = {}  # channel -> when its spell ends
+    pending = b""
+    while True:
+        timeout = max(0.0, min(again.values()) - time.monotonic()) if again else None
+        readable, _, _ = select.select([fd], [], [], timeout)
+        now = time.monotonic()
+        for channel in [channel for channel, ends in again.items() if ends <= now]:
+            del again[channel]
+            notify(channel)
+        if not readable:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return False
+        *lines, pending = (pending + chunk).split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(message, dict):
+                continue
+            if "notify" in message:
+                channel = str(message["notify"])
+                notify(channel)
+                again[channel] = now + spell_s
+            elif message.get("stop"):
+                return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m local.console_process``: the Console side's pollers, driven by their parent."""
     parser = argparse.ArgumentParser(prog="python -m local.console_process", description=main.__doc__)
@@ -204,17 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                     return
 
     threading.Thread(target=watch, name="crash-watch", daemon=True).start()
-    stopped = False
-    for line in sys.stdin:
-        try:
-            message = json.loads(line)
-        except ValueError:
-            continue
-        if "notify" in message:
-            store.db.notify(str(message["notify"]))
-        elif message.get("stop"):
-            stopped = True
-            break
+    stopped = read_parent(sys.stdin.fileno(), store.db.notify, NOTIFY_SPELL_S)
     if not stopped:
         # Our stdin ended without a stop: the parent is gone. Committed work is in the database file;
         # what a poller was handling comes back after its visibility timeout, as on AWS.

@@ -215,6 +215,8 @@ def apply_details(current: Transaction, details: OrderDetails) -> Transaction:
 
 
 def _with_flags(tx: Transaction) -> Transaction:
+    """``tx`` with the flags its figures call for; ``tx`` itself (always a fresh copy, made by the
+    caller) when it carries them already, which spares a second copy of every field."""
     flags = [flag for flag in tx.flags if flag not in (AMOUNT_MISMATCH, BASKET_MISMATCH)]
     if tx.details_attempt and (tx.order_amount != tx.amount_minor or tx.order_currency != tx.currency):
         # The IPN's figures stand; the flag tells finance the ECR asked for something else.
@@ -222,4 +224,5 @@ def _with_flags(tx: Transaction) -> Transaction:
     if tx.basket_json and basket_mismatch(jsonutil.loads(tx.basket_json), tx.order_amount):
         # Accepted under the lenient basket policy: finance sees the basket did not add up.
         flags.append(BASKET_MISMATCH)
-    return replace(tx, flags=sorted(flags))
+    flags.sort()
+    return tx if flags == tx.flags else replace(tx, flags=flags)

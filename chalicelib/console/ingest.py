@@ -9,7 +9,7 @@ anything that crashes in between is redelivered and the redelivered merge sends 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from chalicelib import jsonutil, protocol
@@ -97,9 +97,11 @@ def merge(
         if current is not None and updated.business_view() == current.business_view():
             flush_notification(deps, current)
             return current
-        updated = replace(updated, updated_at=now, version=(current.version if current else 0) + 1)
+        # A business view apart from current's: ``updated`` is a copy this merge made (apply_ipn and
+        # apply_details copy what they change), so its bookkeeping is set on it in place.
+        updated.updated_at, updated.version = now, (current.version if current else 0) + 1
         if current is None or updated.status_code != current.status_code:
-            updated = replace(updated, notify_pending_status=updated.status_code, notify_enqueued=False)
+            updated.notify_pending_status, updated.notify_enqueued = updated.status_code, False
         try:
             deps.transactions.put(updated, current.version if current else 0)
         except ConditionFailed:

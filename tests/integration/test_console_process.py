@@ -55,6 +55,20 @@ def test_the_console_side_records_what_this_process_writes_from_a_process_of_its
     assert process_gone(console.pid)
 
 
+def test_a_burst_of_writes_notified_as_one_is_all_recorded_by_the_child(store: SqliteStore) -> None:
+    console = attach(store)
+    try:
+        for index in range(20):
+            store.payments.start_attempt(*head_and_dispatch(f"r-burst-{index}", order_id=f"O-burst-{index}"), None)
+        eventually(
+            lambda: all(store.order_details.get("M1", f"O-burst-{index}") for index in range(20)),
+            "every order's details recorded by the child",
+        )
+        assert console.crash is None and console.dropped_notifies == 0
+    finally:
+        console.stop()
+
+
 def test_a_crashed_poller_in_the_child_is_reported_to_the_parent(store: SqliteStore) -> None:
     console = attach(store, "tests.integration.console_that_breaks")
     try:
@@ -113,7 +127,11 @@ def test_the_child_exits_when_its_parent_is_killed(tmp_path: Path) -> None:
     eventually(lambda: process_gone(pid), f"Console side's process {pid} gone")
 
 
-def test_notifying_a_child_that_stopped_reading_never_blocks_the_writer(store: SqliteStore) -> None:
+def test_notifying_a_child_that_stopped_reading_never_blocks_the_writer(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every notification a line of its own, as many as the writer makes, to fill the pipe.
+    monkeypatch.setattr("local.console_process.NOTIFY_SPELL_S", 0.0)
     console = attach(store)
     try:
         os.kill(console.pid, signal.SIGSTOP)

@@ -416,7 +416,9 @@ def test_a_notification_change_that_lost_a_race_keeps_the_other_writers_change_t
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transactions = store.transactions
-    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
+    # Written by another thread (the copy this thread would judge first is its own last write):
+    # this thread reads the row, and the delivery lands between that read and its write.
+    in_another_thread(lambda: transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0))
     raced: list[str] = []
 
     def delivered_meanwhile(reference: str) -> None:
@@ -436,7 +438,7 @@ def test_a_transaction_that_keeps_changing_under_a_notification_change_is_report
     store: SqliteStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     transactions = store.transactions
-    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
+    in_another_thread(lambda: transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0))
     # Every read is stale by the time its write lands: someone else keeps writing the row.
     after_each_read(
         monkeypatch,
@@ -451,6 +453,52 @@ def test_a_transaction_that_keeps_changing_under_a_notification_change_is_report
     monkeypatch.undo()
     stored = transactions.get("T-1")
     assert stored is not None and stored.notify_enqueued is False
+
+
+def test_a_notification_change_right_after_this_threads_write_judges_that_copy_without_reading_again(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transactions = store.transactions
+    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)
+    reads: list[str] = []
+    after_each_read(monkeypatch, transactions, "get", reads.append)
+    transactions.mark_enqueued("T-1", 118)
+    assert reads == []
+    # The written row is the thread's copy now: the next change reads nothing either.
+    transactions.record_delivery("T-1", 118)
+    assert reads == []
+    monkeypatch.undo()
+    stored = transactions.get("T-1")
+    assert stored is not None
+    assert (stored.notify_enqueued, stored.notified_statuses, stored.version) == (True, [118], 3)
+
+
+def test_a_stale_copy_of_this_threads_write_loses_to_the_row_as_it_now_is(store: SqliteStore) -> None:
+    transactions = store.transactions
+    transactions.put(tx(notify_pending_status=118, notify_enqueued=False), 0)  # this thread's copy: version 1
+    in_another_thread(lambda: transactions.record_delivery("T-1", 116))
+    transactions.mark_enqueued("T-1", 118)
+    stored = transactions.get("T-1")
+    assert stored is not None
+    assert (stored.notify_enqueued, stored.notified_statuses, stored.version) == (True, [116], 3)
+
+
+def test_a_refusal_on_a_stale_copy_is_judged_again_on_the_row_before_it_is_final(store: SqliteStore) -> None:
+    transactions = store.transactions
+    transactions.put(tx(notify_pending_status=118, notify_enqueued=True), 0)  # this copy: 118 queued already
+    # Another writer moves the status on: 113 is now pending and not queued.
+    in_another_thread(
+        lambda: transactions.put(tx(status_code=113, version=2, notify_pending_status=113, notify_enqueued=False), 1)
+    )
+    transactions.mark_enqueued("T-1", 113)  # refused on the copy, allowed on the row
+    stored = transactions.get("T-1")
+    assert stored is not None and (stored.notify_pending_status, stored.notify_enqueued, stored.version) == (
+        113,
+        True,
+        3,
+    )
+    with pytest.raises(ConditionFailed):
+        transactions.mark_enqueued("T-1", 113)  # refused on the copy, and on the row read again
 
 
 def test_a_delivery_is_recorded_once_per_status(store: SqliteStore) -> None:
@@ -659,6 +707,81 @@ def test_a_message_received_too_often_moves_to_its_dead_letter_queue(store: Sqli
     assert store.ipn_queue.depth() == 0
     [parked] = store.ipn_dlq.receive()
     assert jsonutil.loads(parked.body) == {"transaction_reference": "T-poison"}
+
+
+def test_a_batch_is_the_oldest_visible_first_whatever_order_the_messages_were_sent_in(
+    store: SqliteStore, clock: FakeClock
+) -> None:
+    queue = store.notifications
+    queue.send({"n": "late"}, delay_s=2)  # sent first, visible last
+    for index in range(11):
+        clock.advance(100)
+        queue.send({"n": index})
+    clock.advance(2000)
+    batch = queue.receive(12)
+    assert [jsonutil.loads(m.body)["n"] for m in batch] == [*range(11), "late"]
+    assert len({m.receipt for m in batch}) == 12
+
+
+def test_a_batch_that_parks_a_message_is_filled_up_with_the_next_ones(store: SqliteStore, clock: FakeClock) -> None:
+    queue = store.ipn_queue
+    queue.send({"n": "poison"})
+    for _ in range(5):
+        assert len(queue.receive(10, visibility_s=1)) == 1
+        clock.advance(1000)
+    for index in range(3):
+        queue.send({"n": index})
+    batch = queue.receive(3)
+    assert [(jsonutil.loads(m.body)["n"], m.receive_count) for m in batch] == [(0, 1), (1, 1), (2, 1)]
+    assert [jsonutil.loads(m.body)["n"] for m in store.ipn_dlq.receive()] == ["poison"]
+
+
+def test_a_message_another_receiver_took_between_the_read_and_the_write_is_not_received_twice(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queue = store.ipn_queue
+    for index in range(3):
+        queue.send({"n": index})
+    write = store.db.write_returning
+    taken: list[Any] = []
+
+    def another_receiver_first(statement: str, parameters: Any = ()) -> Any:
+        if not taken:  # between this receive's read and its write, another receiver takes one
+            monkeypatch.setattr(store.db, "write_returning", write)
+            taken.extend(queue.receive(1))
+        return write(statement, parameters)
+
+    monkeypatch.setattr(store.db, "write_returning", another_receiver_first)
+    batch = queue.receive(10)
+    assert [jsonutil.loads(m.body)["n"] for m in taken] == [0]
+    assert [jsonutil.loads(m.body)["n"] for m in batch] == [1, 2]
+    assert {m.receive_count for m in [*taken, *batch]} == {1}
+
+
+def test_a_batch_larger_than_one_statement_takes_is_settled_whole(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("chalicelib.adapters.sqlite.queues._RECEIPTS_PER_STATEMENT", 2)
+    queue = store.notifications
+    for index in range(4):
+        queue.send({"n": index})
+    batch = queue.receive(10)
+    assert queue.settle([m.receipt for m in batch[:3]], [], retry_after_s=1) == 3
+    assert queue.settle([batch[0].receipt], [], retry_after_s=1) == 0  # stale: deletes nothing
+    assert queue.depth() == 1
+    assert queue.settle([batch[3].receipt], [], retry_after_s=1) == 1
+    assert queue.depth() == 0
+
+
+def test_a_receipt_not_of_this_stores_making_is_still_settled(store: SqliteStore) -> None:
+    queue = store.notifications
+    queue.send({"n": 0})
+    [message] = queue.receive(1)
+    # A receipt handed out before receipts named their message (a store kept from an older version).
+    store.db.write_one("UPDATE messages SET receipt = ? WHERE receipt = ?", ("0" * 32, message.receipt))
+    assert queue.settle([message.receipt], [], retry_after_s=1) == 0
+    assert queue.settle(["0" * 32], [], retry_after_s=1) == 1
+    assert queue.depth() == 0
 
 
 def test_queues_are_separate_and_oldest_first(store: SqliteStore) -> None:

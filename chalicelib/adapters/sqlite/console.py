@@ -8,6 +8,7 @@ filters and sorts on.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import fields
 from typing import Any
@@ -15,21 +16,26 @@ from typing import Any
 from chalicelib import jsonutil
 from chalicelib.adapters.records import as_record
 from chalicelib.adapters.sqlite.db import Database
+from chalicelib.adapters.sqlite.rows import DecodedRows
 from chalicelib.console.domain import OrderDetails, Transaction, TransactionQuery
 from chalicelib.console.ports import Position
 from chalicelib.exceptions import ConditionFailed
 from chalicelib.keys import order_key
 
-_TX_FIELDS = {f.name for f in fields(Transaction)}
+_TX_NAMES = tuple(f.name for f in fields(Transaction))
+_TX_FIELDS = set(_TX_NAMES)
 _DETAILS_FIELDS = {f.name for f in fields(OrderDetails)}
 # A transaction's notification state changes a few times in its life; past this many lost races in a
 # row, something is wrong.
 _MAX_CHANGE_RACES = 16
 
 
-def _transaction(body_json: str) -> Transaction:
-    values = jsonutil.loads(body_json)
-    return Transaction(**{key: value for key, value in values.items() if key in _TX_FIELDS})
+def _transaction(values: dict[str, Any]) -> Transaction:
+    """The transaction of a row's values (the caller's own dict: it is used up)."""
+    values.pop("merchant_order", None)
+    if values.keys() != _TX_FIELDS:  # a row written by another version: its fields only
+        values = {key: value for key, value in values.items() if key in _TX_FIELDS}
+    return Transaction(**values)
 
 
 def transaction_item(tx: Transaction) -> dict[str, Any]:
@@ -40,19 +46,34 @@ def transaction_item(tx: Transaction) -> dict[str, Any]:
 class SqliteTransactionRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # A transaction is written, then read back to mark its notification queued, then read to
+        # deliver it: the text just written or read is not parsed again.
+        self.bodies = DecodedRows()
+        # The transaction this thread wrote last: the IPN merge writes one and at once marks its
+        # notification queued, which judges that copy first instead of reading it again. Its
+        # version guards the write; a copy that turns out stale is read again (see ``_change``).
+        self._last = threading.local()
 
     def get(self, reference: str) -> Transaction | None:
         with self.db.connection() as conn:
             row = conn.execute(
                 "SELECT body_json FROM transactions WHERE transaction_reference = ?", (reference,)
             ).fetchone()
-        return _transaction(row["body_json"]) if row else None
+        return _transaction(self.bodies.loads(reference, row["body_json"])) if row else None
+
+    def _body_json(self, tx: Transaction) -> str:
+        """``jsonutil.dumps(transaction_item(tx))``, kept as the text of the row it is written to."""
+        record = dict(vars(tx))
+        if tuple(record) != _TX_NAMES:  # an attribute set besides the fields, or in another order
+            record = {name: getattr(tx, name) for name in _TX_NAMES}
+        record["merchant_order"] = tx.merchant_order
+        return self.bodies.dumps(tx.transaction_reference, record) or jsonutil.dumps(transaction_item(tx))
 
     def put(self, tx: Transaction, expected_version: int) -> None:
         """Write ``tx`` if the stored one is still at ``expected_version`` (0: does not exist yet)."""
         # One conditional statement: the insert of a new one, or the update of the version we read.
         columns = (tx.merchant_id, tx.merchant_order, tx.created_at, tx.status_code, tx.terminal_id, tx.version)
-        body_json = jsonutil.dumps(transaction_item(tx))
+        body_json = self._body_json(tx)
         if expected_version == 0:
             changed = self.db.write_one(
                 "INSERT INTO transactions (merchant_id, merchant_order, created_at, status_code, terminal_id, "
@@ -68,6 +89,11 @@ class SqliteTransactionRepository:
             )
         if changed != 1:
             raise ConditionFailed(f"transaction {tx.transaction_reference} changed meanwhile")
+        # The caller keeps its own: this copy shares nothing it could change (copy.copy takes
+        # several times as long for the same shallow copy).
+        mine = Transaction.__new__(Transaction)
+        vars(mine).update(vars(tx), flags=list(tx.flags), notified_statuses=list(tx.notified_statuses))
+        self._last.tx = mine
 
     def mark_enqueued(self, reference: str, status_code: int) -> None:
         """The pending notification of ``status_code`` is in the queue; ConditionFailed if it moved on."""
@@ -93,19 +119,35 @@ class SqliteTransactionRepository:
 
     def _change(self, reference: str, change: Callable[[Transaction], bool]) -> None:
         """Read, change, and write back only over the version read (one conditional statement); a
-        transaction that moved meanwhile is read and judged again. ``change`` returns False to refuse."""
+        transaction that moved meanwhile is read and judged again. ``change`` returns False to refuse.
+
+        This thread's last written copy is judged first; a refusal is only final on a copy read just
+        now (a stale one may be refused where the row as it is would be allowed)."""
+        current = self._last_written(reference)
         for _ in range(_MAX_CHANGE_RACES):
-            tx = self.get(reference)
+            fresh = current is None
+            tx = self.get(reference) if fresh else current
+            current = None
             if tx is None or not change(tx):
-                raise ConditionFailed(f"transaction {reference} changed meanwhile")
+                if fresh:
+                    raise ConditionFailed(f"transaction {reference} changed meanwhile")
+                continue
             read_version, tx.version = tx.version, tx.version + 1
             written = self.db.write_one(
                 "UPDATE transactions SET version = ?, body_json = ? WHERE transaction_reference = ? AND version = ?",
-                (tx.version, jsonutil.dumps(transaction_item(tx)), reference, read_version),
+                (tx.version, self._body_json(tx), reference, read_version),
             )
             if written == 1:
+                self._last.tx = tx  # read (or copied) for this change alone: nobody else holds it
                 return
         raise ConditionFailed(f"transaction {reference} kept changing")
+
+    def _last_written(self, reference: str) -> Transaction | None:
+        last: Transaction | None = getattr(self._last, "tx", None)
+        if last is None or last.transaction_reference != reference:
+            return None
+        self._last.tx = None  # judged once: a change mutates it
+        return last
 
     def list_for_order(self, merchant_id: str, order_id: str) -> list[Transaction]:
         query = TransactionQuery(merchant_id=merchant_id, order_id=order_id)
@@ -147,7 +189,7 @@ class SqliteTransactionRepository:
             ).fetchall()
         read = rows[:limit]
         kept = [
-            _transaction(row["body_json"])
+            _transaction(self.bodies.loads(row["transaction_reference"], row["body_json"]))
             for row in read
             if (query.status_code is None or row["status_code"] == query.status_code)
             and (query.terminal_id is None or row["terminal_id"] == query.terminal_id)
@@ -167,6 +209,8 @@ class SqliteTransactionRepository:
 class SqliteOrderDetailsRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # Details are written by one handler and read by the next (twice per IPN): parsed once.
+        self.bodies = DecodedRows()
 
     def get(self, merchant_id: str, order_id: str) -> OrderDetails | None:
         with self.db.connection() as conn:
@@ -175,7 +219,7 @@ class SqliteOrderDetailsRepository:
             ).fetchone()
         if row is None:
             return None
-        values = jsonutil.loads(row["body_json"])
+        values = self.bodies.loads(order_key(merchant_id, order_id), row["body_json"])
         return OrderDetails(**{name: values.get(name) for name in _DETAILS_FIELDS})
 
     def put_if_newer(self, details: OrderDetails) -> bool:
@@ -184,9 +228,13 @@ class SqliteOrderDetailsRepository:
             "INSERT INTO order_details (merchant_order, attempt, body_json) VALUES (?, ?, ?) "
             "ON CONFLICT (merchant_order) DO UPDATE SET attempt = excluded.attempt, body_json = excluded.body_json "
             "WHERE order_details.attempt < excluded.attempt",
-            (details.merchant_order, details.attempt, jsonutil.dumps(as_record(details))),
+            (details.merchant_order, details.attempt, self._body_json(details)),
         )
         return changed == 1
+
+    def _body_json(self, details: OrderDetails) -> str:
+        record = as_record(details)
+        return self.bodies.dumps(details.merchant_order, record) or jsonutil.dumps(record)
 
 
 class SqliteIpnInbox:

@@ -21,10 +21,35 @@ from typing import Any
 
 from chalicelib import jsonutil
 from chalicelib.adapters.sqlite.db import Database
+from chalicelib.adapters.sqlite.rows import flat_json
 from chalicelib.ports import Clock, SystemClock
 
 # The same cap as SQS's DelaySeconds: a longer wait is several hops.
 MAX_DELAY_S = 900
+
+# Far below SQLite's limit on a statement's parameters (32,766); a batch is 10 (SQS's own limit).
+_RECEIPTS_PER_STATEMENT = 500
+_NEVER = 2**62
+# Receiving the messages read (by key: the unary + keeps SQLite from walking the queue's index over
+# every visible message instead): each becomes invisible until its visibility timeout, is counted and
+# gets a receipt (this receive's random prefix and its sequence), or, received ``park_at`` times
+# already, moves to the dead-letter queue, visible at once there. Every SET sees the row as it was.
+_RECEIVE = """
+UPDATE messages SET
+    queue = CASE WHEN receive_count >= ?5 THEN ?1 ELSE queue END,
+    visible_at_ms = CASE WHEN receive_count >= ?5 THEN ?2 ELSE ?3 END,
+    receipt = CASE WHEN receive_count >= ?5 THEN NULL ELSE ?4 || sequence END,
+    receive_count = CASE WHEN receive_count >= ?5 THEN 0 ELSE receive_count + 1 END
+WHERE +queue = ?6 AND +visible_at_ms <= ?7 AND sequence IN ({marks})
+RETURNING sequence, message_id, body, sent_at_ms, receive_count, receipt
+"""
+
+
+def _sequence_of(receipt: str) -> int | None:
+    """The sequence a receipt of ``receive`` ends with (after its 32 random hex digits); None for
+    any other text."""
+    digits = receipt[32:]
+    return int(digits) if digits.isascii() and digits.isdigit() and len(digits) < 19 else None
 
 
 @dataclass(frozen=True)
@@ -54,7 +79,7 @@ class SqliteQueue:
         self.clock = clock or SystemClock()
 
     def send(self, body: dict[str, Any], delay_s: int = 0) -> None:
-        self.send_raw(jsonutil.dumps(body), delay_s)
+        self.send_raw(flat_json(body) or jsonutil.dumps(body), delay_s)
 
     def send_raw(self, text: str, delay_s: int = 0) -> None:
         now = self.clock.now_ms()
@@ -68,34 +93,35 @@ class SqliteQueue:
         """Up to ``max_messages`` visible messages, oldest first, each invisible for ``visibility_s``."""
         now = self.clock.now_ms()
         received: list[Message] = []
-        with self.db.write() as conn:
-            parked = True
-            while parked and len(received) < max_messages:
-                parked = False
-                rows = conn.execute(
-                    "SELECT sequence, message_id, body, sent_at_ms, receive_count FROM messages "
-                    "WHERE queue = ? AND visible_at_ms <= ? ORDER BY visible_at_ms, sequence LIMIT ?",
-                    (self.name, now, max_messages - len(received)),
-                ).fetchall()
-                for row in rows:
-                    if self.dead_letter and self.max_receives and row["receive_count"] >= self.max_receives:
-                        # Received too often without being deleted: park it, visible on the dead-letter queue.
-                        conn.execute(
-                            "UPDATE messages SET queue = ?, visible_at_ms = ?, receive_count = 0, receipt = NULL "
-                            "WHERE sequence = ?",
-                            (self.dead_letter, now, row["sequence"]),
-                        )
-                        parked = True
-                        continue
-                    receipt = uuid.uuid4().hex
-                    conn.execute(
-                        "UPDATE messages SET visible_at_ms = ?, receive_count = receive_count + 1, receipt = ? "
-                        "WHERE sequence = ?",
-                        (now + visibility_s * 1000, receipt, row["sequence"]),
+        # Past ``park_at`` receipts a message moves to its dead-letter queue instead of coming back.
+        park_at = self.max_receives if self.dead_letter and self.max_receives else _NEVER
+        parked = True
+        while parked and len(received) < max_messages:
+            # A read (no lock: an empty queue costs nothing more), then one conditional write of the
+            # rows read, in place of a transaction with an update per message. The write's own
+            # WHERE leaves out a message another receiver took meanwhile: it is no longer visible.
+            with self.db.connection() as conn:
+                picked = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT sequence FROM messages WHERE queue = ? AND visible_at_ms <= ? "
+                        "ORDER BY visible_at_ms, sequence LIMIT ?",
+                        (self.name, now, max_messages - len(received)),
                     )
-                    received.append(
-                        Message(row["message_id"], receipt, row["body"], row["sent_at_ms"], row["receive_count"] + 1)
-                    )
+                ]
+            if not picked:
+                break
+            rows = self.db.write_returning(
+                _RECEIVE.format(marks=", ".join("?" * len(picked))),
+                [self.dead_letter, now, now + visibility_s * 1000, uuid.uuid4().hex, park_at, self.name, now, *picked],
+            )
+            parked = any(row["receipt"] is None for row in rows)
+            by_sequence = {row["sequence"]: row for row in rows if row["receipt"] is not None}
+            received += [
+                Message(row["message_id"], row["receipt"], row["body"], row["sent_at_ms"], row["receive_count"])
+                for row in (by_sequence.get(sequence) for sequence in picked)  # in the order read
+                if row is not None
+            ]
         return received
 
     def delete(self, receipt: str) -> bool:
@@ -113,6 +139,18 @@ class SqliteQueue:
         """A handled batch in one transaction (as SQS's ``DeleteMessageBatch`` and
         ``ChangeMessageVisibilityBatch``): ``done`` receipts deleted, ``failed`` ones visible again
         after ``retry_after_s``. Stale receipts change nothing; the number of messages changed."""
+        if not failed and 0 < len(done) <= _RECEIPTS_PER_STATEMENT:
+            # The usual batch, every message handled: one statement, atomic on its own. Receipts have
+            # no index; those ``receive`` gives name their message's sequence, which finds the rows by
+            # key instead of reading every message.
+            marks = ", ".join("?" * len(done))
+            sequences = [_sequence_of(receipt) for receipt in done]
+            if None not in sequences:
+                return self.db.write_one(
+                    f"DELETE FROM messages WHERE sequence IN ({marks}) AND receipt IN ({marks})",  # noqa: S608
+                    [*sequences, *done],
+                )
+            return self.db.write_one(f"DELETE FROM messages WHERE receipt IN ({marks})", done)  # noqa: S608
         visible_at = self.clock.now_ms() + retry_after_s * 1000
         changed = 0
         with self.db.write() as conn:
