@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from bench import load
+from local.children import take_every_core
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +64,7 @@ def _send(stream: IO[str], message: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    take_every_core()  # not only the core the stack's process keeps to
     protocol, sys.stdout = sys.stdout, sys.stderr
     job = json.loads(sys.stdin.readline())
     cpu_started = [time.process_time()]

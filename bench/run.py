@@ -74,6 +74,8 @@ class BenchConfig:
     groups: tuple[str, ...] = ("instant", "customer", "long", "concurrency")
     # Without the Console side (IPN gateway, stream and queue pollers): the payment path alone.
     console_side: bool = True
+    # The stack's process on one core, as make run keeps it (local/children.py keep_to_one_core).
+    one_core: bool = True
     # The local stack's store: "sqlite" (make run's default) or "moto" (the AWS adapters, whose calls
     # the cost model counts).
     store: str = "sqlite"
@@ -328,6 +330,7 @@ def broken(outcome: dict[str, Any], config: BenchConfig) -> str | None:
 
 def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
     from chalicelib.observability import logger
+    from local.children import keep_to_one_core
     from local.stack import StackConfig, freeze_startup_heap, start_stack
 
     # One JSON line per event would measure the terminal, not the API; the Console side warns on every
@@ -365,7 +368,10 @@ def run(config: BenchConfig, out_dir: Path) -> dict[str, Any]:
                 simulate=False,
             )
         )
-        freeze_startup_heap()  # as make run does once the stack is up
+        # As make run does once the stack is up.
+        freeze_startup_heap()
+        if config.one_core:
+            keep_to_one_core()
     fleet = TerminalProcesses(
         "127.0.0.1",
         stack.mqtt_port,
@@ -500,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency-mode", choices=("local", "aws"), help="waker for the concurrency steps")
     parser.add_argument("--local-poll-max-ms", type=int, help="poll cap in local mode (default: as configured)")
     parser.add_argument("--no-console", action="store_true", help="without the IPN gateway and event-source pollers")
+    parser.add_argument(
+        "--all-cores", action="store_true", help="leave the stack's process on every core (make run keeps it to one)"
+    )
     parser.add_argument("--only", help="comma-separated groups to run: instant,customer,long,concurrency")
     parser.add_argument("--store", choices=("sqlite", "moto"), help="the local stack's store (default sqlite)")
     args = parser.parse_args(argv)
@@ -513,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
         config = replace(config, concurrency_mode=args.concurrency_mode)
     if args.no_console:
         config = replace(config, console_side=False)
+    if args.all_cores:
+        config = replace(config, one_core=False)
     if args.only:
         config = replace(config, groups=tuple(args.only.split(",")))
     if args.store:

@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
+from local.children import take_every_core
+
 ROOT = Path(__file__).resolve().parents[1]
 PER_PROCESS = 200
 START_TIMEOUT_S = 120.0
@@ -36,6 +38,7 @@ def _send(stream: IO[str], message: dict[str, Any]) -> None:
 
 
 def main() -> int:
+    take_every_core()  # not only the core the stack's process keeps to
     protocol, sys.stdout = sys.stdout, sys.stderr
     from bench.probes import Probes, ResultClock
     from local.simulator import TerminalSpec, run_terminals

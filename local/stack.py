@@ -42,6 +42,7 @@ from chalicelib.exceptions import ConditionFailed, ConfigurationError
 from chalicelib.merchants import enrollment
 from chalicelib.merchants.ports import MerchantRepository
 from chalicelib.payments.ports import TerminalRepository
+from local.children import keep_to_one_core
 from local.seed import DEFAULT_SEED, Seed, SeedError, load_seed
 from local.store import StoreChoiceError, data_dir_from_env, store_from_env
 
@@ -600,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"note: could not write {ADMIN_ENV_FILE} for make admin: {exc}", file=sys.stderr)
     freeze_startup_heap()
+    keep_to_one_core()
     print(describe(stack))
     print(f"(ready in {time.monotonic() - started:.1f} s)", flush=True)
 
