@@ -56,7 +56,7 @@ class BenchConfig:
     # Stepped until one breaks (see max_error_rate, max_overhead_p99_ms): the report says which and why.
     # Steps are run with steady arrivals: each ECR starts after a random offset in [0, mean customer
     # time), so the N payments are in flight together without all arriving in the same millisecond.
-    steps: tuple[int, ...] = (10, 50, 100, 150, 200, 300, 400, 600, 800)
+    steps: tuple[int, ...] = (10, 50, 100, 150, 200, 300, 400, 600, 800, 1000, 1200, 1600)
     # Also run as a burst (every ECR starts at once), right after the steady run of the same step.
     burst_steps: tuple[int, ...] = (200,)
     step_payments: int = 3
