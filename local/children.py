@@ -55,7 +55,7 @@ def keep_to_one_core() -> int | None:
 
     The stack's threads take turns on one interpreter lock: on two cores each hand-over of the lock
     wakes a thread on the other core, whose caches hold none of the payment's data. Kept on one, the
-    stack's process took 0.8 ms less CPU per payment at 200 in flight (bench/README.md). Its children
+    stack took about 11 % less CPU per payment at 200 in flight (bench/README.md). Its children
     (the broker, the Console side, any started later) keep every core: see ``take_every_core``."""
     if not hasattr(os, "sched_setaffinity"):
         return None

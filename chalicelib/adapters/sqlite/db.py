@@ -39,12 +39,12 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 try:
     import fcntl
 except ImportError:  # not on POSIX
     fcntl = None  # type: ignore[assignment]
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -263,30 +263,28 @@ class Database:
 
     def write_one(self, statement: str, parameters: Sequence[Any] = ()) -> int:
         """One write statement, atomic on its own (no ``BEGIN``/``COMMIT``); the rows it changed."""
-        conn = self._take()
-        try:
-            with self._write_lock:
-                changed = conn.execute(statement, parameters).rowcount
-                due = self._count_commit()
-            if due:
-                self._checkpoint(conn)
-        finally:
-            self._give_back(conn)
-        return int(changed)
+        return int(self._single_statement(statement, parameters, lambda cursor: cursor.rowcount))
 
     def write_returning(self, statement: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
         """One write statement with ``RETURNING``: every row is read before the lock is let go, since
         SQLite commits a statement's own transaction only once it has run to its end."""
+        rows: list[sqlite3.Row] = self._single_statement(statement, parameters, sqlite3.Cursor.fetchall)
+        return rows
+
+    def _single_statement(
+        self, statement: str, parameters: Sequence[Any], outcome: Callable[[sqlite3.Cursor], Any]
+    ) -> Any:
+        """Run one write statement under the write lock and take its ``outcome`` there."""
         conn = self._take()
         try:
             with self._write_lock:
-                rows = conn.execute(statement, parameters).fetchall()
+                result = outcome(conn.execute(statement, parameters))
                 due = self._count_commit()
             if due:
                 self._checkpoint(conn)
         finally:
             self._give_back(conn)
-        return rows
+        return result
 
     def _count_commit(self) -> bool:
         # Under the write lock: one count per commit, so exactly one thread crosses each mark.
@@ -370,21 +368,19 @@ class _WriteLock:
 
     @staticmethod
     def _lock_file(fd: int) -> None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            pass
-        deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+        deadline: float | None = None  # set at the first refusal: the usual write never reads the clock
         pause = _FIRST_RETRY_S
         while True:
-            time.sleep(pause)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 return
             except BlockingIOError:
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + BUSY_TIMEOUT_MS / 1000
+                elif now >= deadline:
                     raise sqlite3.OperationalError("database is locked") from None
+            time.sleep(pause)
             pause = min(pause * 2, _LAST_RETRY_S)
 
     def __exit__(self, *_exc: object) -> None:

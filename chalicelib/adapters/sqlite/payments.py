@@ -180,52 +180,15 @@ _NO_EXTRA = "{}"
 
 
 def _dispatch(row: sqlite3.Row) -> Dispatch:
-    # Unpacked in the order of _DISPATCH_COLUMNS (the order every read selects them in): each
-    # dispatch an event moves is read twice, and this is the cheapest way to take a row apart.
-    (
-        request_id,
-        merchant_id,
-        order_id,
-        attempt,
-        terminal_id,
-        transaction_type,
-        amount,
-        currency,
-        state,
-        created_at_ms,
-        ack_deadline_ms,
-        deadline_ms,
-        acked_at_ms,
-        finished_at_ms,
-        reason,
-        result_json,
-        late,
-        result_at_ms,
-        cancel_requested_at_ms,
-        version,
-        extra_json,
-    ) = row
+    # Paired by position with _DISPATCH_COLUMNS (the order every read selects them in), as _terminal.
+    values = dict(zip(_DISPATCH_COLUMNS, row, strict=True))
+    result_json = values.pop("result_json")
+    extra_json = values.pop("extra_json")
+    values["state"] = DispatchState(values["state"])
+    values["late"] = bool(values["late"])
     return Dispatch(
-        request_id=request_id,
-        merchant_id=merchant_id,
-        order_id=order_id,
-        attempt=attempt,
-        terminal_id=terminal_id,
-        transaction_type=transaction_type,
-        amount=amount,
-        currency=currency,
-        state=DispatchState(state),
-        created_at_ms=created_at_ms,
-        ack_deadline_ms=ack_deadline_ms,
-        deadline_ms=deadline_ms,
-        acked_at_ms=acked_at_ms,
-        finished_at_ms=finished_at_ms,
-        reason=reason,
+        **values,
         result=jsonutil.loads(result_json) if result_json is not None else None,
-        late=bool(late),
-        result_at_ms=result_at_ms,
-        cancel_requested_at_ms=cancel_requested_at_ms,
-        version=version,
         extra={} if extra_json == _NO_EXTRA else jsonutil.loads(extra_json),
     )
 
